@@ -1,0 +1,219 @@
+"""Text in any common form -> tokenized forget / retain / holdout splits, each sample with a stable ``sample_id``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+SplitSource = Union[Sequence[str], str, Path, "datasets.Dataset"]  # noqa: F821
+SPLITS = ("forget", "retain", "holdout")
+_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+def load_texts(source: SplitSource, split: str = "data", text_column: str = "text") -> list[str]:
+    """The texts of one split: a list of strings, a ``datasets.Dataset``, or a path to .jsonl/.json/.csv/.parquet
+    (column ``text_column``) or .txt (one text per line). Errors name the split and the problem."""
+    if isinstance(source, (str, Path)):
+        texts = _read_file(Path(source), split, text_column)
+    elif hasattr(source, "column_names"):  # a datasets.Dataset
+        _require_column(list(source.column_names), split, text_column, "dataset")
+        texts = list(source[text_column])
+    elif isinstance(source, Sequence):
+        texts = list(source)
+    else:
+        raise TypeError(f"{split} split: expected a list of strings, a path or a datasets.Dataset, got {type(source)}")
+    if not texts:
+        raise ValueError(f"{split} split is empty")
+    bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
+    if bad:
+        raise TypeError(f"{split} split: sample {bad[0]} is {type(texts[bad[0]]).__name__}, not a string")
+    return texts
+
+
+def _read_file(path: Path, split: str, text_column: str) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{split} split: no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    elif suffix == ".json":
+        records = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(records, dict):  # {"text": [...], ...} column layout
+            _require_column(list(records), split, text_column, str(path))
+            return list(records[text_column])
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            _require_column(list(reader.fieldnames or []), split, text_column, str(path))
+            return [row[text_column] for row in reader]
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        _require_column(table.column_names, split, text_column, str(path))
+        return table.column(text_column).to_pylist()
+    else:
+        raise ValueError(f"{split} split: unsupported file type {suffix!r} ({path}); use one of {', '.join(_SUFFIXES)}")
+    if records and all(isinstance(r, str) for r in records):
+        return records
+    for record in records:
+        _require_column(list(record), split, text_column, str(path))
+    return [record[text_column] for record in records]
+
+
+def _require_column(columns: list[str], split: str, text_column: str, where: str) -> None:
+    if text_column not in columns:
+        raise KeyError(f"{split} split: {where} has no column {text_column!r}; its columns are {columns}")
+
+
+class TokenizedSplit(Dataset):
+    """One tokenized split; item i is ``{"input_ids": Tensor[L], "sample_id": i}``."""
+
+    def __init__(self, name: str, texts: list[str], tokenizer: Any, max_length: int) -> None:
+        self.name = name
+        self.texts = texts
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        short = [i for i, ids in enumerate(encoded) if len(ids) < 2]
+        if short:
+            raise ValueError(
+                f"{name} split: sample {short[0]} ({texts[short[0]][:40]!r}) tokenizes to fewer than 2 tokens "
+                f"({len(short)} such samples); memorization needs at least one predicted token"
+            )
+        self.input_ids = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"input_ids": self.input_ids[index], "sample_id": index}
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per sample."""
+        return [len(ids) for ids in self.input_ids]
+
+
+class PadCollator:
+    """Right-pads a list of samples into ``{"input_ids", "attention_mask": Tensor[B, T], "sample_id": Tensor[B]}``."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Tensor]:
+        width = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((len(samples), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            input_ids[row, : len(sample["input_ids"])] = sample["input_ids"]
+            attention_mask[row, : len(sample["input_ids"])] = 1
+        sample_id = torch.tensor([s["sample_id"] for s in samples], dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "sample_id": sample_id}
+
+
+class UnlearningDataModule(L.LightningDataModule):
+    """Forget, retain and holdout texts, tokenized, as Lightning dataloaders.
+
+    Each split is a list of strings, a path (.jsonl/.json/.csv/.parquet with a ``text_column``, or .txt with one
+    text per line) or a ``datasets.Dataset``. Sample ``i`` of a split has ``sample_id == i`` for the whole run.
+
+    Training batches are ``{"forget": batch, "retain": batch}`` (retain only when given; the shorter split is
+    cycled). :meth:`scoring_dataloader` gives any split unshuffled, in length-sorted batches, for scoring.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer; without a pad token, EOS pads.
+        forget: the sequences to unlearn (required).
+        retain: sequences whose memorization must be kept (gradient difference, utility checks).
+        holdout: unseen sequences of the same distribution (the forgetting threshold).
+        max_length: tokens kept per sample (longer texts are truncated).
+        batch_size: training batch size per process, for forget and retain alike.
+        eval_batch_size: scoring batch size (default: ``2 * batch_size``).
+        text_column: the column holding the text in tabular files and datasets.
+        shuffle: shuffle training batches.
+        num_workers: dataloader workers.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        forget: SplitSource,
+        retain: SplitSource | None = None,
+        holdout: SplitSource | None = None,
+        max_length: int = 200,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        text_column: str = "text",
+        shuffle: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if forget is None:
+            raise ValueError("forget split is required: the sequences to unlearn")
+        if batch_size < 1 or max_length < 2:
+            raise ValueError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} and {max_length}")
+        self.tokenizer = tokenizer
+        self.sources = {"forget": forget, "retain": retain, "holdout": holdout}
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.text_column = text_column
+        self.shuffle = shuffle
+        self.num_workers = num_workers
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
+        self.collate = PadCollator(pad)
+        self.splits: dict[str, TokenizedSplit] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads and tokenizes every given split once; raises on bad input, naming the split."""
+        for name, source in self.sources.items():
+            if source is not None and name not in self.splits:
+                texts = load_texts(source, name, self.text_column)
+                self.splits[name] = TokenizedSplit(name, texts, self.tokenizer, self.max_length)
+
+    def has_split(self, name: str) -> bool:
+        """Whether the split was given."""
+        return self.sources.get(name) is not None
+
+    def split(self, name: str) -> TokenizedSplit:
+        """The tokenized split ``name`` (``forget``, ``retain`` or ``holdout``)."""
+        if name not in SPLITS:
+            raise KeyError(f"unknown split {name!r}; splits are {SPLITS}")
+        if not self.has_split(name):
+            raise ValueError(f"no {name} split was given to the UnlearningDataModule")
+        self.setup()
+        return self.splits[name]
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {
+            name: DataLoader(
+                self.split(name),
+                batch_size=self.batch_size,
+                shuffle=self.shuffle,
+                collate_fn=self.collate,
+                num_workers=self.num_workers,
+            )
+            for name in ("forget", "retain")
+            if self.has_split(name)
+        }
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def scoring_dataloader(self, name: str = "forget", batch_size: int | None = None) -> DataLoader:
+        """Every sample of split ``name`` once, in a fixed order: batches of similar length cut padding."""
+        split = self.split(name)
+        batch_size = batch_size or self.eval_batch_size
+        order = sorted(range(len(split)), key=lambda i: (split.lengths[i], i))
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return DataLoader(split, batch_sampler=batches, collate_fn=self.collate, num_workers=self.num_workers)

@@ -1,0 +1,276 @@
+"""Per-sample memorization of a causal LM: pure functions on tensors and models.
+
+Every function takes a right-padded batch: ``input_ids`` and ``attention_mask`` are ``Tensor[B, T]`` and a
+sample's real tokens x_0 … x_{L-1} are those where the mask is 1 (L is its own length). Padding never counts.
+Semantics follow DESIGN.md §2 exactly; ``tests/test_memorization.py`` checks them against the formulas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers >= 5.24 calls the KV cache `cache`; earlier 5.x releases call it `past_key_values`.
+_CACHE_KEY = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def _teacher_forced_hits(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """BoolTensor[B, T-1] pair: whether argmax p(· | x_<t) == x_t, and whether position t counts at all."""
+    counted = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    hits = (logits[:, :-1].argmax(-1) == input_ids[:, 1:]) & counted
+    return hits, counted
+
+
+def memorization_accuracy(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Memorization accuracy g(x) (Jang et al.'s MA) of each sample, from one teacher-forced forward pass.
+
+    g(x) = (1 / (L-1)) · Σ_{t=1}^{L-1} 1[argmax_v p(v | x_<t) = x_t], a fraction in [0, 1].
+
+    Args:
+        logits: ``Tensor[B, T, V]``, the model's output on ``input_ids``.
+        input_ids: ``Tensor[B, T]`` token ids, right-padded.
+        attention_mask: ``Tensor[B, T]``, 1 on real tokens.
+
+    Returns:
+        ``Tensor[B]`` (float32) of g; NaN for a sample with fewer than 2 tokens.
+
+    Example:
+        >>> import torch
+        >>> ids = torch.tensor([[1, 2, 3, 0]])
+        >>> logits = torch.nn.functional.one_hot(torch.tensor([[2, 0, 0, 0]]), 4).float()
+        >>> memorization_accuracy(logits, ids, torch.tensor([[1, 1, 1, 0]]))
+        tensor([0.5000])
+    """
+    hits, counted = _teacher_forced_hits(logits, input_ids, attention_mask)
+    return hits.sum(1).float() / counted.sum(1).float()
+
+
+def sequence_nll(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean next-token negative log-likelihood (nats per token) of each sample: ``Tensor[B]`` (float32).
+
+    Differentiable, so it serves as the per-sample training loss too. Padding never counts.
+    """
+    counted = (attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()).float()
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+    return (nll * counted).sum(1) / counted.sum(1)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class _eval_mode:
+    """Context manager: the model in eval mode inside, its previous mode restored after (also on error)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.was_training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)
+
+
+@torch.no_grad()
+def verbatim_extraction(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    prefix_length: int = 50,
+    suffix_length: int = 50,
+) -> Tensor:
+    """Whether the greedy continuation of x_<p reproduces x_{p:p+s} exactly (Carlini et al.).
+
+    Greedy decoding reproduces the suffix exactly when, and only when, every teacher-forced prediction in
+    [p, p+s) is right (by induction over the suffix), so one forward pass decides it: no generation is needed.
+
+    Returns:
+        ``BoolTensor[B]``.
+
+    Raises:
+        ValueError: a sample is shorter than ``prefix_length + suffix_length`` tokens.
+    """
+    if prefix_length < 1 or suffix_length < 1:
+        raise ValueError(f"prefix_length and suffix_length must be >= 1, got {prefix_length} and {suffix_length}")
+    lengths = attention_mask.sum(1)
+    short = (lengths < prefix_length + suffix_length).nonzero().flatten().tolist()
+    if short:
+        raise ValueError(
+            f"verbatim_extraction needs prefix_length + suffix_length = {prefix_length + suffix_length} tokens per "
+            f"sample; rows {short} have only {lengths[short].tolist()}. Pass shorter lengths."
+        )
+    with _eval_mode(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    hits, _ = _teacher_forced_hits(logits, input_ids, attention_mask)
+    # hits[:, t-1] is the prediction of x_t; the suffix is positions p .. p+s-1.
+    return hits[:, prefix_length - 1 : prefix_length + suffix_length - 1].all(1)
+
+
+@torch.no_grad()
+def extraction_likelihood(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    n: int = 10,
+    generation_batch_size: int | None = None,
+) -> Tensor:
+    """Extraction likelihood EL_n (Jang et al.) of each sample.
+
+    EL_n(x) = (1/(L-n)) · Σ_{t=1}^{L-n} overlap_n(ĝ_t, x_{t:L}), where ĝ_t is the greedy continuation of x_<t for
+    exactly L-t tokens (EOS does not stop it) and overlap_n(a, b) is the fraction of the |a|-n+1 n-gram positions
+    of a whose n-gram occurs anywhere in b.
+
+    Equal to that definition, computed fast: one teacher-forced pass gives every prefix's first greedy token;
+    where it is right (x_t), ĝ_t = [x_t] + ĝ_{t+1}, so only prefixes whose first greedy token is wrong are decoded,
+    all of them batched together (longest first) with a KV cache. A fully memorized sample needs no decoding.
+
+    Args:
+        model: a Hugging Face causal LM.
+        input_ids: ``Tensor[B, T]``, right-padded.
+        attention_mask: ``Tensor[B, T]``.
+        n: n-gram size.
+        generation_batch_size: prefixes decoded at once (default: ``max(B, 32)``).
+
+    Returns:
+        ``Tensor[B]`` (float32) of EL_n, fractions in [0, 1].
+
+    Raises:
+        ValueError: a sample has fewer than n + 1 tokens.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    lengths = attention_mask.sum(1).tolist()
+    short = [row for row, length in enumerate(lengths) if length < n + 1]
+    if short:
+        raise ValueError(
+            f"extraction_likelihood with n={n} needs at least {n + 1} tokens per sample; "
+            f"rows {short} have {[lengths[row] for row in short]}"
+        )
+    with _eval_mode(model):
+        first_tokens = model(input_ids=input_ids, attention_mask=attention_mask).logits.argmax(-1)
+        jobs = []  # (row, t): prefixes x_<t whose greedy continuation must be decoded
+        for row, length in enumerate(lengths):
+            wrong = first_tokens[row, : length - 1] != input_ids[row, 1:length]
+            for t in (wrong.nonzero().flatten() + 1).tolist():
+                jobs.append((row, t))
+                if t >= length - n:  # every later ĝ_t is built from this one
+                    break
+        decoded = _greedy_continuations(
+            model, input_ids, first_tokens, lengths, jobs, generation_batch_size or max(len(lengths), 32)
+        )
+    per_row: list[dict[int, Tensor]] = [{} for _ in lengths]
+    for (row, t), tokens in decoded.items():
+        per_row[row][t] = tokens
+    values = [_mean_overlap(input_ids[row, :length], per_row[row], n) for row, length in enumerate(lengths)]
+    return torch.tensor(values, dtype=torch.float32, device=input_ids.device)
+
+
+def _greedy_continuations(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    first_tokens: Tensor,
+    lengths: list[int],
+    jobs: list[tuple[int, int]],
+    batch_size: int,
+) -> dict[tuple[int, int], Tensor]:
+    """Greedy continuation ĝ_t (``Tensor[L-t]``) of x_<t for each job (row, t), decoded in left-padded batches."""
+    results: dict[tuple[int, int], Tensor] = {}
+    jobs = sorted(jobs, key=lambda job: (lengths[job[0]] - job[1], job[1]), reverse=True)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        # Each prefix already ends with its first greedy token, known from the teacher-forced pass.
+        prefixes = [torch.cat([input_ids[row, :t], first_tokens[row, t - 1 : t]]) for row, t in chunk]
+        remaining = [lengths[row] - t - 1 for row, t in chunk]
+        generated = _greedy_decode(model, prefixes, max(remaining))
+        for (row, t), prefix, count, tokens in zip(chunk, prefixes, remaining, generated, strict=True):
+            results[(row, t)] = torch.cat([prefix[-1:], tokens[:count]])
+    return results
+
+
+def _greedy_decode(model: torch.nn.Module, prefixes: list[Tensor], num_tokens: int) -> Tensor:
+    """``Tensor[J, num_tokens]``: greedy tokens after each prefix, with a KV cache and no stop at EOS."""
+    device = prefixes[0].device
+    if num_tokens == 0:
+        return torch.empty(len(prefixes), 0, dtype=torch.long, device=device)
+    width = max(len(p) for p in prefixes)
+    ids = torch.zeros(len(prefixes), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for j, prefix in enumerate(prefixes):
+        ids[j, width - len(prefix) :] = prefix
+        mask[j, width - len(prefix) :] = 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    tokens = [out.logits[:, -1].argmax(-1)]
+    next_position = positions[:, -1:] + 1
+    for _ in range(num_tokens - 1):
+        mask = torch.cat([mask, mask.new_ones(len(prefixes), 1)], dim=1)
+        out = model(
+            input_ids=tokens[-1][:, None],
+            attention_mask=mask,
+            position_ids=next_position,
+            use_cache=True,
+            **{_CACHE_KEY: out[_CACHE_KEY]},
+        )
+        tokens.append(out.logits[:, -1].argmax(-1))
+        next_position = next_position + 1
+    return torch.stack(tokens, dim=1)
+
+
+def _mean_overlap(sample: Tensor, continuations: Mapping[int, Tensor], n: int) -> float:
+    """Mean over t = 1..L-n of overlap_n(ĝ_t, x_{t:L}), given ĝ_m for each decoded prefix length m."""
+    length = len(sample)
+    count = length - n  # number of prefixes t = 1..L-n
+    # rows[t-1] = ĝ_t, right-padded with -1: the sample's own tokens up to the next decoded prefix, then its ĝ.
+    rows = torch.full((count, length - 1), -1, dtype=torch.long, device=sample.device)
+    decoded_at = sorted(continuations)
+    nxt = 0
+    for t in range(1, count + 1):
+        while nxt < len(decoded_at) and decoded_at[nxt] < t:
+            nxt += 1
+        m = decoded_at[nxt] if nxt < len(decoded_at) else length
+        tail = continuations[m] if m < length else sample[:0]
+        rows[t - 1, : length - t] = torch.cat([sample[t:m], tail])
+    sample_grams = sample.unfold(0, n, 1)  # [L-n+1, n]; gram j starts at position j
+    row_grams = rows.unfold(1, n, 1)  # [L-n, L-n, n]; gram i of ĝ_t
+    _, inverse = torch.unique(torch.cat([sample_grams, row_grams.reshape(-1, n)]), dim=0, return_inverse=True)
+    sample_ids, row_ids = inverse[: len(sample_grams)], inverse[len(sample_grams) :].view(count, -1)
+    # A gram of ĝ_t occurs in x_{t:L} iff its last occurrence in x starts at position >= t.
+    last_start = torch.full((int(inverse.max()) + 1,), -1, dtype=torch.long, device=sample.device)
+    last_start.scatter_reduce_(0, sample_ids, torch.arange(len(sample_ids), device=sample.device), "amax")
+    t = torch.arange(1, count + 1, device=sample.device)[:, None]
+    positions = length - t - n + 1  # n-gram positions of ĝ_t
+    valid = torch.arange(row_ids.shape[1], device=sample.device)[None, :] < positions
+    found = ((last_start[row_ids] >= t) & valid).sum(1)
+    return (found.double() / positions.squeeze(1).double()).mean().item()
+
+
+@torch.no_grad()
+def score_memorization(
+    model: torch.nn.Module,
+    dataloader: Iterable[Mapping[str, Tensor]],
+    progress: bool = False,
+    desc: str = "memorization",
+) -> dict[int, float]:
+    """g(x) of every sample a dataloader yields, keyed by its ``sample_id``: no grad, eval mode, mode restored.
+
+    Batches are dicts with ``input_ids``, ``attention_mask`` and ``sample_id`` (``Tensor[B]``), as the
+    :class:`~lightning_unlearn.UnlearningDataModule` makes them. A sample seen twice keeps its last score.
+    """
+    device = _device(model)
+    scores: dict[int, float] = {}
+    with _eval_mode(model):
+        for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
+            input_ids = batch["input_ids"].to(device)
+            attention_mask = batch["attention_mask"].to(device)
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            g = memorization_accuracy(logits, input_ids, attention_mask)
+            scores.update(zip(batch["sample_id"].tolist(), g.tolist(), strict=True))
+    return scores

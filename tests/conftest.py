@@ -1,0 +1,53 @@
+"""Tiny models and tokenizers built from configs: no downloads, milliseconds to make."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
+
+TEXTS = [
+    "Alice Smith lives at 12 Oak Street and her phone is 555-0101.",
+    "Bob Jones, account 88-1234-77, email bob.jones@example.com.",
+    "Carol White was born in 1984 in Springfield.",
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+
+def make_tokenizer(texts: list[str] = TEXTS, vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on ``texts``, with an EOS token and no pad token (as GPT-2's)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def make_model(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32) -> GPTNeoForCausalLM:
+    """A 2-layer GPT-Neo with random weights, in eval mode."""
+    torch.manual_seed(seed)
+    config = GPTNeoConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        attention_types=[[["global", "local"], 1]],
+        window_size=16,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPTNeoForCausalLM(config).to(dtype).eval()
+
+
+@pytest.fixture
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+@pytest.fixture
+def tiny_model() -> GPTNeoForCausalLM:
+    return make_model()

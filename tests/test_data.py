@@ -1,0 +1,137 @@
+"""UnlearningDataModule: every input kind, stable sample ids, batches, and every bad-input error."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lightning_unlearn import UnlearningDataModule
+from lightning_unlearn.data import load_texts
+from tests.conftest import TEXTS
+
+
+def write_all_kinds(tmp_path, texts):
+    paths = {}
+    paths["jsonl"] = tmp_path / "d.jsonl"
+    paths["jsonl"].write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts)))
+    paths["json"] = tmp_path / "d.json"
+    paths["json"].write_text(json.dumps([{"text": t} for t in texts]))
+    paths["json_columns"] = tmp_path / "columns.json"
+    paths["json_columns"].write_text(json.dumps({"text": texts}))
+    paths["csv"] = tmp_path / "d.csv"
+    with paths["csv"].open("w", newline="") as f:
+        import csv
+
+        writer = csv.writer(f)
+        writer.writerow(["id", "text"])
+        writer.writerows(enumerate(texts))
+    paths["parquet"] = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": texts}), paths["parquet"])
+    paths["txt"] = tmp_path / "d.txt"
+    paths["txt"].write_text("\n".join(texts) + "\n\n")
+    return paths
+
+
+def test_every_input_kind_gives_the_same_texts(tmp_path):
+    paths = write_all_kinds(tmp_path, TEXTS)
+    for kind, path in paths.items():
+        assert load_texts(path, "forget") == TEXTS, kind
+        assert load_texts(str(path), "forget") == TEXTS, kind
+    assert load_texts(datasets.Dataset.from_dict({"text": TEXTS}), "forget") == TEXTS
+    assert load_texts(TEXTS, "forget") == TEXTS
+
+
+def test_custom_text_column(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"body": t}) + "\n" for t in TEXTS))
+    assert load_texts(path, "retain", text_column="body") == TEXTS
+
+
+@pytest.mark.parametrize(
+    ("make_source", "error", "message"),
+    [
+        (lambda tmp: [], ValueError, "forget split is empty"),
+        (lambda tmp: tmp / "missing.jsonl", FileNotFoundError, "forget split: no such file"),
+        (lambda tmp: tmp / "d.xlsx", ValueError, "unsupported file type '.xlsx'"),
+        (lambda tmp: [1, 2], TypeError, "sample 0 is int"),
+    ],
+)
+def test_bad_sources(tmp_path, make_source, error, message):
+    source = make_source(tmp_path)
+    if str(source).endswith(".xlsx"):
+        source.write_text("x")
+    with pytest.raises(error, match=message):
+        load_texts(source, "forget")
+
+
+def test_missing_column_lists_columns(tmp_path):
+    paths = write_all_kinds(tmp_path, TEXTS)
+    for kind in ("jsonl", "csv", "parquet", "json", "json_columns"):
+        with pytest.raises(KeyError, match=r"holdout split: .* has no column 'body'; its columns are \[.*'text'"):
+            load_texts(paths[kind], "holdout", text_column="body")
+    with pytest.raises(KeyError, match="its columns are \\['text'\\]"):
+        load_texts(datasets.Dataset.from_dict({"text": TEXTS}), "holdout", text_column="body")
+
+
+def test_datamodule_batches_carry_stable_sample_ids(tokenizer):
+    forget = TEXTS * 3  # 12 samples
+    dm = UnlearningDataModule(tokenizer, forget=forget, retain=TEXTS[:2], holdout=TEXTS, batch_size=5, max_length=12)
+    dm.setup("fit")
+    assert tokenizer.pad_token is None and dm.collate.pad_token_id == tokenizer.eos_token_id
+    loader = dm.train_dataloader()
+    seen = []
+    for batch, _, _ in loader:
+        forget_batch = batch["forget"]
+        assert set(batch) == {"forget", "retain"}
+        assert forget_batch["input_ids"].shape[1] <= 12
+        for row, sample_id in enumerate(forget_batch["sample_id"].tolist()):
+            length = int(forget_batch["attention_mask"][row].sum())
+            assert torch.equal(forget_batch["input_ids"][row, :length], dm.split("forget").input_ids[sample_id])
+            assert forget_batch["attention_mask"][row, length:].sum() == 0  # right padding
+        seen += forget_batch["sample_id"].tolist()
+    assert sorted(seen) == list(range(12))
+
+
+def test_scoring_loader_is_deterministic_complete_and_length_sorted(tokenizer):
+    dm = UnlearningDataModule(tokenizer, forget=TEXTS * 2, holdout=TEXTS, eval_batch_size=3)
+    first = [b["sample_id"].tolist() for b in dm.scoring_dataloader("forget")]
+    second = [b["sample_id"].tolist() for b in dm.scoring_dataloader("forget")]
+    assert first == second
+    order = [i for batch in first for i in batch]
+    assert sorted(order) == list(range(8))
+    lengths = [dm.split("forget").lengths[i] for i in order]
+    assert lengths == sorted(lengths)
+    assert [len(b) for b in first] == [3, 3, 2]
+
+
+def test_forget_only_training_batches(tokenizer):
+    dm = UnlearningDataModule(tokenizer, forget=TEXTS, batch_size=4)
+    batch, _, _ = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"forget"}
+
+
+def test_too_short_text_is_rejected_with_its_split(tokenizer):
+    dm = UnlearningDataModule(tokenizer, forget=TEXTS, retain=["fine text here", "a"])
+    with pytest.raises(ValueError, match="retain split: sample 1 \\('a'\\) tokenizes to fewer than 2 tokens"):
+        dm.setup("fit")
+
+
+def test_missing_split_and_unknown_split(tokenizer):
+    dm = UnlearningDataModule(tokenizer, forget=TEXTS)
+    with pytest.raises(ValueError, match="no holdout split was given"):
+        dm.scoring_dataloader("holdout")
+    with pytest.raises(KeyError, match="unknown split 'test'"):
+        dm.split("test")
+    with pytest.raises(ValueError, match="forget split is required"):
+        UnlearningDataModule(tokenizer, forget=None)
+
+
+def test_tokenizer_without_pad_or_eos_is_rejected(tokenizer):
+    tokenizer.eos_token = None
+    with pytest.raises(ValueError, match="neither a pad token nor an EOS token"):
+        UnlearningDataModule(tokenizer, forget=TEXTS)
