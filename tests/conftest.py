@@ -51,3 +51,16 @@ def tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture
 def tiny_model() -> GPTNeoForCausalLM:
     return make_model()
+
+
+@pytest.fixture(scope="session")
+def testbed_cache(tmp_path_factory):
+    """One testbed cache for the whole session, so each small testbed is trained once."""
+    return tmp_path_factory.mktemp("testbed-cache")
+
+
+@pytest.fixture(scope="session")
+def small_testbed(testbed_cache):
+    from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+
+    return build_testbed(seed=0, cache_dir=testbed_cache, progress=False, **SMALL_TESTBED)

@@ -1,0 +1,317 @@
+"""The embedded default: a small GPT-Neo that has really memorized synthetic personal records, to different degrees.
+
+``build_testbed()`` makes, deterministically from a seed and with no download:
+
+- records (name, email, phone, address, account number, a short note) from Faker;
+- a training corpus: each forget record and each retain record repeated its own number of times (the
+  ``duplicates`` cycle 1, 2, 4, 8, 16, 32), plus background records seen once, as in real pretraining data;
+- holdout records from the same generator, never trained on (they define the unseen-data threshold);
+- a byte-level BPE tokenizer trained on the corpus, and a GPT-Neo trained on it with Lightning.
+
+The result is cached under ``~/.cache/lightning_unlearn/testbed/<hash of every option>`` (or
+``$LIGHTNING_UNLEARN_CACHE``, or ``cache_dir``), written atomically, so a second call loads in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from faker import Faker
+from lightning.pytorch.utilities import rank_zero_info
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
+
+from lightning_unlearn.data import PadCollator, TokenizedSplit
+from lightning_unlearn.memorization import score_memorization, sequence_nll
+
+# Bump when the corpus, tokenizer or training recipe changes, so old cache entries are not reused.
+FORMAT_VERSION = 1
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class TestbedConfig:
+    """Every option of a testbed; its hash names the cache entry. The defaults build in about 2 minutes on 2 cores."""
+
+    __test__ = False  # not a pytest class
+
+    num_forget: int = 32
+    num_retain: int = 32
+    num_holdout: int = 32
+    num_background: int = 512
+    duplicates: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    max_length: int = 128
+    steps: int = 200
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    gradient_clip: float = 1.0
+
+
+# Options for tests and quick experiments: builds in seconds, memorization still spread out.
+SMALL_TESTBED: dict[str, Any] = {
+    "num_forget": 16,
+    "num_retain": 16,
+    "num_holdout": 16,
+    "num_background": 64,
+    "vocab_size": 768,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "steps": 120,
+    "batch_size": 16,
+    "learning_rate": 5e-3,
+}
+
+
+@dataclass
+class Testbed:
+    """A trained model and the records it has (forget, retain) and has not (holdout) seen."""
+
+    __test__ = False  # not a pytest class
+
+    model: GPTNeoForCausalLM
+    tokenizer: PreTrainedTokenizerFast
+    forget: list[str]
+    retain: list[str]
+    holdout: list[str]
+    duplicates: list[int]  # how many times each forget record was trained on
+    retain_duplicates: list[int]
+    corpus: list[str]  # the training corpus, one record per entry, repeats included
+    config: TestbedConfig
+    seed: int
+    path: Path  # the cache entry
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def build_testbed(
+    seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = True, **size_options: Any
+) -> Testbed:
+    """The testbed for ``seed`` and ``size_options`` (fields of :class:`TestbedConfig`): loaded from the cache, or
+    built (and cached) when missing. A corrupt cache entry is rebuilt with a warning."""
+    config = TestbedConfig(**{k: tuple(v) if k == "duplicates" else v for k, v in size_options.items()})
+    _check(config)
+    root = Path(cache_dir or os.environ.get("LIGHTNING_UNLEARN_CACHE") or Path.home() / ".cache/lightning_unlearn")
+    entry = root / "testbed" / cache_key(config, seed)
+    if entry.is_dir():
+        try:
+            return _load(entry, config, seed)
+        except Exception as error:  # anything unreadable: rebuild rather than crash
+            warnings.warn(f"testbed cache entry {entry} is unreadable ({error!r}); rebuilding it", stacklevel=2)
+            shutil.rmtree(entry, ignore_errors=True)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        _build(staging, config, seed, progress)
+        try:
+            staging.rename(entry)
+        except OSError:  # another process finished the same entry first: use theirs
+            if not entry.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    testbed = _load(entry, config, seed)
+    rank_zero_info(describe(testbed))
+    return testbed
+
+
+def cache_key(config: TestbedConfig, seed: int) -> str:
+    """Hash of every option, the seed, the recipe version and the Faker version (it decides the texts)."""
+    blob = json.dumps(
+        {"config": dataclasses.asdict(config), "seed": seed, "format": FORMAT_VERSION, "faker": version("faker")},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def describe(testbed: Testbed) -> str:
+    """A short summary: sizes, training time, and memorization g of forget, retain and holdout."""
+    s = testbed.summary
+    return (
+        f"testbed seed={testbed.seed}: {len(testbed.forget)} forget / {len(testbed.retain)} retain / "
+        f"{len(testbed.holdout)} holdout records, corpus of {len(testbed.corpus)} ({s['corpus_tokens']} tokens), "
+        f"{s['parameters'] / 1e6:.2f}M-parameter GPT-Neo trained in {s['train_seconds']:.0f}s; "
+        f"g forget min/median/max {s['forget_g_min']:.2f}/{s['forget_g_median']:.2f}/{s['forget_g_max']:.2f}, "
+        f"retain mean {s['retain_g_mean']:.2f}, holdout mean {s['holdout_g_mean']:.2f}  [{testbed.path}]"
+    )
+
+
+def _check(config: TestbedConfig) -> None:
+    if min(config.num_forget, config.num_retain, config.num_holdout) < 1 or not config.duplicates:
+        raise ValueError(f"a testbed needs at least one forget, retain and holdout record and a duplicates cycle: {config}")
+    if min(config.duplicates) < 1 or config.steps < 1:
+        raise ValueError(f"duplicates and steps must be >= 1: {config}")
+
+
+def make_records(count: int, seed: int) -> list[str]:
+    """``count`` distinct synthetic personal records, deterministic for ``seed``."""
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    records: list[str] = []
+    seen: set[str] = set()
+    while len(records) < count:
+        record = (
+            f"Name: {fake.name()}; Email: {fake.email()}; Phone: {fake.phone_number()}; "
+            f"Address: {fake.address().replace(chr(10), ', ')}; Account: {fake.bban()}; "
+            f"Note: {fake.sentence(nb_words=8)}"
+        )
+        if record not in seen:
+            seen.add(record)
+            records.append(record)
+    return records
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, bos_token=EOS)
+
+
+class _CorpusLM(L.LightningModule):
+    """Plain next-token training with linear warmup, then cosine decay to a tenth of the peak rate."""
+
+    def __init__(self, model: GPTNeoForCausalLM, config: TestbedConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = sequence_nll(logits, batch["input_ids"], batch["attention_mask"]).mean()
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        c = self.config
+        optimizer = torch.optim.AdamW(self.parameters(), lr=c.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
+
+        def rate(step: int) -> float:
+            warmup = min(1.0, (step + 1) / max(1, c.warmup_steps))
+            return warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * min(step, c.steps) / c.steps)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _build(folder: Path, config: TestbedConfig, seed: int, progress: bool) -> None:
+    c = config
+    records = make_records(c.num_forget + c.num_retain + c.num_holdout + c.num_background, seed)
+    forget, rest = records[: c.num_forget], records[c.num_forget :]
+    retain, rest = rest[: c.num_retain], rest[c.num_retain :]
+    holdout, background = rest[: c.num_holdout], rest[c.num_holdout :]
+    duplicates = [c.duplicates[i % len(c.duplicates)] for i in range(len(forget))]
+    retain_duplicates = [c.duplicates[i % len(c.duplicates)] for i in range(len(retain))]
+    corpus = [r for r, d in zip(forget, duplicates, strict=True) for _ in range(d)]
+    corpus += [r for r, d in zip(retain, retain_duplicates, strict=True) for _ in range(d)]
+    corpus += background
+    tokenizer = _train_tokenizer(forget + retain + background, c.vocab_size)
+
+    L.seed_everything(seed, verbose=False)
+    model = GPTNeoForCausalLM(
+        GPTNeoConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=c.hidden_size,
+            num_layers=c.num_layers,
+            num_heads=c.num_heads,
+            attention_types=[[["global"], c.num_layers]],
+            max_position_embeddings=c.max_length,
+            embed_dropout=0.0,
+            attention_dropout=0.0,
+            resid_dropout=0.0,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    loader = DataLoader(
+        TokenizedSplit("corpus", corpus, tokenizer, c.max_length),
+        batch_size=c.batch_size,
+        shuffle=True,
+        collate_fn=PadCollator(tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    trainer = L.Trainer(
+        max_steps=c.steps,
+        accelerator="cpu",
+        devices=1,
+        gradient_clip_val=c.gradient_clip,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    trainer.fit(_CorpusLM(model, c), loader)
+    train_seconds = time.perf_counter() - start
+
+    summary = {
+        "train_seconds": train_seconds,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "corpus_tokens": sum(loader.dataset.lengths),
+    }
+    for name, texts in (("forget", forget), ("retain", retain), ("holdout", holdout)):
+        split = TokenizedSplit(name, texts, tokenizer, c.max_length)
+        g = list(score_memorization(model, DataLoader(split, batch_size=64, collate_fn=loader.collate_fn)).values())
+        summary |= {f"{name}_g_mean": statistics.fmean(g), f"{name}_g_min": min(g), f"{name}_g_max": max(g)}
+        summary |= {f"{name}_g_median": statistics.median(g), f"{name}_g_std": statistics.pstdev(g)}
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    data = {
+        "forget": forget,
+        "retain": retain,
+        "holdout": holdout,
+        "duplicates": duplicates,
+        "retain_duplicates": retain_duplicates,
+        "corpus": corpus,
+        "summary": summary,
+    }
+    (folder / "records.json").write_text(json.dumps(data, indent=1))
+
+
+def _load(entry: Path, config: TestbedConfig, seed: int) -> Testbed:
+    data = json.loads((entry / "records.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(entry / "model")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(entry / "tokenizer")
+    return Testbed(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        forget=data["forget"],
+        retain=data["retain"],
+        holdout=data["holdout"],
+        duplicates=data["duplicates"],
+        retain_duplicates=data["retain_duplicates"],
+        corpus=data["corpus"],
+        config=config,
+        seed=seed,
+        path=entry,
+        summary=data["summary"],
+    )

@@ -1,0 +1,113 @@
+"""The embedded testbed: memorization spread, determinism, the cache (reuse, atomic write, corruption)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lightning_unlearn import UnlearningDataModule
+from lightning_unlearn import testbed as testbed_module
+from lightning_unlearn.memorization import score_memorization
+from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed, cache_key, describe
+
+
+def forget_and_holdout_scores(tb):
+    dm = UnlearningDataModule(tb.tokenizer, forget=tb.forget, holdout=tb.holdout)
+    forget = score_memorization(tb.model, dm.scoring_dataloader("forget"))
+    holdout = score_memorization(tb.model, dm.scoring_dataloader("holdout"))
+    return [forget[i] for i in range(len(tb.forget))], list(holdout.values())
+
+
+def test_small_testbed_memorizes_to_different_degrees(small_testbed):
+    tb = small_testbed
+    assert len(tb.forget) == len(tb.retain) == len(tb.holdout) == 16
+    assert not set(tb.holdout) & set(tb.corpus)
+    assert all(tb.corpus.count(r) == d for r, d in zip(tb.forget, tb.duplicates, strict=True))
+    forget, holdout = forget_and_holdout_scores(tb)
+    assert max(forget) - min(forget) >= 0.3
+    assert statistics.pstdev(forget) >= 0.1
+    assert sum(g >= 0.7 for g in forget) >= len(forget) / 4
+    assert statistics.fmean(holdout) < 0.7
+    # More duplicates, more memorization: the mean g per duplication count rises with the count.
+    by_count = {d: statistics.fmean(g for g, dd in zip(forget, tb.duplicates, strict=True) if dd == d) for d in (1, 32)}
+    assert by_count[32] > by_count[1] + 0.3
+    assert tb.summary["forget_g_max"] == pytest.approx(max(forget))
+    assert "16 forget / 16 retain / 16 holdout" in describe(tb)
+
+
+def test_same_seed_gives_identical_texts_and_weights(small_testbed, tmp_path):
+    again = build_testbed(seed=0, cache_dir=tmp_path, progress=False, **SMALL_TESTBED)
+    assert again.path != small_testbed.path  # really built twice
+    assert (again.forget, again.retain, again.holdout, again.corpus) == (
+        small_testbed.forget,
+        small_testbed.retain,
+        small_testbed.holdout,
+        small_testbed.corpus,
+    )
+    ours, theirs = small_testbed.model.state_dict(), again.model.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_cached_testbed_is_loaded_not_rebuilt(small_testbed, testbed_cache, monkeypatch):
+    monkeypatch.setattr(testbed_module, "_build", lambda *a: pytest.fail("rebuilt a cached testbed"))
+    loaded = build_testbed(seed=0, cache_dir=testbed_cache, progress=False, **SMALL_TESTBED)
+    assert loaded.path == small_testbed.path
+    assert loaded.forget == small_testbed.forget
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path, small_testbed, testbed_cache):
+    monkeypatch.setenv("LIGHTNING_UNLEARN_CACHE", str(testbed_cache))
+    assert build_testbed(seed=0, progress=False, **SMALL_TESTBED).path == small_testbed.path
+
+
+@pytest.mark.parametrize("interruption", [RuntimeError("power cut"), KeyboardInterrupt()])
+def test_interrupted_build_leaves_no_entry(tmp_path, monkeypatch, interruption):
+    def interrupted_step(self, batch, batch_idx):
+        if batch_idx == 3:
+            raise interruption
+        return original(self, batch, batch_idx)
+
+    original = testbed_module._CorpusLM.training_step
+    monkeypatch.setattr(testbed_module._CorpusLM, "training_step", interrupted_step)
+    # Lightning turns Ctrl-C into a graceful shutdown and SystemExit.
+    with pytest.raises((RuntimeError, SystemExit)):
+        build_testbed(seed=1, cache_dir=tmp_path, progress=False, **SMALL_TESTBED)
+    assert list((tmp_path / "testbed").iterdir()) == []
+
+
+def test_corrupt_entry_is_rebuilt_with_a_warning(tmp_path):
+    options = {**SMALL_TESTBED, "steps": 20}
+    first = build_testbed(seed=2, cache_dir=tmp_path, progress=False, **options)
+    (first.path / "model" / "config.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="unreadable.*rebuilding"):
+        rebuilt = build_testbed(seed=2, cache_dir=tmp_path, progress=False, **options)
+    assert rebuilt.forget == first.forget
+    assert rebuilt.path == first.path
+
+
+def test_options_change_the_cache_key_and_bad_options_fail():
+    config = testbed_module.TestbedConfig()
+    assert cache_key(config, 0) != cache_key(config, 1)
+    assert cache_key(config, 0) != cache_key(testbed_module.TestbedConfig(steps=10), 0)
+    with pytest.raises(TypeError, match="hidden_sise"):
+        build_testbed(hidden_sise=3)
+    with pytest.raises(ValueError, match="at least one forget"):
+        build_testbed(num_forget=0)
+
+
+def test_model_and_tokenizer_round_trip_through_save_pretrained(small_testbed, tmp_path):
+    small_testbed.model.save_pretrained(tmp_path / "m")
+    small_testbed.tokenizer.save_pretrained(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
+    text = small_testbed.forget[0]
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == small_testbed.tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids[0]) == text
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id is not None
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, small_testbed.model(ids).logits)
