@@ -157,7 +157,7 @@ def describe(testbed: Testbed) -> str:
 
 def _check(config: TestbedConfig) -> None:
     if min(config.num_forget, config.num_retain, config.num_holdout) < 1 or not config.duplicates:
-        raise ValueError(f"a testbed needs at least one forget, retain and holdout record and a duplicates cycle: {config}")
+        raise ValueError(f"a testbed needs at least one forget, retain and holdout record, and duplicates: {config}")
     if min(config.duplicates) < 1 or config.steps < 1:
         raise ValueError(f"duplicates and steps must be >= 1: {config}")
 
