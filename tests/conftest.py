@@ -64,3 +64,27 @@ def small_testbed(testbed_cache):
     from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
 
     return build_testbed(seed=0, cache_dir=testbed_cache, progress=False, **SMALL_TESTBED)
+
+
+def make_trainer(**kwargs):
+    """A quiet CPU Trainer for tests."""
+    import lightning as L
+
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "max_epochs": 200,
+    }
+    return L.Trainer(**(options | kwargs))
+
+
+def unlearning_data(tb, **kwargs):
+    """The testbed's splits, one batch covering the whole forget set (the paper's setting)."""
+    from lightning_unlearn import UnlearningDataModule
+
+    options = {"retain": tb.retain, "holdout": tb.holdout, "batch_size": len(tb.forget)}
+    return UnlearningDataModule(tb.tokenizer, tb.forget, **(options | kwargs))

@@ -1,0 +1,164 @@
+"""MemorizationMonitor: the current memorization g of every sample of a watched set, kept fresh during training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from lightning_unlearn.distributed import gather_scores, score_on_all_ranks
+
+
+def get_model(pl_module: L.LightningModule) -> torch.nn.Module:
+    """The Hugging Face causal LM a LightningModule wraps: its ``get_model()``, else its ``model`` attribute."""
+    if hasattr(pl_module, "get_model"):
+        return pl_module.get_model()
+    model = getattr(pl_module, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        raise AttributeError(
+            f"{type(pl_module).__name__} exposes no language model: give it a `model` attribute or a `get_model()`"
+        )
+    return model
+
+
+class MemorizationMonitor(Callback):
+    """Scores g(x) of every sample of a watched set before training and after every N optimizer steps.
+
+    With no ``dataloader`` it watches the ``split`` of the :class:`~lightning_unlearn.UnlearningDataModule`.
+    Scores come from two places: a scoring pass over the whole set (no grad, eval mode, every process scoring a
+    share, results gathered), and, with our :class:`~lightning_unlearn.UnlearningModule`, the training forward
+    itself, which gives the g of the batch's samples for free (score-in-the-loop). When every training step
+    covers the whole set (the paper's setting), the training forward keeps every score fresh and no extra pass runs.
+
+    Logs ``{split}/ma_mean``, ``{split}/ma_max``, ``{split}/outliers_above``, ``{split}/outliers_below``
+    (the band of :class:`~lightning_unlearn.metrics.MemorizationOutliers`) and, once a threshold is known,
+    ``{split}/above_threshold``. Works on any LightningModule with a ``model`` attribute or ``get_model()``.
+
+    Args:
+        dataloader: batches with ``input_ids``, ``attention_mask`` and ``sample_id`` to watch.
+        every_n_train_steps: optimizer steps between scoring passes.
+        split: the datamodule split to watch when no dataloader is given; also the logging prefix.
+        band: (lower, upper) edges of the acceptable g band, fractions in [0, 1].
+        progress: show a progress bar during scoring passes.
+    """
+
+    def __init__(
+        self,
+        dataloader: Any = None,
+        every_n_train_steps: int = 1,
+        split: str = "forget",
+        band: tuple[float, float] = (0.15, 0.60),
+        progress: bool = False,
+    ) -> None:
+        if every_n_train_steps < 1:
+            raise ValueError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
+        self.dataloader = dataloader
+        self.every_n_train_steps = every_n_train_steps
+        self.split = split
+        self.band = band
+        self.progress = progress
+        self.threshold: float | None = None  # set by MemorizationEarlyStopping once known
+        self.values = torch.empty(0)  # Tensor[N]: latest g per sample_id (NaN: never scored)
+        self.scored_at = torch.empty(0, dtype=torch.long)  # Tensor[N]: optimizer step the score belongs to
+        self._loop_covers_all = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(split=self.split, every_n_train_steps=self.every_n_train_steps)
+
+    @property
+    def scores(self) -> dict[int, float]:
+        """``{sample_id: g}`` for every scored sample."""
+        seen = (~self.values.isnan()).nonzero().flatten()
+        return dict(zip(seen.tolist(), self.values[seen].tolist(), strict=True))
+
+    def is_fresh(self, step: int) -> bool:
+        """Whether every sample's score belongs to the weights after ``step`` optimizer steps."""
+        return len(self.scored_at) > 0 and bool((self.scored_at == step).all())
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        get_model(pl_module)
+        if self.dataloader is None:
+            datamodule = trainer.datamodule
+            if datamodule is None or not hasattr(datamodule, "scoring_dataloader"):
+                raise ValueError("MemorizationMonitor has no dataloader: pass one, or fit with an UnlearningDataModule")
+            self.dataloader = datamodule.scoring_dataloader(self.split)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.is_fresh(trainer.global_step):
+            self.refresh(trainer, pl_module, log=False)  # logged with the first step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.refresh_if_due(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.is_fresh(trainer.global_step):  # the last step's effect, so `.scores` describe the result
+            self.refresh(trainer, pl_module, log=False)
+
+    def refresh_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A scoring pass, if N steps have passed and the training forward does not keep every score fresh."""
+        step = trainer.global_step
+        if step % self.every_n_train_steps or self.is_fresh(step) or self._loop_covers_all:
+            return
+        self.refresh(trainer, pl_module)
+
+    def refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = True) -> None:
+        """Scores the whole watched set now (every process takes part)."""
+        ids, values = score_on_all_ranks(
+            get_model(pl_module), self.dataloader, trainer.strategy, self.progress, desc=f"{self.split} memorization"
+        )
+        self._store(ids, values, trainer.global_step)
+        if log:
+            self.log_summary(pl_module)
+
+    def record(self, trainer: L.Trainer, pl_module: L.LightningModule, sample_id: Tensor, g: Tensor) -> Tensor:
+        """Takes the g of a training batch (this process's share), gathered over processes; returns all ids."""
+        ids, values = gather_scores(trainer.strategy, sample_id, g.detach().float())
+        self._store(ids.cpu(), values.cpu(), trainer.global_step)
+        self._loop_covers_all = self.is_fresh(trainer.global_step)
+        self.log_summary(pl_module)
+        return ids
+
+    def _store(self, ids: Tensor, values: Tensor, step: int) -> None:
+        size = int(ids.max()) + 1 if len(ids) else 0
+        if size > len(self.values):
+            grown = torch.full((size,), float("nan"))
+            grown[: len(self.values)] = self.values
+            self.values = grown
+            grown_at = torch.full((size,), -1, dtype=torch.long)
+            grown_at[: len(self.scored_at)] = self.scored_at
+            self.scored_at = grown_at
+        self.values[ids] = values
+        self.scored_at[ids] = step
+
+    def summary(self) -> dict[str, float]:
+        """The aggregates this monitor logs, over every scored sample."""
+        g = self.values[~self.values.isnan()]
+        lower, upper = self.band
+        above, below = int((g >= upper).sum()), int((g <= lower).sum())
+        metrics = {
+            "ma_mean": g.mean().item(),
+            "ma_max": g.max().item(),
+            "outliers_above": above,
+            "outliers_below": below,
+            "outliers": above + below,
+        }
+        if self.threshold is not None:
+            metrics["above_threshold"] = int((g > self.threshold).sum())
+        return metrics
+
+    def log_summary(self, pl_module: L.LightningModule) -> None:
+        """Logs :meth:`summary` under ``{split}/`` (the values are the same on every process)."""
+        metrics = {f"{self.split}/{k}": float(v) for k, v in self.summary().items()}
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": self.values.clone(), "scored_at": self.scored_at.clone(), "threshold": self.threshold}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.values = state_dict["values"].clone()
+        self.scored_at = state_dict["scored_at"].clone()
+        self.threshold = state_dict["threshold"]

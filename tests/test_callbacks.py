@@ -1,0 +1,159 @@
+"""Memorization callbacks: the SGA rule, the monitor on a user's own module, stopping, and resuming."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_unlearn import GradientAscent, SelectiveGradientAscent
+from lightning_unlearn.callbacks import (
+    MemorizationEarlyStopping,
+    MemorizationMonitor,
+    SelectiveAscent,
+    selective_weights,
+)
+from lightning_unlearn.data import PadCollator, TokenizedSplit
+from lightning_unlearn.memorization import score_memorization, sequence_nll
+from tests.conftest import make_trainer, unlearning_data
+
+
+@pytest.mark.parametrize(
+    ("g", "gamma", "keep_top", "mode", "expected"),
+    [
+        ([0.9, 0.5, 0.7, 0.69], 0.7, 1, "select", [1, 0, 1, 0]),  # g >= gamma is ascended, ties included
+        ([0.3, 0.5, 0.1], 0.7, 1, "select", [0, 1, 0]),  # nothing above gamma: the most memorized is kept
+        ([0.3, 0.5, 0.1], 0.7, 2, "select", [1, 1, 0]),
+        ([0.3, 0.5, 0.1], 0.7, 0, "select", [0, 0, 0]),
+        ([0.3, 0.5, 0.1], 0.7, 5, "select", [1, 1, 1]),  # keep_top larger than the batch
+        ([0.85, 0.7, 0.4, 1.0], 0.7, 1, "proportional", [0.5, 0, 0, 1]),
+        ([0.85, 0.76, 0.4, 0.1], 0.7, 1, "proportional", [1, 0.2, 0, 0]),
+    ],
+)
+def test_selective_weights(g, gamma, keep_top, mode, expected):
+    weights = selective_weights(torch.tensor(g), gamma, keep_top, mode)
+    assert weights.tolist() == pytest.approx(expected)
+
+
+def test_selective_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="gamma"):
+        SelectiveAscent(gamma=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        SelectiveAscent(mode="soft")
+    with pytest.raises(ValueError, match="criterion"):
+        MemorizationEarlyStopping(criterion="median")
+    with pytest.raises(ValueError, match="threshold"):
+        MemorizationEarlyStopping(threshold="unseen")
+
+
+class UserFineTuner(L.LightningModule):
+    """A user's own module: plain fine-tuning, nothing from this library."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch, batch_idx):
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return sequence_nll(logits, batch["input_ids"], batch["attention_mask"]).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+class CountPasses(MemorizationMonitor):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.passes_at = []
+
+    def refresh(self, trainer, pl_module, log=True):
+        self.passes_at.append(trainer.global_step)
+        super().refresh(trainer, pl_module, log)
+
+
+def test_monitor_on_a_user_module(small_testbed):
+    tb = small_testbed
+    collate = PadCollator(tb.tokenizer.pad_token_id)
+    holdout = TokenizedSplit("holdout", tb.holdout, tb.tokenizer, 128)
+    train = DataLoader(holdout, batch_size=4, collate_fn=collate)
+    watched = DataLoader(holdout, batch_size=5, collate_fn=collate)
+    monitor = CountPasses(dataloader=watched, every_n_train_steps=2, split="holdout")
+    trainer = make_trainer(max_steps=4, callbacks=[monitor])
+    module = UserFineTuner(copy.deepcopy(tb.model))
+    trainer.fit(module, train)
+    assert monitor.passes_at == [0, 2, 4]  # before training, then every 2nd optimizer step
+    expected = score_memorization(module.model, watched)
+    assert monitor.scores == pytest.approx(expected)
+    assert trainer.callback_metrics["holdout/ma_mean"].item() == pytest.approx(sum(expected.values()) / 16)
+    assert "holdout/outliers_above" in trainer.callback_metrics
+
+
+def test_monitor_needs_a_dataloader_or_datamodule(small_testbed):
+    trainer = make_trainer(max_steps=1, callbacks=[MemorizationMonitor()])
+    loader = DataLoader(
+        TokenizedSplit("x", small_testbed.holdout, small_testbed.tokenizer, 128),
+        batch_size=4,
+        collate_fn=PadCollator(0),
+    )
+    with pytest.raises(ValueError, match="MemorizationMonitor has no dataloader"):
+        trainer.fit(UserFineTuner(copy.deepcopy(small_testbed.model)), loader)
+
+
+def test_monitor_needs_a_model():
+    class NoModel(L.LightningModule):
+        pass
+
+    with pytest.raises(AttributeError, match="exposes no language model"):
+        MemorizationMonitor(dataloader=[]).setup(None, NoModel(), "fit")
+
+
+def test_early_stopping_needs_a_monitor_and_a_holdout(small_testbed):
+    tb = small_testbed
+    module = GradientAscent(copy.deepcopy(tb.model))
+    with pytest.raises(ValueError, match="no MemorizationMonitor watches the forget split"):
+        make_trainer(callbacks=[MemorizationEarlyStopping(threshold=0.3)]).fit(module, unlearning_data(tb))
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model))
+    with pytest.raises(ValueError, match="threshold='holdout' needs an UnlearningDataModule with a holdout split"):
+        make_trainer().fit(module, unlearning_data(tb, holdout=None))
+    assert module.global_step == 0
+
+
+def test_resume_restores_scores_weights_and_threshold(small_testbed, tmp_path):
+    tb = small_testbed
+    torch.manual_seed(0)
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
+    trainer = make_trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True)
+    trainer.fit(module, unlearning_data(tb))
+    first_monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+
+    resumed = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4)
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
+            stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+            seen.update(
+                weights=pl_module.forget_weights.clone(),
+                threshold=stopping.threshold_value,
+                values=monitor.values.clone(),
+                step=trainer.global_step,
+            )
+
+    trainer = make_trainer(max_epochs=5, callbacks=[Probe()])
+    trainer.fit(resumed, unlearning_data(tb), ckpt_path=tmp_path / "last.ckpt")
+    assert seen["step"] == 3
+    assert torch.equal(seen["weights"], saved["forget_weights"])
+    assert 0 < seen["weights"].sum() < len(tb.forget)  # SGA had deselected some samples
+    assert seen["threshold"] == pytest.approx(tb.summary["holdout_g_mean"], abs=1e-6)
+    saved_monitor = next(v for k, v in saved["callbacks"].items() if k.startswith("MemorizationMonitor"))
+    assert torch.equal(seen["values"], saved_monitor["values"])
+    # Scored again for the restored weights, they are the first run's final scores.
+    resumed_monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
+    assert resumed_monitor.scored_at.min() >= 3
+    assert len(first_monitor.values) == len(resumed_monitor.values) == len(tb.forget)

@@ -1,0 +1,45 @@
+"""Two CPU processes (DDP over gloo) take the same steps and reach the same per-sample scores as one."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import lightning as L
+import pytest
+
+from lightning_unlearn import SelectiveGradientAscent
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+from tests.conftest import make_trainer, unlearning_data
+
+
+class Report(L.Callback):
+    """Writes each process's view of the run: its step count, stop step and per-sample scores."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def on_train_end(self, trainer, pl_module):
+        monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
+        stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+        report = {"stopped_step": stopping.stopped_step, "scores": monitor.values.tolist()}
+        with open(f"{self.folder}/rank{trainer.global_rank}.json", "w") as f:
+            json.dump(report, f)
+
+
+def run(tb, folder, devices):
+    folder.mkdir()
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4)
+    datamodule = unlearning_data(tb, batch_size=len(tb.forget) // devices)
+    strategy = "ddp_spawn" if devices > 1 else "auto"
+    make_trainer(devices=devices, strategy=strategy, callbacks=[Report(folder)]).fit(module, datamodule)
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(devices)]
+
+
+def test_two_processes_match_one(small_testbed, tmp_path):
+    (single,) = run(small_testbed, tmp_path / "one", devices=1)
+    ranks = run(small_testbed, tmp_path / "two", devices=2)
+    assert ranks[0] == ranks[1]  # every process decided and scored the same
+    assert single["stopped_step"] is not None
+    assert abs(ranks[0]["stopped_step"] - single["stopped_step"]) <= 1
+    assert ranks[0]["scores"] == pytest.approx(single["scores"], abs=0.02)

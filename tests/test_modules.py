@@ -1,0 +1,136 @@
+"""Unlearning modules: each method on the small testbed, loss normalization, saving, and every bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoModel
+
+from lightning_unlearn import GradientAscent, GradientDifference, SelectiveGradientAscent, UnlearningDataModule
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+from lightning_unlearn.memorization import score_memorization, sequence_nll
+from tests.conftest import make_tokenizer, make_trainer, unlearning_data
+
+
+def find(trainer, kind):
+    return next(cb for cb in trainer.callbacks if isinstance(cb, kind))
+
+
+def test_selective_gradient_ascent_forgets_every_record(small_testbed):
+    tb = small_testbed
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4)
+    trainer = make_trainer()
+    datamodule = unlearning_data(tb)
+    trainer.fit(module, datamodule)
+    stopping = find(trainer, MemorizationEarlyStopping)
+    assert stopping.stopped_step is not None and stopping.stopped_step > 1
+    assert stopping.threshold_value == pytest.approx(tb.summary["holdout_g_mean"], abs=1e-6)
+    final = score_memorization(module.model, datamodule.scoring_dataloader("forget"))
+    assert max(final.values()) <= stopping.threshold_value  # every record, not just the mean
+    assert find(trainer, MemorizationMonitor).scores == pytest.approx(final)
+    assert trainer.callback_metrics["forget/above_threshold"] == 0
+
+
+def test_gradient_ascent_with_the_mean_rule_stops_earlier(small_testbed):
+    tb = small_testbed
+    module = GradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4)
+    stopping = MemorizationEarlyStopping(criterion="mean")
+    trainer = make_trainer(callbacks=[MemorizationMonitor(), stopping])
+    trainer.fit(module, unlearning_data(tb))
+    scores = find(trainer, MemorizationMonitor).scores
+    assert sum(scores.values()) / len(scores) <= stopping.threshold_value
+    assert stopping.stopped_step is not None
+
+
+def test_gradient_difference_trains_on_retain(small_testbed):
+    tb = small_testbed
+    module = GradientDifference(copy.deepcopy(tb.model), alpha=2.0, learning_rate=3e-4)
+    trainer = make_trainer(max_steps=2)
+    trainer.fit(module, unlearning_data(tb, batch_size=8))
+    assert {"train/forget_nll", "train/retain_nll", "train/selected"} <= set(trainer.callback_metrics)
+    with pytest.raises(ValueError, match="retain split too"):
+        make_trainer(max_steps=1).fit(GradientDifference(copy.deepcopy(tb.model)), unlearning_data(tb, retain=None))
+
+
+def test_step_is_the_weighted_mean_over_selected_samples(small_testbed):
+    """One SGD step (lr 1) equals the gradient of Σ w·(−NLL) / Σ w, computed by hand."""
+    tb = small_testbed
+    datamodule = unlearning_data(tb, shuffle=False, batch_size=6)
+    datamodule.setup()
+    batch = next(iter(datamodule.train_dataloader()))[0]["forget"]
+    weights = torch.zeros(len(tb.forget))
+    weights[[1, 4]] = 1.0
+    weights[2] = 0.5
+
+    reference = copy.deepcopy(tb.model)
+    nll = sequence_nll(
+        reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+        batch["input_ids"],
+        batch["attention_mask"],
+    )
+    w = weights[batch["sample_id"]]
+    (-(w * nll).sum() / w.sum()).backward()
+    expected = {n: p.detach() - p.grad for n, p in reference.named_parameters()}
+
+    class OneSGDStep(GradientAscent):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.model.parameters(), lr=1.0)
+
+    module = OneSGDStep(copy.deepcopy(tb.model))
+    module.forget_weights = weights
+    make_trainer(max_steps=1).fit(module, datamodule)
+    for name, parameter in module.model.named_parameters():
+        assert torch.allclose(parameter, expected[name], atol=1e-5), name
+
+
+def test_non_finite_loss_stops_with_the_step(small_testbed):
+    class Exploding(GradientAscent):
+        def forget_loss(self, batch, logits, nll):
+            return nll * float("nan") if self.global_step == 2 else -nll
+
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step 2"):
+        make_trainer(max_steps=5).fit(Exploding(copy.deepcopy(small_testbed.model)), unlearning_data(small_testbed))
+
+
+def test_model_without_causal_lm_head_is_rejected(small_testbed):
+    with pytest.raises(TypeError, match="no causal-LM head"):
+        GradientAscent(GPTNeoModel(small_testbed.model.config))
+
+
+def test_model_by_path_is_created_in_configure_model(small_testbed, tmp_path):
+    small_testbed.model.save_pretrained(tmp_path / "m")
+    module = GradientAscent(str(tmp_path / "m"))
+    assert module.model is None
+    make_trainer(max_steps=1).fit(module, unlearning_data(small_testbed))
+    assert module.model is not None and module.global_step == 1
+
+
+def test_missing_model_path_fails_at_setup(small_testbed, tmp_path):
+    module = GradientAscent(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="cannot load a model from"):
+        make_trainer(max_steps=1).fit(module, unlearning_data(small_testbed))
+
+
+def test_mismatched_tokenizer_fails_before_any_step(small_testbed):
+    wide = make_tokenizer(small_testbed.forget, vocab_size=2000)  # ids beyond the small model's vocabulary
+    datamodule = UnlearningDataModule(wide, small_testbed.forget, holdout=small_testbed.holdout)
+    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model))
+    with pytest.raises(ValueError, match="tokenizer does not fit the model"):
+        make_trainer().fit(module, datamodule)
+    assert module.global_step == 0
+
+
+def test_save_pretrained_writes_a_loadable_folder(small_testbed, tmp_path):
+    module = GradientAscent(copy.deepcopy(small_testbed.model))
+    trainer = make_trainer(max_steps=1)
+    trainer.fit(module, unlearning_data(small_testbed))
+    module.save_pretrained(tmp_path / "out")
+    module.save_pretrained(tmp_path / "out")  # overwriting is fine
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, module.model(ids).logits, atol=1e-6)
+    assert (tmp_path / "out" / "tokenizer.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
