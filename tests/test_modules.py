@@ -134,3 +134,21 @@ def test_save_pretrained_writes_a_loadable_folder(small_testbed, tmp_path):
         assert torch.allclose(loaded(ids).logits, module.model(ids).logits, atol=1e-6)
     assert (tmp_path / "out" / "tokenizer.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+
+def test_sga_scores_from_the_training_forward_not_extra_passes(small_testbed, monkeypatch):
+    passes = []
+    original = MemorizationMonitor.refresh
+
+    def counted(self, trainer, pl_module, log=True):
+        passes.append(trainer.global_step)
+        original(self, trainer, pl_module, log)
+
+    monkeypatch.setattr(MemorizationMonitor, "refresh", counted)
+    trainer = make_trainer()
+    trainer.fit(
+        SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4), unlearning_data(small_testbed)
+    )
+    # The step at which the rule held is counted by Lightning but not taken.
+    assert find(trainer, MemorizationEarlyStopping).stopped_step == trainer.global_step - 1 > 1
+    assert passes == [0]  # one pass before training; every later score came from a training forward

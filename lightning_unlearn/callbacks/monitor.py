@@ -122,6 +122,10 @@ class MemorizationMonitor(Callback):
         self.log_summary(pl_module)
         return ids
 
+    def carry_forward(self, step: int, to_step: int) -> None:
+        """Scores of ``step`` also hold at ``to_step`` (the weights did not change in between)."""
+        self.scored_at[self.scored_at == step] = to_step
+
     def _store(self, ids: Tensor, values: Tensor, step: int) -> None:
         size = int(ids.max()) + 1 if len(ids) else 0
         if size > len(self.values):

@@ -29,7 +29,9 @@ class MemorizationEarlyStopping(Callback):
     (unseen data of the same distribution), computed once when training starts and logged as ``holdout/ma_mean``;
     a float is taken as is. Decisions use the :class:`MemorizationMonitor`'s scores, only when every score is
     fresh (belongs to the current weights), and are the same on every process. When the training forward keeps
-    the scores fresh, the rule is checked before each optimizer step, so no step is taken past it.
+    the scores fresh, the rule is checked before each optimizer step, so no step is taken past it; Lightning
+    still counts that last (untaken) step in ``trainer.global_step``, while ``stopped_step`` is the number of
+    optimizer steps actually taken.
 
     Args:
         criterion: ``"max"`` or ``"mean"`` of g over the forget set.
@@ -80,6 +82,8 @@ class MemorizationEarlyStopping(Callback):
 
     def check(self, trainer: L.Trainer) -> bool:
         """Whether the rule holds for the current weights; if so, asks the trainer to stop."""
+        if trainer.should_stop and self.stopped_step is not None:  # decided already (before a skipped step)
+            return True
         monitor = find_monitor(trainer)
         if self.threshold_value is None or not monitor.is_fresh(trainer.global_step):
             return False

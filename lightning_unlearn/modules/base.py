@@ -191,11 +191,14 @@ class UnlearningModule(L.LightningModule):
         self.log("train/selected", self._global_sum((weights > 0).sum().float()), on_step=True, batch_size=len(ids))
         return loss
 
+    def _forget_monitors(self) -> list[MemorizationMonitor]:
+        return [cb for cb in self.trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == "forget"]
+
     def _before_step(self, sample_id: Tensor, g: Tensor) -> bool:
         """Score-in-the-loop: hands the batch's fresh g to the callbacks; True when training must stop now."""
         callbacks = self.trainer.callbacks
         batch_ids = sample_id
-        for monitor in (cb for cb in callbacks if isinstance(cb, MemorizationMonitor) and cb.split == "forget"):
+        for monitor in self._forget_monitors():
             batch_ids = monitor.record(self.trainer, self, sample_id, g)
         if any(cb.check(self.trainer) for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)):
             return True
@@ -210,6 +213,10 @@ class UnlearningModule(L.LightningModule):
         optimizer_closure()  # training_step and backward
         if not self._rule_holds:
             optimizer.step()
+            return
+        # No step, yet Lightning counts one: the weights, and so the scores, stay those of this global_step.
+        for monitor in self._forget_monitors():
+            monitor.carry_forward(self.global_step, self.global_step + 1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
