@@ -8,7 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoModel
 
-from lightning_unlearn import GradientAscent, GradientDifference, SelectiveGradientAscent, UnlearningDataModule
+from lightning_unlearn import (
+    TAU,
+    GradientAscent,
+    GradientDifference,
+    SelectiveGradientAscent,
+    TaskArithmetic,
+    UnlearningDataModule,
+)
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.memorization import score_memorization, sequence_nll
 from tests.conftest import make_tokenizer, make_trainer, unlearning_data
@@ -152,3 +159,52 @@ def test_sga_scores_from_the_training_forward_not_extra_passes(small_testbed, mo
     # The step at which the rule held is counted by Lightning but not taken.
     assert find(trainer, MemorizationEarlyStopping).stopped_step == trainer.global_step - 1 > 1
     assert passes == [0]  # one pass before training; every later score came from a training forward
+
+
+def test_task_arithmetic_result_is_the_edit(small_testbed):
+    tb = small_testbed
+    module = TaskArithmetic(copy.deepcopy(tb.model), learning_rate=1e-3)
+    trainer = make_trainer()
+    datamodule = unlearning_data(tb)
+    trainer.fit(module, datamodule)
+    stopping = find(trainer, MemorizationEarlyStopping)
+    assert stopping.stopped_step is not None and module.scale == -3.0
+    final = score_memorization(module.model, datamodule.scoring_dataloader("forget"))
+    assert max(final.values()) <= stopping.threshold_value  # the saved model is the edit, and it forgot
+    assert find(trainer, MemorizationMonitor).scores == pytest.approx(final)
+
+
+def test_scale_search_finds_the_known_answer(small_testbed, monkeypatch):
+    """With a rule that holds exactly when λ <= −1.3, bisection from −3 lands just below −1.3."""
+    module = TaskArithmetic(copy.deepcopy(small_testbed.model), learning_rate=1e-3, search_scale=True)
+    monkeypatch.setattr(module.stopping, "holds", lambda trainer: (module.scale <= -1.3, 0.0))
+    make_trainer().fit(module, unlearning_data(small_testbed))
+    assert -1.3 - 3 / 2**8 <= module.scale <= -1.3
+
+
+def test_scale_search_keeps_the_rule(small_testbed):
+    tb = small_testbed
+    module = TaskArithmetic(copy.deepcopy(tb.model), learning_rate=1e-3, search_scale=True)
+    trainer = make_trainer()
+    datamodule = unlearning_data(tb)
+    trainer.fit(module, datamodule)
+    threshold = find(trainer, MemorizationEarlyStopping).threshold_value
+    assert -3.0 <= module.scale < 0
+    assert max(score_memorization(module.model, datamodule.scoring_dataloader("forget")).values()) <= threshold
+
+
+def test_tau_switches_once_and_forgets(small_testbed):
+    tb = small_testbed
+    module = TAU(copy.deepcopy(tb.model), learning_rate=1e-3)
+    trainer = make_trainer()
+    datamodule = unlearning_data(tb)
+    trainer.fit(module, datamodule)
+    assert module.switch_step is not None and 0 < module.switch_step < trainer.global_step
+    assert trainer.callback_metrics["tau/switch_step"] == module.switch_step
+    threshold = find(trainer, MemorizationEarlyStopping).threshold_value
+    assert max(score_memorization(module.model, datamodule.scoring_dataloader("forget")).values()) <= threshold
+
+
+def test_task_arithmetic_needs_a_negative_scale(small_testbed):
+    with pytest.raises(ValueError, match="scale must be negative"):
+        TaskArithmetic(small_testbed.model, scale=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -63,7 +64,7 @@ class MemorizationMonitor(Callback):
         self.threshold: float | None = None  # set by MemorizationEarlyStopping once known
         self.values = torch.empty(0)  # Tensor[N]: latest g per sample_id (NaN: never scored)
         self.scored_at = torch.empty(0, dtype=torch.long)  # Tensor[N]: optimizer step the score belongs to
-        self._loop_covers_all = False
+        self._loop_covered_step: int | None = None  # last step whose training forward scored every sample
 
     @property
     def state_key(self) -> str:
@@ -101,15 +102,20 @@ class MemorizationMonitor(Callback):
     def refresh_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A scoring pass, if N steps have passed and the training forward does not keep every score fresh."""
         step = trainer.global_step
-        if step % self.every_n_train_steps or self.is_fresh(step) or self._loop_covers_all:
-            return
+        if step % self.every_n_train_steps or self.is_fresh(step) or self._loop_covered_step == step - 1:
+            return  # the next training forward scores every sample anyway
         self.refresh(trainer, pl_module)
 
     def refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = True) -> None:
         """Scores the whole watched set now (every process takes part)."""
-        ids, values = score_on_all_ranks(
-            get_model(pl_module), self.dataloader, trainer.strategy, self.progress, desc=f"{self.split} memorization"
-        )
+        with getattr(pl_module, "scoring_context", nullcontext)():  # e.g. task arithmetic scores its edit
+            ids, values = score_on_all_ranks(
+                get_model(pl_module),
+                self.dataloader,
+                trainer.strategy,
+                self.progress,
+                desc=f"{self.split} memorization",
+            )
         self._store(ids, values, trainer.global_step)
         if log:
             self.log_summary(pl_module)
@@ -118,7 +124,8 @@ class MemorizationMonitor(Callback):
         """Takes the g of a training batch (this process's share), gathered over processes; returns all ids."""
         ids, values = gather_scores(trainer.strategy, sample_id, g.detach().float())
         self._store(ids.cpu(), values.cpu(), trainer.global_step)
-        self._loop_covers_all = self.is_fresh(trainer.global_step)
+        if self.is_fresh(trainer.global_step):
+            self._loop_covered_step = trainer.global_step
         self.log_summary(pl_module)
         return ids
 

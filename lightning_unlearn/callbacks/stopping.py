@@ -84,12 +84,9 @@ class MemorizationEarlyStopping(Callback):
         """Whether the rule holds for the current weights; if so, asks the trainer to stop."""
         if trainer.should_stop and self.stopped_step is not None:  # decided already (before a skipped step)
             return True
-        monitor = find_monitor(trainer)
-        if self.threshold_value is None or not monitor.is_fresh(trainer.global_step):
+        if self.threshold_value is None or not find_monitor(trainer).is_fresh(trainer.global_step):
             return False
-        g = monitor.values[~monitor.values.isnan()]
-        value = g.max() if self.criterion == "max" else g.mean()
-        holds = trainer.strategy.reduce_boolean_decision(bool(value <= self.threshold_value), all=True)
+        holds, value = self.holds(trainer)
         if holds:
             trainer.should_stop = True
             self.stopped_step = trainer.global_step
@@ -99,6 +96,14 @@ class MemorizationEarlyStopping(Callback):
                     f"{self.threshold_value:.4f} after {trainer.global_step} steps"
                 )
         return holds
+
+    def holds(self, trainer: L.Trainer) -> tuple[bool, float]:
+        """Whether the rule holds for the monitor's latest scores (the same answer on every process), and the
+        max or mean g it compared."""
+        monitor = find_monitor(trainer)
+        g = monitor.values[~monitor.values.isnan()]
+        value = (g.max() if self.criterion == "max" else g.mean()).item()
+        return trainer.strategy.reduce_boolean_decision(value <= self.threshold_value, all=True), value
 
     def state_dict(self) -> dict[str, Any]:
         return {"threshold_value": self.threshold_value, "stopped_step": self.stopped_step}

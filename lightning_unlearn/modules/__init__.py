@@ -2,11 +2,14 @@
 
 from lightning_unlearn.modules.base import UnlearningModule, check_causal_lm, load_causal_lm
 from lightning_unlearn.modules.gradient import GradientAscent, GradientDifference, SelectiveGradientAscent
+from lightning_unlearn.modules.task_arithmetic import TAU, TaskArithmetic
 
 __all__ = [
+    "TAU",
     "GradientAscent",
     "GradientDifference",
     "SelectiveGradientAscent",
+    "TaskArithmetic",
     "UnlearningModule",
     "check_causal_lm",
     "load_causal_lm",

@@ -1,0 +1,173 @@
+"""Task arithmetic for unlearning: TA (fine-tune on the forget set, subtract the task vector) and TAU (SGA, then TA)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
+from lightning_unlearn.callbacks.stopping import find_monitor
+from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.task_vectors import apply_task_vector, edited, snapshot, task_vector
+
+
+class TaskArithmetic(UnlearningModule):
+    """TA: fine-tune (gradient *descent*) on the forget set from θ_base, and score the **edited** model
+    θ_base + λ·(θ − θ_base), λ = ``scale`` < 0, after every step; stop when the rule holds for the edit.
+
+    θ_base is a CPU copy; scoring applies the edit in place, scores, and restores the weights bit for bit. After
+    ``fit``, ``.model`` *is* the edited model (``save_pretrained`` saves the edit) and ``.scale`` the λ used.
+    With ``search_scale=True``, λ is then bisected in [scale, 0) to the value closest to 0 for which the rule
+    still holds (scoring passes only, no training), since a smaller |λ| costs less utility.
+
+    Args:
+        scale: λ, negative.
+        search_scale: search the smallest |λ| that satisfies the rule after training.
+        search_steps: bisection steps (each one scoring pass).
+        threshold: ``"holdout"`` or a fraction in [0, 1], for :class:`MemorizationEarlyStopping`.
+        stop: ``"max"`` (every sample) or ``"mean"``.
+        **kwargs: :class:`UnlearningModule` arguments.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        scale: float = -3.0,
+        search_scale: bool = False,
+        search_steps: int = 8,
+        threshold: str | float = "holdout",
+        stop: Literal["max", "mean"] = "max",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if scale >= 0:
+            raise ValueError(f"scale must be negative (the task vector is subtracted), got {scale}")
+        self.scale = scale
+        self.search_scale = search_scale
+        self.search_steps = search_steps
+        self.stopping = MemorizationEarlyStopping(criterion=stop, threshold=threshold)
+        self.base: dict[str, Tensor] | None = None  # θ_base, on the CPU
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [MemorizationMonitor(), self.stopping]
+
+    def on_train_start(self) -> None:
+        if self.base is None:  # not restored from a checkpoint
+            self.base = snapshot(self.model)
+
+    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        return nll  # descent: the task vector points towards the forget set
+
+    def _before_step(self, sample_id: Tensor, g: Tensor) -> bool:
+        return False  # the training forward scores θ, not the edit: the monitor scores the edit after each step
+
+    @contextmanager
+    def scoring_context(self) -> Iterator[None]:
+        """While scoring, the model is the edit θ_base + λ·(θ − θ_base)."""
+        with edited(self.model, self.base, self.scale) if self.base is not None else nullcontext():
+            yield
+
+    def on_train_end(self) -> None:
+        if self.base is None:
+            return
+        if self.search_scale:
+            self._search_scale()
+        apply_task_vector(self.model, task_vector(self.base, snapshot(self.model)), self.scale, self.base)
+        self.base = None  # the model is the edit now
+        rank_zero_info(f"{type(self).__name__}: the model is θ_base + {self.scale:.4g}·τ")
+
+    def _search_scale(self) -> None:
+        """Bisection for the λ in [scale, 0) closest to 0 at which the stop rule holds (if it holds at scale)."""
+        trainer, monitor = self.trainer, find_monitor(self.trainer)
+        monitor.refresh(trainer, self, log=False)
+        if not self.stopping.holds(trainer)[0]:
+            return
+        holds_at, fails_at = self.scale, 0.0
+        for _ in range(self.search_steps):
+            self.scale = (holds_at + fails_at) / 2
+            monitor.refresh(trainer, self, log=False)
+            if self.stopping.holds(trainer)[0]:
+                holds_at = self.scale
+            else:
+                fails_at = self.scale
+        self.scale = holds_at
+        monitor.refresh(trainer, self, log=False)  # the scores of the chosen edit
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["task_arithmetic"] = {"base": self.base, "scale": self.scale}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("task_arithmetic", {})
+        self.base, self.scale = state.get("base"), state.get("scale", self.scale)
+
+
+class TAU(TaskArithmetic):
+    """TAU (Barbulescu & Triantafillou 2024): SGA until the forget set's mean g <= ``switch_at``, then TA with
+    the SGA model as θ_base. The switch happens once; its step is ``switch_step`` and is logged as
+    ``tau/switch_step``.
+
+    Args:
+        gamma, keep_top, mode: the SGA phase (see :class:`SelectiveGradientAscent`).
+        switch_at: mean forget g, a fraction in [0, 1], at or below which TA takes over.
+        scale: λ of the TA phase (default −1).
+        **kwargs: :class:`TaskArithmetic` arguments.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        gamma: float = 0.7,
+        switch_at: float = 0.5,
+        scale: float = -1.0,
+        keep_top: int = 1,
+        mode: Literal["select", "proportional"] = "select",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, scale=scale, **kwargs)
+        self.selective = SelectiveAscent(gamma=gamma, keep_top=keep_top, mode=mode)
+        self.switch_at = switch_at
+        self.switch_step: int | None = None
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [MemorizationMonitor(), self.selective, self.stopping]
+
+    def on_train_start(self) -> None:
+        pass  # θ_base is the SGA model, taken at the switch
+
+    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        return nll if self.switch_step is not None else -nll
+
+    def _before_step(self, sample_id: Tensor, g: Tensor) -> bool:
+        if self.switch_step is not None:
+            return False
+        if UnlearningModule._before_step(self, sample_id, g):
+            return True
+        monitor = find_monitor(self.trainer)
+        if monitor.is_fresh(self.global_step) and monitor.summary()["ma_mean"] <= self.switch_at:
+            self._switch(self.trainer)
+        return False
+
+    def _switch(self, trainer: L.Trainer) -> None:
+        self.switch_step = self.global_step
+        self.base = snapshot(self.model)
+        self.forget_weights.fill_(1.0)
+        for optimizer in trainer.optimizers:  # a fresh Adam for the descent phase
+            optimizer.state.clear()
+        self.log("tau/switch_step", float(self.switch_step), batch_size=1)
+        rank_zero_info(f"TAU: switching from selective ascent to task arithmetic at step {self.switch_step}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["task_arithmetic"]["switch_step"] = self.switch_step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.switch_step = checkpoint.get("task_arithmetic", {}).get("switch_step")

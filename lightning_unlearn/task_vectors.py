@@ -1,0 +1,62 @@
+"""Task vectors (Ilharco et al.): τ = θ_tuned − θ_base, and edits θ = θ_base + λ·τ, on named parameters.
+
+Work on any set of named parameters: a whole model, or only a PEFT/LoRA model's trainable adapter weights
+(pass ``trainable_only=True``). Vectors live on the CPU, so an edit never keeps a second model on the accelerator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+
+def snapshot(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, Tensor]:
+    """A CPU copy of ``model``'s parameters by name (only those with ``requires_grad`` when ``trainable_only``)."""
+    return {
+        name: p.detach().to("cpu", copy=True)
+        for name, p in model.named_parameters()
+        if p.requires_grad or not trainable_only
+    }
+
+
+def task_vector(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """τ = tuned − base, for every parameter name of ``base`` (both: name -> tensor, e.g. from :func:`snapshot`)."""
+    missing = set(base) - set(tuned)
+    if missing:
+        raise KeyError(f"the tuned weights lack {len(missing)} parameters of the base, e.g. {sorted(missing)[0]}")
+    return {name: tuned[name].detach().cpu() - value.detach().cpu() for name, value in base.items()}
+
+
+@torch.no_grad()
+def apply_task_vector(
+    model: torch.nn.Module, vector: Mapping[str, Tensor], scale: float, base: Mapping[str, Tensor]
+) -> None:
+    """Sets each named parameter of ``model`` in ``vector`` to base + scale · vector, in place."""
+    parameters = dict(model.named_parameters())
+    for name, direction in vector.items():
+        p = parameters[name]
+        p.copy_((base[name].to(torch.float32) + scale * direction.to(torch.float32)).to(p.device, p.dtype))
+
+
+@torch.no_grad()
+def load_parameters(model: torch.nn.Module, values: Mapping[str, Tensor]) -> None:
+    """Copies ``values`` (name -> tensor) into ``model``'s parameters of the same names, bit for bit."""
+    parameters = dict(model.named_parameters())
+    for name, value in values.items():
+        parameters[name].copy_(value)
+
+
+@contextmanager
+def edited(
+    model: torch.nn.Module, base: Mapping[str, Tensor], scale: float, trainable_only: bool = False
+) -> Iterator[None]:
+    """Inside: ``model`` is base + scale · (its weights − base). After: its weights exactly as before."""
+    current = snapshot(model, trainable_only)
+    apply_task_vector(model, task_vector(base, current), scale, base)
+    try:
+        yield
+    finally:
+        load_parameters(model, current)
