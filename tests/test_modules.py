@@ -25,16 +25,20 @@ def find(trainer, kind):
     return next(cb for cb in trainer.callbacks if isinstance(cb, kind))
 
 
-def test_selective_gradient_ascent_forgets_every_record(small_testbed):
-    tb = small_testbed
-    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4)
+def unlearn(module, tb):
+    """Fits ``module`` on the testbed; returns the trainer, the stopping callback and the final forget scores."""
     trainer = make_trainer()
     datamodule = unlearning_data(tb)
     trainer.fit(module, datamodule)
-    stopping = find(trainer, MemorizationEarlyStopping)
+    final = score_memorization(module.model, datamodule.scoring_dataloader("forget"))
+    return trainer, find(trainer, MemorizationEarlyStopping), final
+
+
+def test_selective_gradient_ascent_forgets_every_record(small_testbed):
+    tb = small_testbed
+    trainer, stopping, final = unlearn(SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4), tb)
     assert stopping.stopped_step is not None and stopping.stopped_step > 1
     assert stopping.threshold_value == pytest.approx(tb.summary["holdout_g_mean"], abs=1e-6)
-    final = score_memorization(module.model, datamodule.scoring_dataloader("forget"))
     assert max(final.values()) <= stopping.threshold_value  # every record, not just the mean
     assert find(trainer, MemorizationMonitor).scores == pytest.approx(final)
     assert trainer.callback_metrics["forget/above_threshold"] == 0
@@ -164,12 +168,8 @@ def test_sga_scores_from_the_training_forward_not_extra_passes(small_testbed, mo
 def test_task_arithmetic_result_is_the_edit(small_testbed):
     tb = small_testbed
     module = TaskArithmetic(copy.deepcopy(tb.model), learning_rate=1e-3)
-    trainer = make_trainer()
-    datamodule = unlearning_data(tb)
-    trainer.fit(module, datamodule)
-    stopping = find(trainer, MemorizationEarlyStopping)
+    trainer, stopping, final = unlearn(module, tb)
     assert stopping.stopped_step is not None and module.scale == -3.0
-    final = score_memorization(module.model, datamodule.scoring_dataloader("forget"))
     assert max(final.values()) <= stopping.threshold_value  # the saved model is the edit, and it forgot
     assert find(trainer, MemorizationMonitor).scores == pytest.approx(final)
 
@@ -185,24 +185,18 @@ def test_scale_search_finds_the_known_answer(small_testbed, monkeypatch):
 def test_scale_search_keeps_the_rule(small_testbed):
     tb = small_testbed
     module = TaskArithmetic(copy.deepcopy(tb.model), learning_rate=1e-3, search_scale=True)
-    trainer = make_trainer()
-    datamodule = unlearning_data(tb)
-    trainer.fit(module, datamodule)
-    threshold = find(trainer, MemorizationEarlyStopping).threshold_value
+    _, stopping, final = unlearn(module, tb)
     assert -3.0 <= module.scale < 0
-    assert max(score_memorization(module.model, datamodule.scoring_dataloader("forget")).values()) <= threshold
+    assert max(final.values()) <= stopping.threshold_value
 
 
 def test_tau_switches_once_and_forgets(small_testbed):
     tb = small_testbed
     module = TAU(copy.deepcopy(tb.model), learning_rate=1e-3)
-    trainer = make_trainer()
-    datamodule = unlearning_data(tb)
-    trainer.fit(module, datamodule)
+    trainer, stopping, final = unlearn(module, tb)
     assert module.switch_step is not None and 0 < module.switch_step < trainer.global_step
     assert trainer.callback_metrics["tau/switch_step"] == module.switch_step
-    threshold = find(trainer, MemorizationEarlyStopping).threshold_value
-    assert max(score_memorization(module.model, datamodule.scoring_dataloader("forget")).values()) <= threshold
+    assert max(final.values()) <= stopping.threshold_value
 
 
 def test_task_arithmetic_needs_a_negative_scale(small_testbed):

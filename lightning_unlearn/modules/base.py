@@ -15,7 +15,6 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
-from lightning_unlearn.distributed import gather_scores
 from lightning_unlearn.memorization import memorization_accuracy, sequence_nll
 
 # Expected here, not a problem: the model trains in eval mode (no dropout).
@@ -197,15 +196,12 @@ class UnlearningModule(L.LightningModule):
     def _before_step(self, sample_id: Tensor, g: Tensor) -> bool:
         """Score-in-the-loop: hands the batch's fresh g to the callbacks; True when training must stop now."""
         callbacks = self.trainer.callbacks
-        batch_ids = sample_id
-        for monitor in self._forget_monitors():
-            batch_ids = monitor.record(self.trainer, self, sample_id, g)
-        if any(cb.check(self.trainer) for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)):
-            return True
-        for selective in (cb for cb in callbacks if isinstance(cb, SelectiveAscent)):
-            if batch_ids is sample_id:  # no monitor gathered them: gather here
-                batch_ids, _ = gather_scores(self.trainer.strategy, sample_id, g)
-            selective.apply(self.trainer, self, batch_ids)
+        for monitor in self._forget_monitors():  # SelectiveAscent and the stopping rule require one
+            batch_ids = monitor.record(self.trainer, self, sample_id, g)  # every process's ids
+            if any(cb.check(self.trainer) for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)):
+                return True
+            for selective in (cb for cb in callbacks if isinstance(cb, SelectiveAscent)):
+                selective.apply(self.trainer, self, batch_ids)
         return False
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
