@@ -6,7 +6,7 @@ sharded model (ZeRO-3) never waits on a rank that has stopped. Results are ident
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from lightning.pytorch.strategies import Strategy
@@ -38,8 +38,10 @@ def score_on_all_ranks(
     strategy: Strategy | None = None,
     progress: bool = False,
     desc: str = "memorization",
+    measure: Callable[[torch.nn.Module, Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """g of every sample of ``dataloader``, each process scoring every world_size-th batch.
+    """g (or ``measure``, see :func:`score_memorization`) of every sample of ``dataloader``, each process
+    scoring every world_size-th batch.
 
     Returns sorted unique ``sample_id`` (``Tensor[N]`` long, on CPU) and their g (``Tensor[N]`` float, on CPU).
     """
@@ -49,7 +51,7 @@ def score_on_all_ranks(
         raise ValueError(f"nothing to score: the {desc} dataloader is empty")
     mine = batches[rank::world]
     mine += (mine or batches)[-1:] * (-(-len(batches) // world) - len(mine))  # same number of forwards everywhere
-    scores = score_memorization(model, mine, progress=progress and rank == 0, desc=desc)
+    scores = score_memorization(model, mine, progress=progress and rank == 0, desc=desc, measure=measure)
     device = next(model.parameters()).device
     ids = torch.tensor(list(scores), dtype=torch.long, device=device)
     values = torch.tensor(list(scores.values()), dtype=torch.float32, device=device)

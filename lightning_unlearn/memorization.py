@@ -8,7 +8,7 @@ Semantics follow DESIGN.md §2 exactly; ``tests/test_memorization.py`` checks th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -258,11 +258,13 @@ def score_memorization(
     dataloader: Iterable[Mapping[str, Tensor]],
     progress: bool = False,
     desc: str = "memorization",
+    measure: Callable[[torch.nn.Module, Tensor, Tensor], Tensor] | None = None,
 ) -> dict[int, float]:
     """g(x) of every sample a dataloader yields, keyed by its ``sample_id``: no grad, eval mode, mode restored.
 
     Batches are dicts with ``input_ids``, ``attention_mask`` and ``sample_id`` (``Tensor[B]``), as the
     :class:`~lightning_unlearn.UnlearningDataModule` makes them. A sample seen twice keeps its last score.
+    ``measure(model, input_ids, attention_mask) -> Tensor[B]`` scores something else instead of g (e.g. an attack).
     """
     device = _device(model)
     scores: dict[int, float] = {}
@@ -270,7 +272,10 @@ def score_memorization(
         for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
             input_ids = batch["input_ids"].to(device)
             attention_mask = batch["attention_mask"].to(device)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-            g = memorization_accuracy(logits, input_ids, attention_mask)
-            scores.update(zip(batch["sample_id"].tolist(), g.tolist(), strict=True))
+            if measure is None:
+                logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+                values = memorization_accuracy(logits, input_ids, attention_mask)
+            else:
+                values = measure(model, input_ids, attention_mask)
+            scores.update(zip(batch["sample_id"].tolist(), values.tolist(), strict=True))
     return scores

@@ -157,3 +157,21 @@ def test_resume_restores_scores_weights_and_threshold(small_testbed, tmp_path):
     resumed_monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
     assert resumed_monitor.scored_at.min() >= 3
     assert len(first_monitor.values) == len(resumed_monitor.values) == len(tb.forget)
+
+
+def test_attack_monitor_moves_towards_chance_under_sga(small_testbed):
+    from lightning_unlearn.callbacks import AttackMonitor
+
+    attacks = AttackMonitor(every_n_train_steps=2)
+    trainer = make_trainer(callbacks=[attacks])
+    trainer.fit(
+        SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4), unlearning_data(small_testbed)
+    )
+    (first_step, before), (last_step, after) = attacks.history[0], attacks.history[-1]
+    assert first_step == 0 and last_step == trainer.global_step
+    assert set(before) == {"loss", "zlib", "min_k"}
+    assert before["loss"] >= 0.75
+    assert abs(after["loss"] - 0.5) < abs(before["loss"] - 0.5)
+    assert "attack/loss_auc" in trainer.callback_metrics
+    with pytest.raises(ValueError, match="unknown attacks"):
+        AttackMonitor(attacks=("lira",))

@@ -1,7 +1,8 @@
 """Callbacks that score every forget sample during training, reweight gradient ascent, and stop it."""
 
+from lightning_unlearn.callbacks.attacks import AttackMonitor
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
 from lightning_unlearn.callbacks.selective import SelectiveAscent, selective_weights
 from lightning_unlearn.callbacks.stopping import MemorizationEarlyStopping
 
-__all__ = ["MemorizationEarlyStopping", "MemorizationMonitor", "SelectiveAscent", "selective_weights"]
+__all__ = ["AttackMonitor", "MemorizationEarlyStopping", "MemorizationMonitor", "SelectiveAscent", "selective_weights"]
