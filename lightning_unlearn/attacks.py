@@ -133,7 +133,9 @@ class NeighbourhoodAttack:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         values = []
         for start in range(0, len(texts), self.batch_size):
-            encoded = [tokenizer(t)["input_ids"] for t in texts[start : start + self.batch_size]]
+            # Neighbours can tokenize longer than their text: keep them within the model's positions.
+            limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+            encoded = [tokenizer(t)["input_ids"][:limit] for t in texts[start : start + self.batch_size]]
             width = max(len(ids) for ids in encoded)
             ids = torch.full((len(encoded), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)

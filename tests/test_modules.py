@@ -202,3 +202,13 @@ def test_tau_switches_once_and_forgets(small_testbed):
 def test_task_arithmetic_needs_a_negative_scale(small_testbed):
     with pytest.raises(ValueError, match="scale must be negative"):
         TaskArithmetic(small_testbed.model, scale=1.0)
+
+
+def test_samples_longer_than_the_model_fail_before_any_step(small_testbed):
+    tb = small_testbed
+    long_text = " ".join(tb.forget[:3])  # about 270 tokens; the model takes 128
+    datamodule = UnlearningDataModule(tb.tokenizer, [long_text, *tb.forget], holdout=tb.holdout, max_length=400)
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model))
+    with pytest.raises(ValueError, match=r"forget split has a \d+-token sample but the model takes at most 128"):
+        make_trainer().fit(module, datamodule)
+    assert module.global_step == 0

@@ -115,8 +115,15 @@ class UnlearningModule(L.LightningModule):
         if self.needs_retain and not datamodule.has_split("retain"):
             raise ValueError(f"{type(self).__name__} trains on the retain split too: give the datamodule one")
         vocabulary = self.model.get_input_embeddings().num_embeddings
+        positions = getattr(self.model.config, "max_position_embeddings", None)
         for name in ("forget", "retain", "holdout"):
             if datamodule.has_split(name):
+                longest = max(datamodule.split(name).lengths)
+                if positions is not None and longest > positions:
+                    raise ValueError(
+                        f"the {name} split has a {longest}-token sample but the model takes at most {positions} "
+                        f"positions: set the datamodule's max_length to {positions} or less"
+                    )
                 top = max(int(ids.max()) for ids in datamodule.split(name).input_ids)
                 if top >= vocabulary:
                     raise ValueError(
