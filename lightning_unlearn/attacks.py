@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_unlearn.memorization import _eval_mode
+from lightning_unlearn.memorization import eval_mode
 
 
 @torch.no_grad()
 def token_log_probs(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
     """log p(x_t | x_<t) for t = 1..T-1 (``Tensor[B, T-1]``, float32) and which of them are real tokens (bool)."""
-    with _eval_mode(model):
+    with eval_mode(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
     counted = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
     log_probs = -F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")

@@ -8,7 +8,8 @@ Semantics follow DESIGN.md §2 exactly; ``tests/test_memorization.py`` checks th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -65,18 +66,15 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-class _eval_mode:
-    """Context manager: the model in eval mode inside, its previous mode restored after (also on error)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode inside; its previous mode restored after (also on error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -107,7 +105,7 @@ def verbatim_extraction(
             f"verbatim_extraction needs prefix_length + suffix_length = {prefix_length + suffix_length} tokens per "
             f"sample; rows {short} have only {lengths[short].tolist()}. Pass shorter lengths."
         )
-    with _eval_mode(model):
+    with eval_mode(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     hits, _ = _teacher_forced_hits(logits, input_ids, attention_mask)
     # hits[:, t-1] is the prediction of x_t; the suffix is positions p .. p+s-1.
@@ -154,7 +152,7 @@ def extraction_likelihood(
             f"extraction_likelihood with n={n} needs at least {n + 1} tokens per sample; "
             f"rows {short} have {[lengths[row] for row in short]}"
         )
-    with _eval_mode(model):
+    with eval_mode(model):
         first_tokens = model(input_ids=input_ids, attention_mask=attention_mask).logits.argmax(-1)
         jobs = []  # (row, t): prefixes x_<t whose greedy continuation must be decoded
         for row, length in enumerate(lengths):
@@ -268,7 +266,7 @@ def score_memorization(
     """
     device = _device(model)
     scores: dict[int, float] = {}
-    with _eval_mode(model):
+    with eval_mode(model):
         for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
             input_ids = batch["input_ids"].to(device)
             attention_mask = batch["attention_mask"].to(device)
