@@ -181,20 +181,43 @@ def _greedy_continuations(
 ) -> dict[tuple[int, int], Tensor]:
     """Greedy continuation ĝ_t (``Tensor[L-t]``) of x_<t for each job (row, t), decoded in left-padded batches."""
     results: dict[tuple[int, int], Tensor] = {}
-    jobs = sorted(jobs, key=lambda job: (lengths[job[0]] - job[1], job[1]), reverse=True)
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
+    for chunk in _chunk_jobs(model, jobs, lengths, batch_size):
         # Each prefix already ends with its first greedy token, known from the teacher-forced pass.
         prefixes = [torch.cat([input_ids[row, :t], first_tokens[row, t - 1 : t]]) for row, t in chunk]
         remaining = [lengths[row] - t - 1 for row, t in chunk]
-        generated = _greedy_decode(model, prefixes, max(remaining))
+        generated = _greedy_decode(model, prefixes, max(remaining), [lengths[row] - 1 for row, _ in chunk])
         for (row, t), prefix, count, tokens in zip(chunk, prefixes, remaining, generated, strict=True):
             results[(row, t)] = torch.cat([prefix[-1:], tokens[:count]])
     return results
 
 
-def _greedy_decode(model: torch.nn.Module, prefixes: list[Tensor], num_tokens: int) -> Tensor:
-    """``Tensor[J, num_tokens]``: greedy tokens after each prefix, with a KV cache and no stop at EOS."""
+def _chunk_jobs(
+    model: torch.nn.Module, jobs: list[tuple[int, int]], lengths: list[int], batch_size: int
+) -> list[list[tuple[int, int]]]:
+    """Jobs (row, t) in batches of at most ``batch_size``, longest decoding first, each batch's left-padded prefix
+    plus decoded tokens within the model's positions (job (row, t) needs t+1 prefix and L-t-1 new tokens)."""
+    cap = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 2 * max(lengths)
+    chunks: list[list[tuple[int, int]]] = []
+    width = remaining = 0
+    for row, t in sorted(jobs, key=lambda job: (lengths[job[0]] - job[1], job[1]), reverse=True):
+        job_width, job_remaining = t + 1, lengths[row] - t - 1
+        if chunks and len(chunks[-1]) < batch_size and max(width, job_width) + max(remaining, job_remaining) <= cap:
+            chunks[-1].append((row, t))
+            width, remaining = max(width, job_width), max(remaining, job_remaining)
+        else:
+            chunks.append([(row, t)])
+            width, remaining = job_width, job_remaining
+    return chunks
+
+
+def _greedy_decode(
+    model: torch.nn.Module, prefixes: list[Tensor], num_tokens: int, last_positions: list[int]
+) -> Tensor:
+    """``Tensor[J, num_tokens]``: greedy tokens after each prefix, with a KV cache and no stop at EOS.
+
+    A prefix needing fewer tokens than ``num_tokens`` keeps decoding with the others; its surplus tokens are
+    discarded by the caller and their positions are held at ``last_positions[j]``, within the model's range.
+    """
     device = prefixes[0].device
     if num_tokens == 0:
         return torch.empty(len(prefixes), 0, dtype=torch.long, device=device)
@@ -207,7 +230,8 @@ def _greedy_decode(model: torch.nn.Module, prefixes: list[Tensor], num_tokens: i
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     tokens = [out.logits[:, -1].argmax(-1)]
-    next_position = positions[:, -1:] + 1
+    limit = torch.tensor(last_positions, device=device)[:, None]
+    next_position = torch.minimum(positions[:, -1:] + 1, limit)
     for _ in range(num_tokens - 1):
         mask = torch.cat([mask, mask.new_ones(len(prefixes), 1)], dim=1)
         out = model(
@@ -218,7 +242,7 @@ def _greedy_decode(model: torch.nn.Module, prefixes: list[Tensor], num_tokens: i
             **{_CACHE_KEY: out[_CACHE_KEY]},
         )
         tokens.append(out.logits[:, -1].argmax(-1))
-        next_position = next_position + 1
+        next_position = torch.minimum(next_position + 1, limit)
     return torch.stack(tokens, dim=1)
 
 

@@ -26,7 +26,9 @@ def make_tokenizer(texts: list[str] = TEXTS, vocab_size: int = 300) -> PreTraine
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
-def make_model(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32) -> GPTNeoForCausalLM:
+def make_model(
+    vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.float32, max_positions: int = 128
+) -> GPTNeoForCausalLM:
     """A 2-layer GPT-Neo with random weights, in eval mode."""
     torch.manual_seed(seed)
     config = GPTNeoConfig(
@@ -36,7 +38,7 @@ def make_model(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.f
         num_heads=2,
         attention_types=[[["global", "local"], 1]],
         window_size=16,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
         bos_token_id=0,
         eos_token_id=0,
     )

@@ -162,3 +162,14 @@ def test_score_memorization_keys_by_sample_id_and_restores_mode(model64, samples
     assert list(scores) == [10, 11, 12, 13, 14, 15]
     assert list(scores.values()) == pytest.approx(expected.tolist())
     assert scores[10] == pytest.approx(20 / 21)  # greedy text after a 2-token prompt: all but x_1 predicted
+
+
+def test_extraction_likelihood_within_the_models_positions():
+    """Mixed lengths up to the model's last position: batched decoding never runs past it."""
+    model = make_model(VOCAB, seed=3, dtype=torch.float64, max_positions=24)
+    g = torch.Generator().manual_seed(2)
+    samples = [greedy(model, [5], 23), torch.randint(1, VOCAB, (12,), generator=g).tolist(), greedy(model, [7], 15)]
+    samples[0][3] = (samples[0][3] + 1) % VOCAB
+    ids, mask = pad(samples)
+    reference = [naive_extraction_likelihood(model, s, 3) for s in samples]
+    assert extraction_likelihood(model, ids, mask, n=3).tolist() == pytest.approx(reference, abs=1e-6)
