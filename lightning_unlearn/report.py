@@ -1,0 +1,197 @@
+"""The unlearning-quality report: a per-sample table, a summary, and forget-set memorization histograms.
+
+``memorization_report(model, datamodule)`` measures every forget sample (g, EL_n, verbatim extraction, attack
+scores) and summarizes: mean/max g, the holdout threshold, the paper's outlier counts c(D_f) for the fixed band
+and for a band from the holdout distribution (mean ± k·std), the verbatim-extractable count, each attack's AUC
+(forget vs holdout) and the holdout NLL. ``write_report`` writes CSV, JSON and Markdown; ``plot_histograms``
+draws forget g before vs after unlearning with the threshold and band marked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_unlearn.attacks import attack_auc, loss_attack, min_k_attack, zlib_attack
+from lightning_unlearn.memorization import (
+    eval_mode,
+    extraction_likelihood,
+    memorization_accuracy,
+    sequence_nll,
+    verbatim_extraction,
+)
+
+ATTACKS = {"loss": loss_attack, "zlib": zlib_attack, "min_k": min_k_attack}
+
+
+@dataclass
+class Report:
+    """``rows``: one dict per forget sample; ``summary``: the aggregates (see the module docstring)."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+@torch.no_grad()
+def _measure_split(model: torch.nn.Module, loader: Any, el_n: int | None, verbatim: tuple[int, int] | None) -> dict:
+    """Per-sample g, NLL, attack scores (and EL_n, verbatim) of a scoring loader, keyed by sample_id."""
+    device = next(model.parameters()).device
+    out: dict[int, dict[str, Any]] = {}
+    with eval_mode(model):
+        for batch in loader:
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            columns = {"g": memorization_accuracy(logits, ids, mask), "nll": sequence_nll(logits, ids, mask)}
+            for name, attack in ATTACKS.items():
+                columns[f"{name}_score"] = attack(model, ids, mask)
+            if el_n is not None:
+                columns[f"el_{el_n}"] = extraction_likelihood(model, ids, mask, n=el_n)
+            if verbatim is not None:
+                columns["verbatim"] = verbatim_extraction(model, ids, mask, *verbatim)
+            for row, sample_id in enumerate(batch["sample_id"].tolist()):
+                out[sample_id] = {key: value[row].item() for key, value in columns.items()}
+    return out
+
+
+def memorization_report(
+    model: torch.nn.Module,
+    datamodule: Any,
+    el_n: int | None = 10,
+    verbatim_lengths: tuple[int, int] | None = None,
+    band: tuple[float, float] = (0.15, 0.60),
+    k_std: float = 1.0,
+    duplicates: Sequence[int] | None = None,
+) -> Report:
+    """Measures the forget split (and the holdout split, which it requires) of ``datamodule`` under ``model``.
+
+    Args:
+        el_n: n of EL_n (None skips it: it decodes, so it is the slowest column).
+        verbatim_lengths: (prefix, suffix) tokens for verbatim extraction; default: (50, 50), shortened to half
+            of the shortest forget sample each when that is shorter than 100 tokens.
+        band: the fixed (lower, upper) g band of c(D_f).
+        k_std: the holdout band is holdout mean g ± k_std · its std.
+        duplicates: training copies of each forget sample (e.g. ``Testbed.duplicates``), added to the table.
+    """
+    datamodule.setup()
+    shortest = min(datamodule.split("forget").lengths)
+    if verbatim_lengths is None:
+        verbatim_lengths = (50, 50) if shortest >= 100 else (shortest // 2, shortest - shortest // 2)
+    forget = _measure_split(model, datamodule.scoring_dataloader("forget"), el_n, verbatim_lengths)
+    holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None)
+    texts = datamodule.split("forget").texts
+    rows = []
+    for sample_id in sorted(forget):
+        row = {"sample_id": sample_id, "text": texts[sample_id][:80], **forget[sample_id]}
+        if duplicates is not None:
+            row["duplicates"] = duplicates[sample_id]
+        rows.append(row)
+
+    g = [row["g"] for row in rows]
+    holdout_g = [value["g"] for value in holdout.values()]
+    threshold, spread = statistics.fmean(holdout_g), statistics.pstdev(holdout_g)
+    summary: dict[str, Any] = {
+        "forget_samples": len(rows),
+        "ma_mean": statistics.fmean(g),
+        "ma_max": max(g),
+        "threshold": threshold,
+        "above_threshold": sum(value > threshold for value in g),
+        "outliers_fixed_band": _outliers(g, *band),
+        "outliers_holdout_band": _outliers(
+            g, max(0.0, threshold - k_std * spread), min(1.0, threshold + k_std * spread)
+        ),
+        "verbatim_lengths": list(verbatim_lengths),
+        "verbatim_extractable": sum(bool(row["verbatim"]) for row in rows),
+        "holdout_nll": statistics.fmean(value["nll"] for value in holdout.values()),
+        "attack_auc": {
+            name: attack_auc([row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()])
+            for name in ATTACKS
+        },
+    }
+    if el_n is not None:
+        summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
+    return Report(rows=rows, summary=summary)
+
+
+def _outliers(g: Sequence[float], lower: float, upper: float) -> dict[str, float]:
+    above, below = sum(value >= upper for value in g), sum(value <= lower for value in g)
+    return {"lower": lower, "upper": upper, "above": above, "below": below, "outliers": above + below}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+def write_report(report: Report, folder: str | os.PathLike) -> dict[str, Path]:
+    """Writes ``per_sample.csv``, ``per_sample.json``, ``summary.json`` and ``summary.md`` (each whole or absent)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(report.rows[0]))
+    writer.writeheader()
+    writer.writerows(report.rows)
+    paths = {name: folder / name for name in ("per_sample.csv", "per_sample.json", "summary.json", "summary.md")}
+    _write_atomically(paths["per_sample.csv"], table.getvalue())
+    _write_atomically(paths["per_sample.json"], json.dumps(report.rows, indent=1))
+    _write_atomically(paths["summary.json"], json.dumps(report.summary, indent=1))
+    _write_atomically(paths["summary.md"], summary_markdown(report.summary))
+    return paths
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """The summary as a two-column Markdown table."""
+    lines = ["| measure | value |", "|---|---|"]
+    for key, value in summary.items():
+        if isinstance(value, Mapping):
+            value = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        lines.append(f"| {key} | {value} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_histograms(
+    before: Sequence[float],
+    after: Mapping[str, Sequence[float]],
+    threshold: float,
+    band: tuple[float, float],
+    path: str | os.PathLike,
+) -> Path:
+    """A PNG of forget-set g histograms: before unlearning, then one panel per method, threshold and band marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {"before unlearning": before, **after}
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), sharey=True, squeeze=False)
+    bins = [i / 20 for i in range(21)]
+    for axis, (title, values) in zip(axes[0], panels.items(), strict=True):
+        axis.axvspan(*band, color="tab:green", alpha=0.12, label=f"band {band[0]:.2f}–{band[1]:.2f}")
+        axis.hist(list(values), bins=bins, color="tab:blue")
+        axis.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.3f}")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("memorization g")
+    axes[0][0].set_ylabel("forget samples")
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    os.close(handle)
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
