@@ -8,6 +8,7 @@ uses it) takes texts and compares each with perturbed neighbours.
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -76,17 +77,57 @@ def word_perturbation(text: str, rng: random.Random, pool: Sequence[str], mask_f
     return " ".join(words)
 
 
+def mask_fill_neighbours(
+    text: str,
+    count: int,
+    rng: random.Random,
+    mask_model: torch.nn.Module,
+    mask_tokenizer: object,
+    mask_fraction: float,
+    span: int,
+) -> list[str]:
+    """``count`` neighbours of ``text``: spans of ``span`` words (about ``mask_fraction`` of them) replaced by
+    T5 sentinels ``<extra_id_i>`` and filled by a mask-filling model, as the paper's authors did."""
+    words = text.split()
+    spans = max(1, round(len(words) * mask_fraction / span))
+    masked_texts, chosen = [], []
+    for _ in range(count):
+        starts = sorted(rng.sample(range(0, len(words), span), min(spans, -(-len(words) // span))))
+        chosen.append(starts)
+        pieces, position = [], 0
+        for i, start in enumerate(starts):
+            pieces += [*words[position:start], f"<extra_id_{i}>"]
+            position = start + span
+        masked_texts.append(" ".join(pieces + words[position:]))
+    device = next(mask_model.parameters()).device
+    encoded = mask_tokenizer(masked_texts, return_tensors="pt", padding=True).to(device)
+    with torch.no_grad(), eval_mode(mask_model):
+        generated = mask_model.generate(**encoded, max_new_tokens=4 * span * spans + 8, do_sample=False)
+    neighbours = []
+    for starts, output in zip(chosen, mask_tokenizer.batch_decode(generated, skip_special_tokens=False), strict=True):
+        fills = [f.replace("<pad>", "").replace("</s>", "").strip() for f in re.split(r"<extra_id_\d+>", output)[1:]]
+        new_words, position = [], 0
+        for i, start in enumerate(starts):
+            fill = fills[i] if i < len(fills) and fills[i] else " ".join(words[start : start + span])
+            new_words += [*words[position:start], fill]
+            position = start + span
+        neighbours.append(" ".join(new_words + words[position:]))
+    return neighbours
+
+
 class NeighbourhoodAttack:
     """MIAU's neighbourhood attack (Mattern et al. 2023): score(x) = |ll(x) − mean_k ll(x̃_k)|, ``Tensor[B]``.
 
     ll is the mean token log-likelihood; x̃_1..x̃_K are perturbed neighbours of x. A member's likelihood stands
     out from its neighbours'; a non-member's does not. Neighbours come from ``perturb(text) -> text`` when given;
-    otherwise from a word-level perturbation needing no download: ``mask_fraction`` of the words, in spans of
-    ``span`` words, replaced by words drawn from all scored texts. (The authors filled T5 mask spans; pass such a
-    model's fill function as ``perturb``.) Seeded and reproducible.
+    else from a Hugging Face mask-filling model (``mask_model`` and ``mask_tokenizer``, T5-style sentinel spans,
+    as the authors did with T5); else from a word-level perturbation needing no download: ``mask_fraction`` of
+    the words, in spans of ``span`` words, replaced by words drawn from all scored texts. Seeded, reproducible.
 
     Args:
         perturb: a function making one neighbour of a text.
+        mask_model: a T5-style mask-filling model (e.g. ``T5ForConditionalGeneration``).
+        mask_tokenizer: its tokenizer, with ``<extra_id_i>`` sentinels.
         num_neighbours: K.
         mask_fraction: fraction of words perturbed, in [0, 1].
         span: words per perturbed span.
@@ -97,13 +138,19 @@ class NeighbourhoodAttack:
     def __init__(
         self,
         perturb: Callable[[str], str] | None = None,
+        mask_model: torch.nn.Module | None = None,
+        mask_tokenizer: object = None,
         num_neighbours: int = 25,
         mask_fraction: float = 0.3,
         span: int = 2,
         seed: int = 0,
         batch_size: int = 32,
     ) -> None:
+        if mask_model is not None and mask_tokenizer is None:
+            raise ValueError("mask_model needs its mask_tokenizer")
         self.perturb = perturb
+        self.mask_model = mask_model
+        self.mask_tokenizer = mask_tokenizer
         self.num_neighbours = num_neighbours
         self.mask_fraction = mask_fraction
         self.span = span
@@ -115,6 +162,13 @@ class NeighbourhoodAttack:
         if self.perturb is not None:
             return [[self.perturb(text) for _ in range(self.num_neighbours)] for text in texts]
         rng = random.Random(self.seed)
+        if self.mask_model is not None:
+            return [
+                mask_fill_neighbours(
+                    text, self.num_neighbours, rng, self.mask_model, self.mask_tokenizer, self.mask_fraction, self.span
+                )
+                for text in texts
+            ]
         pool = sorted({word for text in texts for word in text.split()})
         return [
             [word_perturbation(text, rng, pool, self.mask_fraction, self.span) for _ in range(self.num_neighbours)]

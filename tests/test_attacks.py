@@ -131,3 +131,49 @@ def test_loss_attack_separates_the_testbeds_forget_records(small_testbed):
         encoded = tokenizer(texts, padding=True, return_tensors="pt")
         scores[name] = loss_attack(tb.model, encoded["input_ids"], encoded["attention_mask"])
     assert attack_auc(scores["forget"], scores["holdout"]) >= 0.75
+
+
+def tiny_t5():
+    """A random 1-layer T5 and a word-level tokenizer with T5's sentinels: fills are noise, but real ones."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    specials = ["<pad>", "</s>", "<unk>"] + [f"<extra_id_{i}>" for i in range(10)]
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[3:],
+    )
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(vocab),
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return T5ForConditionalGeneration(config), tokenizer
+
+
+def test_mask_model_neighbours_fill_sentinel_spans():
+    model, tokenizer = tiny_t5()
+    text = "one two three four five six seven eight nine ten"
+    attack = NeighbourhoodAttack(mask_model=model, mask_tokenizer=tokenizer, num_neighbours=4, seed=1)
+    neighbours = attack.neighbours([text])
+    assert neighbours == attack.neighbours([text])  # seeded
+    assert len(neighbours[0]) == 4
+    for neighbour in neighbours[0]:
+        assert "<extra_id" not in neighbour and neighbour.split()
+    assert any(neighbour != text for neighbour in neighbours[0])  # the model's fills replaced some spans
+    with pytest.raises(ValueError, match="needs its mask_tokenizer"):
+        NeighbourhoodAttack(mask_model=model)
