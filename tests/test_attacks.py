@@ -174,6 +174,32 @@ def test_mask_model_neighbours_fill_sentinel_spans():
     assert len(neighbours[0]) == 4
     for neighbour in neighbours[0]:
         assert "<extra_id" not in neighbour and neighbour.split()
-    assert any(neighbour != text for neighbour in neighbours[0])  # the model's fills replaced some spans
     with pytest.raises(ValueError, match="needs its mask_tokenizer"):
         NeighbourhoodAttack(mask_model=model)
+
+
+class FixedFill(torch.nn.Module):
+    """A mask-filling stand-in that always answers the same two fills."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, input_ids, **kwargs):
+        answer = "<pad> <extra_id_0> nine nine <extra_id_1> ten ten </s>"
+        return torch.tensor([self.tokenizer(answer)["input_ids"]] * len(input_ids))
+
+
+def test_mask_model_fills_replace_the_masked_spans():
+    _, tokenizer = tiny_t5()
+    text = "one two three four five six seven eight"
+    attack = NeighbourhoodAttack(
+        mask_model=FixedFill(tokenizer), mask_tokenizer=tokenizer, num_neighbours=3, mask_fraction=0.5, span=2
+    )
+    for neighbour in attack.neighbours([text])[0]:
+        words = neighbour.split()
+        assert len(words) == 8 and neighbour != text
+        # Two spans of two words were masked and came back as "nine nine" and "ten ten", in order.
+        assert neighbour.count("nine nine") == 1 and neighbour.count("ten ten") == 1
+        assert neighbour.index("nine nine") < neighbour.index("ten ten")
