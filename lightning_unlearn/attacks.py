@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_unlearn.data import PadCollator
 from lightning_unlearn.memorization import eval_mode
 
 
@@ -184,19 +185,17 @@ class NeighbourhoodAttack:
 
     def _log_likelihood(self, model: torch.nn.Module, tokenizer: object, texts: list[str]) -> Tensor:
         device = next(model.parameters()).device
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        collate = PadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        # Neighbours can tokenize longer than their text: keep them within the model's positions.
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         values = []
         for start in range(0, len(texts), self.batch_size):
-            # Neighbours can tokenize longer than their text: keep them within the model's positions.
-            limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-            encoded = [tokenizer(t)["input_ids"][:limit] for t in texts[start : start + self.batch_size]]
-            width = max(len(ids) for ids in encoded)
-            ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, tokens in enumerate(encoded):
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                mask[row, : len(tokens)] = 1
-            values.append(loss_attack(model, ids.to(device), mask.to(device)).cpu())
+            samples = [
+                {"input_ids": torch.tensor(tokenizer(text)["input_ids"][:limit]), "sample_id": i}
+                for i, text in enumerate(texts[start : start + self.batch_size])
+            ]
+            batch = collate(samples)
+            values.append(loss_attack(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu())
         return torch.cat(values)
 
 
