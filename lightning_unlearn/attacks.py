@@ -66,6 +66,14 @@ def min_k_attack(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tens
     return (lowest_first * keep).nan_to_num(posinf=0.0).sum(1) / count
 
 
+# The attacks on token log-probabilities, by name: (model, input_ids, attention_mask) -> Tensor[B].
+ATTACKS: dict[str, Callable[[torch.nn.Module, Tensor, Tensor], Tensor]] = {
+    "loss": loss_attack,
+    "zlib": zlib_attack,
+    "min_k": min_k_attack,
+}
+
+
 def word_perturbation(text: str, rng: random.Random, pool: Sequence[str], mask_fraction: float, span: int) -> str:
     """Replaces about ``mask_fraction`` of the words of ``text``, in spans of ``span`` words, by words of ``pool``."""
     words = text.split()

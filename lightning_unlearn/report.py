@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lightning_unlearn.attacks import attack_auc, loss_attack, min_k_attack, zlib_attack
+from lightning_unlearn.attacks import ATTACKS, attack_auc
 from lightning_unlearn.memorization import (
     eval_mode,
     extraction_likelihood,
@@ -30,8 +30,6 @@ from lightning_unlearn.memorization import (
     sequence_nll,
     verbatim_extraction,
 )
-
-ATTACKS = {"loss": loss_attack, "zlib": zlib_attack, "min_k": min_k_attack}
 
 
 @dataclass

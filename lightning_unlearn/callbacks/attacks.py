@@ -8,11 +8,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from lightning_unlearn.attacks import attack_auc, loss_attack, min_k_attack, zlib_attack
+from lightning_unlearn.attacks import ATTACKS, attack_auc
 from lightning_unlearn.callbacks.monitor import get_model
 from lightning_unlearn.distributed import score_on_all_ranks
-
-ATTACKS = {"loss": loss_attack, "zlib": zlib_attack, "min_k": min_k_attack}
 
 
 class AttackMonitor(Callback):
