@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
+import io
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from lightning_unlearn import __version__
+from lightning_unlearn.files import write_text_atomically
 
 
 def _audit(args: argparse.Namespace) -> None:
@@ -55,14 +55,11 @@ def _audit(args: argparse.Namespace) -> None:
 
 
 def _write_csv(path: Path, rows: list[tuple[int, float, bool, str]]) -> None:
-    """Writes aside, then renames: the file is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(handle, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["sample_id", "g", "above_threshold", "text"])
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["sample_id", "g", "above_threshold", "text"])
+    writer.writerows(rows)
+    write_text_atomically(path, table.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import statistics
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from lightning_unlearn.attacks import ATTACKS, attack_auc
+from lightning_unlearn.files import atomic_file, write_text_atomically
 from lightning_unlearn.memorization import (
     eval_mode,
     extraction_likelihood,
@@ -125,13 +125,6 @@ def _outliers(g: Sequence[float], lower: float, upper: float) -> dict[str, float
     return {"lower": lower, "upper": upper, "above": above, "below": below, "outliers": above + below}
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(temporary, path)
-
-
 def write_report(report: Report, folder: str | os.PathLike) -> dict[str, Path]:
     """Writes ``per_sample.csv``, ``per_sample.json``, ``summary.json`` and ``summary.md`` (each whole or absent)."""
     folder = Path(folder)
@@ -141,10 +134,10 @@ def write_report(report: Report, folder: str | os.PathLike) -> dict[str, Path]:
     writer.writeheader()
     writer.writerows(report.rows)
     paths = {name: folder / name for name in ("per_sample.csv", "per_sample.json", "summary.json", "summary.md")}
-    _write_atomically(paths["per_sample.csv"], table.getvalue())
-    _write_atomically(paths["per_sample.json"], json.dumps(report.rows, indent=1))
-    _write_atomically(paths["summary.json"], json.dumps(report.summary, indent=1))
-    _write_atomically(paths["summary.md"], summary_markdown(report.summary))
+    write_text_atomically(paths["per_sample.csv"], table.getvalue())
+    write_text_atomically(paths["per_sample.json"], json.dumps(report.rows, indent=1))
+    write_text_atomically(paths["summary.json"], json.dumps(report.summary, indent=1))
+    write_text_atomically(paths["summary.md"], summary_markdown(report.summary))
     return paths
 
 
@@ -185,11 +178,7 @@ def plot_histograms(
     axes[0][0].set_ylabel("forget samples")
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(handle)
-    figure.savefig(temporary, dpi=110)
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=110)
     plt.close(figure)
-    os.replace(temporary, path)
-    return path
+    return Path(path)

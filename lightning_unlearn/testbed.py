@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import statistics
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
 
 from lightning_unlearn.data import PadCollator, TokenizedSplit
+from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.memorization import score_memorization, sequence_nll
 
 # Bump when the corpus, tokenizer or training recipe changes, so old cache entries are not reused.
@@ -118,17 +118,8 @@ def build_testbed(
         except Exception as error:  # anything unreadable: rebuild rather than crash
             warnings.warn(f"testbed cache entry {entry} is unreadable ({error!r}); rebuilding it", stacklevel=2)
             shutil.rmtree(entry, ignore_errors=True)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    try:
+    with atomic_folder(entry, overwrite=False) as staging:  # another process may finish it first: use theirs
         _build(staging, config, seed, progress)
-        try:
-            staging.rename(entry)
-        except OSError:  # another process finished the same entry first: use theirs
-            if not entry.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     testbed = _load(entry, config, seed)
     rank_zero_info(describe(testbed))
     return testbed

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
+from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.memorization import memorization_accuracy, sequence_nll
 
 # Expected here, not a problem: the model trains in eval mode (no dropout).
@@ -243,16 +242,9 @@ class UnlearningModule(L.LightningModule):
         if tokenizer is None and self._trainer is not None and self.trainer.datamodule is not None:
             tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         if self.global_rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-            try:
+            with atomic_folder(path) as staging:
                 self.get_model().save_pretrained(staging)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging)
-                if path.exists():
-                    shutil.rmtree(path)
-                staging.rename(path)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
         if self._trainer is not None:
             self.trainer.strategy.barrier("save_pretrained")
