@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: test lint bench venv
+.PHONY: demo test lint bench venv
 
 venv: $(STAMP)
 
@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed]"
 	touch $(STAMP)
 
+demo: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/lightning-unlearn demo --output demo-output
+
 test: $(STAMP)
-	$(OFFLINE) $(PY) -m ruff check lightning_unlearn tests benchmarks
+	$(OFFLINE) $(PY) -m ruff check lightning_unlearn tests benchmarks examples
 	$(OFFLINE) $(PY) -m pytest -q
 
 lint: $(STAMP)

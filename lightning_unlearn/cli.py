@@ -1,87 +1,153 @@
-"""``lightning-unlearn``: command-line entry point.
+"""``lightning-unlearn``: the command line.
 
-    lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--threshold G] [--output CSV]
+    lightning-unlearn demo [--output DIR] [--methods GA,SGA,TA,TAU] [--seed N] [--small]
+    lightning-unlearn testbed [--output DIR] [--small]
+    lightning-unlearn fit --config FILE.yaml [--trainer.max_epochs=...] [--output DIR]
+    lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--el] [--output DIR]
 
-``audit`` prints the per-sample memorization g of any causal LM on any text file, flagging the records above the
-threshold (the holdout mean g when ``--holdout`` is given). Errors a user can fix print one line and exit 2.
+``demo`` unlearns the embedded testbed with each method and compares them (:mod:`lightning_unlearn.demo`).
+``testbed`` writes the testbed's model and jsonl splits to a folder (what ``examples/*.yaml`` read).
+``fit`` is a LightningCLI over our modules and :class:`~lightning_unlearn.UnlearningDataModule`: every Trainer
+option and callback can be set from YAML or flags; ``--output`` saves the unlearned model with ``save_pretrained``.
+``audit`` prints the per-sample memorization report of any causal LM on any text file, flagging the records above
+the threshold (the holdout mean g when ``--holdout`` is given). Errors a user can fix print one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 from lightning_unlearn import __version__
-from lightning_unlearn.files import write_text_atomically
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from lightning_unlearn.demo import check_methods, run_demo
+    from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    check_methods(methods)
+    testbed = build_testbed(args.seed, args.cache_dir, progress=True, **(SMALL_TESTBED if args.small else {}))
+    run_demo(args.output, methods, args.seed, testbed=testbed, max_steps=args.max_steps)
+
+
+def _testbed(args: argparse.Namespace) -> None:
+    from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed, describe
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists already: choose another --output, or pass --overwrite")
+    testbed = build_testbed(args.seed, args.cache_dir, progress=True, **(SMALL_TESTBED if args.small else {}))
+    testbed.export(args.output, overwrite=args.overwrite)
+    print(f"{describe(testbed)}\nwritten to {args.output}/: model/, forget.jsonl, retain.jsonl, holdout.jsonl")
 
 
 def _audit(args: argparse.Namespace) -> None:
-    from transformers import AutoTokenizer
-
-    from lightning_unlearn.data import UnlearningDataModule
-    from lightning_unlearn.memorization import score_memorization
+    from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
     from lightning_unlearn.modules import check_causal_lm, load_causal_lm
+    from lightning_unlearn.report import memorization_report, summary_markdown, write_report
 
-    if not Path(args.model).exists() and Path(args.model).is_absolute():
-        raise FileNotFoundError(f"no model at {args.model}")
-    tokenizer = AutoTokenizer.from_pretrained(args.model, **({"gguf_file": args.gguf_file} if args.gguf_file else {}))
+    if args.gguf_file:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
+    else:
+        tokenizer = load_tokenizer(args.model)
     datamodule = UnlearningDataModule(
         tokenizer, args.data, holdout=args.holdout, max_length=args.max_length, text_column=args.text_column
     )
     datamodule.setup()  # bad data fails here, before a possibly large model loads
     model = load_causal_lm(args.model, args.gguf_file)
     check_causal_lm(model)
-    scores = score_memorization(model, datamodule.scoring_dataloader("forget"), progress=True)
-    threshold = args.threshold
-    if args.holdout is not None:
-        threshold = statistics.fmean(score_memorization(model, datamodule.scoring_dataloader("holdout")).values())
-    texts = datamodule.split("forget").texts
-    rows = [(i, scores[i], scores[i] > threshold, texts[i]) for i in range(len(texts))]
-    above = sum(flag for _, _, flag, _ in rows)
-    print(f"{'id':>5}  {'g':>6}  above  text")
-    for i, g, flag, text in rows:
-        print(f"{i:>5}  {g:6.3f}  {'yes' if flag else '':>5}  {text[:70]}")
-    values = [g for _, g, _, _ in rows]
+    threshold = None if args.holdout else args.threshold
+    report = memorization_report(model.eval(), datamodule, el_n=10 if args.el else None, threshold=threshold)
+    el = " EL_10" if args.el else ""
+    print(f"{'id':>5}  {'g':>6}{el}  verbatim  above  text")
+    for row in report.rows:
+        el_cell = f"  {row['el_10']:5.3f}" if args.el else ""
+        flags = f"{'yes' if row['verbatim'] else '':>8}  {'yes' if row['above_threshold'] else '':>5}"
+        print(f"{row['sample_id']:>5}  {row['g']:6.3f}{el_cell}  {flags}  {row['text'][:70]}")
+    s = report.summary
     print(
-        f"{len(rows)} samples: g mean {statistics.fmean(values):.3f}, max {max(values):.3f}; "
-        f"{above} above the threshold {threshold:.3f}" + (" (holdout mean)" if args.holdout else "")
+        f"{s['forget_samples']} samples: g mean {s['ma_mean']:.3f}, max {s['ma_max']:.3f}; {s['above_threshold']} "
+        f"above the threshold {s['threshold']:.3f}"
+        + (" (holdout mean)" if args.holdout else "")
+        + f"; {s['verbatim_extractable']} verbatim-extractable"
     )
     if args.output:
-        _write_csv(Path(args.output), rows)
+        write_report(report, args.output)
+        print(f"\n{summary_markdown(s)}written to {args.output}/: per_sample.csv, per_sample.json, summary.json/.md")
 
 
-def _write_csv(path: Path, rows: list[tuple[int, float, bool, str]]) -> None:
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(["sample_id", "g", "above_threshold", "text"])
-    writer.writerows(rows)
-    write_text_atomically(path, table.getvalue())
+def _fit(argv: list[str]) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_unlearn import UnlearningDataModule, UnlearningModule
+
+    class UnlearningCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_argument("--output", default=None, help="save the unlearned model here (save_pretrained)")
+
+        def after_fit(self) -> None:
+            output = self.config["fit"]["output"]
+            if output:
+                self.model.save_pretrained(Path(output))
+
+    UnlearningCLI(
+        UnlearningModule,
+        UnlearningDataModule,
+        subclass_mode_model=True,
+        args=["fit", *argv],
+        save_config_kwargs={"overwrite": True},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="lightning-unlearn", description="Per-sample LLM memorization and unlearning."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    audit = commands.add_parser("audit", help="per-sample memorization of a causal LM on a text file")
+
+    demo = commands.add_parser("demo", help="unlearn the embedded testbed with GA, SGA, TA and TAU and compare")
+    demo.add_argument("--output", default="demo-output", help="folder for summary.json, per_sample.csv, the plot")
+    demo.add_argument("--methods", default="GA,SGA,TA,TAU", help="comma-separated, from GA, SGA, TA, TAU")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--max-steps", type=int, default=400, help="optimizer steps at most per method")
+    demo.add_argument("--small", action="store_true", help="the small testbed (builds in seconds; for a quick look)")
+    demo.add_argument("--cache-dir", help="testbed cache (default: ~/.cache/lightning_unlearn)")
+
+    testbed = commands.add_parser("testbed", help="write the testbed's model and jsonl splits to a folder")
+    testbed.add_argument("--output", default="testbed", help="folder to create")
+    testbed.add_argument("--seed", type=int, default=0)
+    testbed.add_argument("--small", action="store_true", help="the small testbed")
+    testbed.add_argument("--cache-dir", help="testbed cache (default: ~/.cache/lightning_unlearn)")
+    testbed.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+
+    commands.add_parser("fit", help="LightningCLI: lightning-unlearn fit --config FILE.yaml (see fit --help)")
+
+    audit = commands.add_parser("audit", help="per-sample memorization report of a causal LM on a text file")
     audit.add_argument("--model", required=True, help="a local folder or hub id of a causal LM")
     audit.add_argument("--data", required=True, help=".jsonl/.json/.csv/.parquet/.txt of the texts to audit")
     audit.add_argument("--holdout", help="unseen texts of the same kind: their mean g is the threshold")
     audit.add_argument("--threshold", type=float, default=0.6, help="g above which a record is flagged (no holdout)")
+    audit.add_argument("--el", action="store_true", help="add the extraction likelihood EL_10 (slower: it decodes)")
+    audit.add_argument("--output", help="write the report here: per_sample.csv/.json, summary.json/.md")
     audit.add_argument("--text-column", default="text")
     audit.add_argument("--max-length", type=int, default=200)
     audit.add_argument("--gguf-file", help="a GGUF file inside --model")
-    audit.add_argument("--output", help="write the per-sample table to this CSV file")
+
+    if argv[:1] == ["fit"]:
+        _fit(argv[1:])  # LightningCLI parses, and reports its own errors
+        return 0
     args = parser.parse_args(argv)
     try:
-        _audit(args)
-    except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
-        print(f"lightning-unlearn {args.command}: error: {error}", file=sys.stderr)
+        {"demo": _demo, "testbed": _testbed, "audit": _audit}[args.command](args)
+    except (FileExistsError, FileNotFoundError, KeyError, TypeError, ValueError) as error:
+        message = " ".join(str(error).split())  # one line, whatever the library's message looked like
+        print(f"lightning-unlearn {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -17,6 +18,16 @@ from torch.utils.data import DataLoader, Dataset
 SplitSource = Union[Sequence[str], str, Path, "datasets.Dataset"]  # noqa: F821
 SPLITS = ("forget", "retain", "holdout")
 _SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+def load_tokenizer(source: str | os.PathLike) -> Any:
+    """A tokenizer from a hub id or a local folder; a clear error when there is none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"cannot load a tokenizer from {source!s}: {error}") from None
 
 
 def load_texts(source: SplitSource, split: str = "data", text_column: str = "text") -> list[str]:
@@ -132,7 +143,8 @@ class UnlearningDataModule(L.LightningDataModule):
     cycled). :meth:`scoring_dataloader` gives any split unshuffled, in length-sorted batches, for scoring.
 
     Args:
-        tokenizer: a Hugging Face tokenizer; without a pad token, EOS pads.
+        tokenizer: a Hugging Face tokenizer, or a hub id / local folder to load one from; without a pad token,
+            EOS pads.
         forget: the sequences to unlearn (required).
         retain: sequences whose memorization must be kept (gradient difference, utility checks).
         holdout: unseen sequences of the same distribution (the forgetting threshold).
@@ -162,6 +174,8 @@ class UnlearningDataModule(L.LightningDataModule):
             raise ValueError("forget split is required: the sequences to unlearn")
         if batch_size < 1 or max_length < 2:
             raise ValueError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} and {max_length}")
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self.sources = {"forget": forget, "retain": retain, "holdout": holdout}
         self.max_length = max_length

@@ -69,8 +69,12 @@ def memorization_report(
     band: tuple[float, float] = (0.15, 0.60),
     k_std: float = 1.0,
     duplicates: Sequence[int] | None = None,
+    threshold: float | None = None,
 ) -> Report:
-    """Measures the forget split (and the holdout split, which it requires) of ``datamodule`` under ``model``.
+    """Measures the forget split (and the holdout split, if given) of ``datamodule`` under ``model``.
+
+    Without a holdout split, ``threshold`` is required and the holdout band, holdout NLL and attack AUCs
+    (which compare against unseen data) are left out.
 
     Args:
         el_n: n of EL_n (None skips it: it decodes, so it is the slowest column).
@@ -79,13 +83,14 @@ def memorization_report(
         band: the fixed (lower, upper) g band of c(D_f).
         k_std: the holdout band is holdout mean g ± k_std · its std.
         duplicates: training copies of each forget sample (e.g. ``Testbed.duplicates``), added to the table.
+        threshold: the forgetting threshold for ``above_threshold`` (default: this model's holdout mean g; to
+            judge an unlearned model, pass the original model's, as the stop rules do).
     """
     datamodule.setup()
     shortest = min(datamodule.split("forget").lengths)
     if verbatim_lengths is None:
         verbatim_lengths = (50, 50) if shortest >= 100 else (shortest // 2, shortest - shortest // 2)
     forget = _measure_split(model, datamodule.scoring_dataloader("forget"), el_n, verbatim_lengths)
-    holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None)
     texts = datamodule.split("forget").texts
     rows = []
     for sample_id in sorted(forget):
@@ -93,28 +98,33 @@ def memorization_report(
         if duplicates is not None:
             row["duplicates"] = duplicates[sample_id]
         rows.append(row)
-
     g = [row["g"] for row in rows]
-    holdout_g = [value["g"] for value in holdout.values()]
-    threshold, spread = statistics.fmean(holdout_g), statistics.pstdev(holdout_g)
-    summary: dict[str, Any] = {
-        "forget_samples": len(rows),
-        "ma_mean": statistics.fmean(g),
-        "ma_max": max(g),
-        "threshold": threshold,
-        "above_threshold": sum(value > threshold for value in g),
-        "outliers_fixed_band": _outliers(g, *band),
-        "outliers_holdout_band": _outliers(
-            g, max(0.0, threshold - k_std * spread), min(1.0, threshold + k_std * spread)
-        ),
-        "verbatim_lengths": list(verbatim_lengths),
-        "verbatim_extractable": sum(bool(row["verbatim"]) for row in rows),
-        "holdout_nll": statistics.fmean(value["nll"] for value in holdout.values()),
-        "attack_auc": {
+    summary: dict[str, Any] = {"forget_samples": len(rows), "ma_mean": statistics.fmean(g), "ma_max": max(g)}
+
+    if datamodule.has_split("holdout"):
+        holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None)
+        holdout_g = [value["g"] for value in holdout.values()]
+        holdout_mean, spread = statistics.fmean(holdout_g), statistics.pstdev(holdout_g)
+        threshold = holdout_mean if threshold is None else threshold
+        summary["holdout_ma_mean"] = holdout_mean
+    elif threshold is None:
+        raise ValueError("the report needs a holdout split (unseen texts) or an explicit threshold")
+    for row in rows:
+        row["above_threshold"] = row["g"] > threshold
+    summary["threshold"] = threshold
+    summary["above_threshold"] = sum(row["above_threshold"] for row in rows)
+    summary["outliers_fixed_band"] = _outliers(g, *band)
+    if datamodule.has_split("holdout"):
+        lower, upper = max(0.0, holdout_mean - k_std * spread), min(1.0, holdout_mean + k_std * spread)
+        summary["outliers_holdout_band"] = _outliers(g, lower, upper)
+    summary["verbatim_lengths"] = list(verbatim_lengths)
+    summary["verbatim_extractable"] = sum(bool(row["verbatim"]) for row in rows)
+    if datamodule.has_split("holdout"):
+        summary["holdout_nll"] = statistics.fmean(value["nll"] for value in holdout.values())
+        summary["attack_auc"] = {
             name: attack_auc([row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()])
             for name in ATTACKS
-        },
-    }
+        }
     if el_n is not None:
         summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
     return Report(rows=rows, summary=summary)

@@ -102,6 +102,24 @@ class Testbed:
     path: Path  # the cache entry
     summary: dict[str, Any] = field(default_factory=dict)
 
+    def export(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Writes ``model/`` (model and tokenizer, for ``from_pretrained``) and ``forget.jsonl`` (with each
+        record's ``duplicates``), ``retain.jsonl`` and ``holdout.jsonl`` to ``folder``, whole or not at all: the
+        files that ``examples/*.yaml`` and ``lightning-unlearn audit`` read."""
+        if Path(folder).exists() and not overwrite:
+            raise FileExistsError(f"{folder} exists already: choose another folder, or overwrite it")
+        with atomic_folder(folder) as staging:
+            self.model.save_pretrained(staging / "model")
+            self.tokenizer.save_pretrained(staging / "model")
+            splits = {
+                "forget": [{"text": t, "duplicates": d} for t, d in zip(self.forget, self.duplicates, strict=True)],
+                "retain": [{"text": t} for t in self.retain],
+                "holdout": [{"text": t} for t in self.holdout],
+            }
+            for name, records in splits.items():
+                (staging / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return Path(folder)
+
 
 def build_testbed(
     seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = True, **size_options: Any

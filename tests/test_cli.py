@@ -1,4 +1,4 @@
-"""The command line: audit of a saved model on a text file, and one-line errors."""
+"""The command line: demo, testbed export, fit on every example config, audit, and one-line errors."""
 
 from __future__ import annotations
 
@@ -6,59 +6,141 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from lightning_unlearn.cli import main
+from lightning_unlearn.memorization import score_memorization
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 @pytest.fixture
-def saved_model(small_testbed, tmp_path):
-    small_testbed.model.save_pretrained(tmp_path / "model")
-    small_testbed.tokenizer.save_pretrained(tmp_path / "model")
-    return tmp_path / "model"
+def exported(small_testbed, tmp_path, monkeypatch):
+    """The small testbed written as files (``testbed/``) in a fresh working directory."""
+    monkeypatch.chdir(tmp_path)
+    small_testbed.export(tmp_path / "testbed")
+    return tmp_path / "testbed"
 
 
-def write_jsonl(path, texts):
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return path
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lightning_unlearn.cli", *args], capture_output=True, text=True)
 
 
-def test_audit_flags_records_above_the_holdout_mean(small_testbed, saved_model, tmp_path, capsys):
-    tb = small_testbed
-    data = write_jsonl(tmp_path / "forget.jsonl", tb.forget)
-    holdout = write_jsonl(tmp_path / "holdout.jsonl", tb.holdout)
-    out_csv = tmp_path / "report" / "audit.csv"
-    args = ["audit", "--model", str(saved_model), "--data", str(data), "--holdout", str(holdout)]
-    assert main([*args, "--output", str(out_csv)]) == 0
+def test_testbed_export_writes_model_and_splits(small_testbed, exported):
+    model = AutoModelForCausalLM.from_pretrained(exported / "model")
+    assert model.num_parameters() == small_testbed.model.num_parameters()
+    records = [json.loads(line) for line in (exported / "forget.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in records] == small_testbed.forget
+    assert [r["duplicates"] for r in records] == small_testbed.duplicates
+    with pytest.raises(FileExistsError):
+        small_testbed.export(exported)
+
+
+def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache, tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--small", "--cache-dir", str(testbed_cache), "--methods", "GA,SGA", "--output", str(out)]
+    assert main(args) == 0
     printed = capsys.readouterr().out
-    assert f"{len(tb.forget)} samples" in printed and "(holdout mean)" in printed
-    with out_csv.open() as f:
+    assert "| original model |" in printed and "| SGA, per-sample rule |" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert list(rows) == ["original", "GA", "SGA"]
+    threshold = summary["threshold"]
+    assert threshold == pytest.approx(small_testbed.summary["holdout_g_mean"], abs=1e-6)
+    # The per-sample rule leaves no record above the threshold; the mean rule only brings the mean there.
+    assert rows["SGA"]["rule_met"] and rows["SGA"]["ma_max"] <= threshold and rows["SGA"]["above_threshold"] == 0
+    assert rows["GA"]["rule_met"] and rows["GA"]["ma_mean"] <= threshold
+    assert rows["original"]["above_threshold"] > 0 and rows["original"]["holdout_nll_ratio"] == 1.0
+    for key in ("steps", "seconds", "outliers", "verbatim_extractable", "retain_g", "loss_auc", "miau_auc"):
+        assert key in rows["SGA"]
+    with (out / "per_sample.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(small_testbed.forget)
+    assert max(float(r["g_SGA"]) for r in table) == pytest.approx(rows["SGA"]["ma_max"], abs=1e-4)
+    assert (out / "forget_g.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| method |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_fit_runs_every_example_config(config, small_testbed, exported):
+    """Each example unlearns the exported testbed until its rule holds and saves a folder transformers loads."""
+    args = ["fit", "--config", str(EXAMPLES / config), "--data.batch_size=16", "--trainer.enable_progress_bar=false"]
+    if config == "tau.yaml":  # the small testbed's 0.16M-parameter model needs larger TA steps than the default's
+        args.append("--model.init_args.learning_rate=1e-3")
+    assert main([*args, "--trainer.enable_model_summary=false"]) == 0
+    saved = Path("unlearned") / config.removesuffix(".yaml")
+    model = AutoModelForCausalLM.from_pretrained(saved)
+    from lightning_unlearn import UnlearningDataModule
+
+    datamodule = UnlearningDataModule(str(saved), small_testbed.forget)
+    g = score_memorization(model, datamodule.scoring_dataloader("forget"))
+    threshold = small_testbed.summary["holdout_g_mean"]
+    if config == "ga.yaml":  # Jang's mean rule
+        assert sum(g.values()) / len(g) <= threshold + 1e-6
+    else:
+        assert max(g.values()) <= threshold + 1e-6
+
+
+def test_fit_errors_come_from_lightning_cli(tmp_path):
+    result = run_cli("fit", "--config", str(tmp_path / "missing.yaml"))
+    assert result.returncode != 0 and "missing.yaml" in result.stderr
+
+
+def test_audit_flags_records_above_the_holdout_mean(small_testbed, exported, capsys):
+    tb = small_testbed
+    args = ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--holdout", "testbed/holdout.jsonl"]
+    assert main([*args, "--el", "--output", "report"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(tb.forget)} samples" in printed and "(holdout mean)" in printed and "EL_10" in printed
+    with open("report/per_sample.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["sample_id"]) for r in rows] == list(range(len(tb.forget)))
     flagged = sum(r["above_threshold"] == "True" for r in rows)
     assert f"{flagged} above the threshold {tb.summary['holdout_g_mean']:.3f}" in printed
     # The most duplicated records are memorized far above unseen data.
     assert all(r["above_threshold"] == "True" for r, d in zip(rows, tb.duplicates, strict=True) if d >= 16)
+    summary = json.loads(Path("report/summary.json").read_text())
+    assert summary["above_threshold"] == flagged and "el_10_mean" in summary and "attack_auc" in summary
 
 
-def test_audit_errors_are_one_line(saved_model, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lightning_unlearn.cli",
-            "audit",
-            "--model",
-            str(saved_model),
-            "--data",
-            str(tmp_path / "missing.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+def test_audit_without_holdout_uses_the_given_threshold(exported, capsys):
+    assert main(["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--threshold", "0.9"]) == 0
+    assert "above the threshold 0.900;" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["audit", "--model", "testbed/model", "--data", "missing.jsonl"], "forget split: no such file: missing.jsonl"),
+        (["audit", "--model", "nowhere", "--data", "testbed/forget.jsonl"], "cannot load a tokenizer from nowhere"),
+        (
+            ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--text-column", "body"],
+            "column 'body'",
+        ),
+        (["demo", "--methods", "GA,NPO"], "unknown method(s) NPO; choose from GA, SGA, TA, TAU"),
+        (["testbed", "--small", "--output", "testbed"], "testbed exists already"),
+    ],
+)
+def test_errors_are_one_line(exported, testbed_cache, args, message):
+    if args[0] in ("demo", "testbed"):
+        args = [*args, "--cache-dir", str(testbed_cache)]
+    result = run_cli(*args)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"lightning-unlearn audit: error: forget split: no such file: {tmp_path / 'missing.jsonl'}"
-    ]
-    assert main(["audit", "--model", str(tmp_path / "nowhere"), "--data", "x.jsonl"]) == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lightning-unlearn {args[0]}: error:") and message in lines[0]
+
+
+def test_audit_refuses_a_model_without_a_causal_lm_head(exported):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    config = DistilBertConfig(vocab_size=1024, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    DistilBertModel(config).save_pretrained("encoder")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (Path("encoder") / name).write_bytes((Path("testbed/model") / name).read_bytes())
+    result = run_cli("audit", "--model", "encoder", "--data", "testbed/forget.jsonl", "--threshold", "0.5")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "encoder is not a causal language model" in lines[0]

@@ -1,0 +1,253 @@
+"""The demo: unlearn the testbed's forget set with GA, SGA, TA and TAU from the same model, and compare them.
+
+``run_demo()`` builds (or loads) the embedded testbed, measures the original model, runs each method from a copy
+of it under a Lightning Trainer, measures each result the same way, prints one table and writes ``summary.json``,
+``summary.md``, ``per_sample.csv`` (every forget sample's g before and after each method) and ``forget_g.png``
+(the histograms). GA uses Jang et al.'s mean rule; SGA, TA and TAU the per-sample rule (every forget sample at
+or below the holdout mean g).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from transformers import PreTrainedModel
+
+from lightning_unlearn.attacks import NeighbourhoodAttack, attack_auc
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+from lightning_unlearn.data import UnlearningDataModule
+from lightning_unlearn.files import write_text_atomically
+from lightning_unlearn.memorization import score_memorization
+from lightning_unlearn.modules import TAU, GradientAscent, SelectiveGradientAscent, TaskArithmetic, UnlearningModule
+from lightning_unlearn.report import Report, memorization_report, plot_histograms
+from lightning_unlearn.testbed import Testbed, build_testbed
+
+
+@dataclass(frozen=True)
+class DemoMethod:
+    """One row of the demo: how to make the module (from a model) and the extra Trainer callbacks it needs."""
+
+    label: str
+    make: Callable[[PreTrainedModel], UnlearningModule]
+    callbacks: Callable[[], list[Callback]] = field(default=list)
+
+
+METHODS: dict[str, DemoMethod] = {
+    "GA": DemoMethod(
+        "GA, mean rule (Jang)",
+        lambda model: GradientAscent(model, learning_rate=5e-5),
+        lambda: [MemorizationMonitor(), MemorizationEarlyStopping(criterion="mean")],
+    ),
+    "SGA": DemoMethod("SGA, per-sample rule", lambda model: SelectiveGradientAscent(model, learning_rate=5e-5)),
+    "TA": DemoMethod("TA, λ = −3", lambda model: TaskArithmetic(model, learning_rate=3e-4)),
+    "TAU": DemoMethod("TAU, λ = −1", lambda model: TAU(model, learning_rate=1e-4)),
+}
+
+COLUMNS = {  # summary key -> table heading
+    "steps": "steps",
+    "seconds": "seconds",
+    "ma_mean": "mean g",
+    "ma_max": "max g",
+    "above_threshold": "above thr.",
+    "outliers": "c(D_f)",
+    "verbatim_extractable": "verbatim",
+    "holdout_nll_ratio": "holdout NLL",
+    "retain_g": "retain g",
+    "loss_auc": "LOSS AUC",
+    "miau_auc": "MIAU AUC",
+}
+
+
+class _StepProgress(Callback):
+    """One progress bar per method: optimizer steps taken, with the forget set's latest mean and max g."""
+
+    def __init__(self, desc: str, total: int, enabled: bool) -> None:
+        self.desc, self.total, self.enabled = desc, total, enabled
+        self.bar: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="step", disable=not self.enabled, leave=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        metrics = trainer.callback_metrics
+        self.bar.update(1)
+        if "forget/ma_max" in metrics:
+            self.bar.set_postfix(
+                mean_g=f"{float(metrics['forget/ma_mean']):.3f}", max_g=f"{float(metrics['forget/ma_max']):.3f}"
+            )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.bar.close()
+
+
+def measure(
+    model: PreTrainedModel,
+    testbed: Testbed,
+    datamodule: UnlearningDataModule,
+    miau: NeighbourhoodAttack,
+    threshold: float | None = None,
+) -> Report:
+    """The demo's measures of one model: the report (per-sample rows and summary), retain g and MIAU AUC;
+    ``threshold``: the original model's holdout mean g (default: this model's)."""
+    report = memorization_report(model, datamodule, duplicates=testbed.duplicates, threshold=threshold)
+    summary = report.summary
+    retain = score_memorization(model, datamodule.scoring_dataloader("retain"))
+    summary["retain_g"] = statistics.fmean(retain.values())
+    summary["miau_auc"] = attack_auc(
+        miau.score(model, testbed.tokenizer, testbed.forget), miau.score(model, testbed.tokenizer, testbed.holdout)
+    )
+    summary["loss_auc"] = summary["attack_auc"]["loss"]
+    summary["outliers"] = summary["outliers_fixed_band"]["outliers"]
+    return report
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Raises a clear error unless ``methods`` are names from :data:`METHODS` (at least one)."""
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+
+
+def run_demo(
+    output: str | os.PathLike = "demo-output",
+    methods: Sequence[str] = tuple(METHODS),
+    seed: int = 0,
+    testbed: Testbed | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    max_steps: int = 400,
+    num_neighbours: int = 10,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Runs the demo and writes its files to ``output``; returns ``summary.json``'s content.
+
+    Args:
+        methods: names from :data:`METHODS`, run in this order from the same original model.
+        testbed: a built testbed (default: ``build_testbed(seed, cache_dir)``, cached after the first build).
+        max_steps: optimizer steps at most per method (a method that reaches it has not met its rule).
+        num_neighbours: MIAU neighbours per text.
+    """
+    check_methods(methods)
+    output = Path(output)
+    if testbed is None:
+        testbed = build_testbed(seed=seed, cache_dir=cache_dir, progress=progress)
+    datamodule = UnlearningDataModule(
+        testbed.tokenizer,
+        testbed.forget,
+        retain=testbed.retain,
+        holdout=testbed.holdout,
+        batch_size=len(testbed.forget),
+    )
+    miau = NeighbourhoodAttack(num_neighbours=num_neighbours, seed=seed)
+    original = testbed.model.eval()
+    reports = {"original": measure(original, testbed, datamodule, miau)}
+    rows = {"original": {"method": "original model", "steps": 0, "seconds": 0.0, **reports["original"].summary}}
+    before_nll, threshold = rows["original"]["holdout_nll"], rows["original"]["threshold"]
+    rows["original"]["holdout_nll_ratio"] = 1.0
+    for name in methods:
+        method = METHODS[name]
+        L.seed_everything(seed, verbose=False)
+        module = method.make(copy.deepcopy(original))
+        callbacks = method.callbacks()
+        with _quiet():
+            trainer = L.Trainer(
+                max_epochs=max_steps,
+                accelerator="cpu",
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                callbacks=[*callbacks, _StepProgress(name, max_steps, progress)],
+            )
+        with _quiet():
+            start = time.perf_counter()
+            trainer.fit(module, datamodule)
+            seconds = time.perf_counter() - start
+        stopping = [cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping)]
+        stopped = stopping[0].stopped_step if stopping else None
+        reports[name] = measure(module.model.eval(), testbed, datamodule, miau, threshold)
+        summary = reports[name].summary
+        rows[name] = {
+            "method": method.label,
+            "steps": stopped if stopped is not None else trainer.global_step,
+            "rule_met": stopped is not None,
+            "seconds": seconds,
+            **summary,
+            "holdout_nll_ratio": summary["holdout_nll"] / before_nll,
+        }
+    result = {"testbed": testbed.summary, "seed": seed, "threshold": threshold, "rows": rows}
+    _write(output, result, reports)
+    print(table(rows))
+    print(f"\nwritten to {output}/: summary.json, summary.md, per_sample.csv, forget_g.png")
+    return result
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Lightning's start-up notes and library warnings would break the progress bars: the table says it all."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    """The demo's rows as a Markdown table."""
+    lines = ["| method | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for row in rows.values():
+        cells = []
+        for key in COLUMNS:
+            value = row[key]
+            if key == "holdout_nll_ratio":
+                cells.append(f"{row['holdout_nll']:.2f} ({value:.2f}x)")
+            elif key == "steps" and row.get("rule_met") is False:
+                cells.append(f"{value} (rule not met)")
+            else:
+                cells.append(f"{value:.3f}" if isinstance(value, float) and key != "seconds" else f"{value:.0f}")
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write(output: Path, result: dict[str, Any], reports: dict[str, Any]) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(output / "summary.json", json.dumps(result, indent=1))
+    write_text_atomically(
+        output / "summary.md", f"Threshold (holdout mean g): {result['threshold']:.3f}\n\n{table(result['rows'])}\n"
+    )
+    base = reports["original"].rows
+    names = [name for name in reports if name != "original"]
+    per_sample = io.StringIO()
+    writer = csv.writer(per_sample)
+    writer.writerow(["sample_id", "duplicates", "g_before", *(f"g_{name}" for name in names), "text"])
+    for i, row in enumerate(base):
+        after = [f"{reports[name].rows[i]['g']:.4f}" for name in names]
+        writer.writerow([row["sample_id"], row.get("duplicates", ""), f"{row['g']:.4f}", *after, row["text"]])
+    write_text_atomically(output / "per_sample.csv", per_sample.getvalue())
+    plot_histograms(
+        [row["g"] for row in base],
+        {name: [row["g"] for row in reports[name].rows] for name in names},
+        result["threshold"],
+        (0.15, 0.60),
+        output / "forget_g.png",
+    )
