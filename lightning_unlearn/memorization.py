@@ -17,6 +17,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from lightning_unlearn.strategies import equal_forward_passes
+
 # transformers >= 5.24 calls the KV cache `cache`; earlier 5.x releases call it `past_key_values`.
 _CACHE_KEY = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
@@ -140,6 +142,9 @@ def extraction_likelihood(
     Returns:
         ``Tensor[B]`` (float32) of EL_n, fractions in [0, 1].
 
+    Under DeepSpeed ZeRO-3 processes decode different lengths safely (see
+    :func:`~lightning_unlearn.strategies.equal_forward_passes`); every process must call it equally often.
+
     Raises:
         ValueError: a sample has fewer than n + 1 tokens.
     """
@@ -161,9 +166,10 @@ def extraction_likelihood(
                 jobs.append((row, t))
                 if t >= length - n:  # every later ĝ_t is built from this one
                     break
-        decoded = _greedy_continuations(
-            model, input_ids, first_tokens, lengths, jobs, generation_batch_size or max(len(lengths), 32)
-        )
+        chunks = _chunk_jobs(model, jobs, lengths, generation_batch_size or max(len(lengths), 32))
+        passes = sum(max(lengths[row] - t - 1 for row, t in chunk) for chunk in chunks)  # one per decoded token
+        with equal_forward_passes(model, passes):  # under ZeRO-3, processes may decode different lengths
+            decoded = _greedy_continuations(model, input_ids, first_tokens, lengths, chunks)
     per_row: list[dict[int, Tensor]] = [{} for _ in lengths]
     for (row, t), tokens in decoded.items():
         per_row[row][t] = tokens
@@ -176,12 +182,12 @@ def _greedy_continuations(
     input_ids: Tensor,
     first_tokens: Tensor,
     lengths: list[int],
-    jobs: list[tuple[int, int]],
-    batch_size: int,
+    chunks: list[list[tuple[int, int]]],
 ) -> dict[tuple[int, int], Tensor]:
-    """Greedy continuation ĝ_t (``Tensor[L-t]``) of x_<t for each job (row, t), decoded in left-padded batches."""
+    """Greedy continuation ĝ_t (``Tensor[L-t]``) of x_<t for each job (row, t), decoded chunk by chunk in
+    left-padded batches (``max(L-t-1)`` forward passes per chunk)."""
     results: dict[tuple[int, int], Tensor] = {}
-    for chunk in _chunk_jobs(model, jobs, lengths, batch_size):
+    for chunk in chunks:
         # Each prefix already ends with its first greedy token, known from the teacher-forced pass.
         prefixes = [torch.cat([input_ids[row, :t], first_tokens[row, t - 1 : t]]) for row, t in chunk]
         remaining = [lengths[row] - t - 1 for row, t in chunk]

@@ -2,6 +2,8 @@
 
 Work on any set of named parameters: a whole model, or only a PEFT/LoRA model's trainable adapter weights
 (pass ``trainable_only=True``). Vectors live on the CPU, so an edit never keeps a second model on the accelerator.
+Under DeepSpeed ZeRO-3 every function works on this process's parameter shards (each process keeps its own base
+and edits its own shards in place), see :func:`lightning_unlearn.strategies.local_shards`.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from lightning_unlearn.strategies import local_shards
+
 
 def snapshot(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, Tensor]:
     """A CPU copy of ``model``'s parameters by name (only those with ``requires_grad`` when ``trainable_only``)."""
-    return {
-        name: p.detach().to("cpu", copy=True)
-        for name, p in model.named_parameters()
-        if p.requires_grad or not trainable_only
-    }
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad or not trainable_only}
+    return {name: data.detach().to("cpu", copy=True) for name, data in local_shards(model) if name in trainable}
 
 
 def task_vector(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -35,7 +36,7 @@ def apply_task_vector(
     model: torch.nn.Module, vector: Mapping[str, Tensor], scale: float, base: Mapping[str, Tensor]
 ) -> None:
     """Sets each named parameter of ``model`` in ``vector`` to base + scale · vector, in place."""
-    parameters = dict(model.named_parameters())
+    parameters = dict(local_shards(model))
     for name, direction in vector.items():
         p = parameters[name]
         p.copy_((base[name].to(torch.float32) + scale * direction.to(torch.float32)).to(p.device, p.dtype))
@@ -44,7 +45,7 @@ def apply_task_vector(
 @torch.no_grad()
 def load_parameters(model: torch.nn.Module, values: Mapping[str, Tensor]) -> None:
     """Copies ``values`` (name -> tensor) into ``model``'s parameters of the same names, bit for bit."""
-    parameters = dict(model.named_parameters())
+    parameters = dict(local_shards(model))
     for name, value in values.items():
         parameters[name].copy_(value)
 

@@ -6,7 +6,6 @@ import copy
 import json
 
 import lightning as L
-import pytest
 
 from lightning_unlearn import SelectiveGradientAscent
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
@@ -42,4 +41,5 @@ def test_two_processes_match_one(small_testbed, tmp_path):
     assert ranks[0] == ranks[1]  # every process decided and scored the same
     assert single["stopped_step"] is not None
     assert abs(ranks[0]["stopped_step"] - single["stopped_step"]) <= 1
-    assert ranks[0]["scores"] == pytest.approx(single["scores"], abs=0.02)
+    difference = [abs(a - b) for a, b in zip(ranks[0]["scores"], single["scores"], strict=True)]
+    assert max(difference) <= 0.02 and sum(difference) / len(difference) <= 0.01

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.memorization import memorization_accuracy, sequence_nll
+from lightning_unlearn.strategies import full_state_dict
 
 # Expected here, not a problem: the model trains in eval mode (no dropout).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -212,9 +213,9 @@ class UnlearningModule(L.LightningModule):
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         self._rule_holds = False
-        optimizer_closure()  # training_step and backward
+        loss = optimizer_closure()  # training_step and backward
         if not self._rule_holds:
-            optimizer.step()
+            optimizer.step(closure=lambda: loss)  # DeepSpeed's precision plugin requires the closure's result
             return
         # No step, yet Lightning counts one: the weights, and so the scores, stay those of this global_step.
         for monitor in self._forget_monitors():
@@ -236,14 +237,16 @@ class UnlearningModule(L.LightningModule):
 
     def save_pretrained(self, path: str | os.PathLike, tokenizer: Any = None) -> None:
         """Writes the model (and ``tokenizer``, default: the datamodule's) to a folder that
-        ``AutoModelForCausalLM.from_pretrained`` loads. Call it on every process; the folder appears whole or not
-        at all (written aside, then renamed)."""
+        ``AutoModelForCausalLM.from_pretrained`` loads. Call it on every process (under ZeRO-3 the shards are
+        gathered one parameter at a time); the folder appears whole or not at all (written aside, then renamed)."""
         path = Path(path)
         if tokenizer is None and self._trainer is not None and self.trainer.datamodule is not None:
             tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        model = self.get_model()
+        state = full_state_dict(model)  # every process takes part: ZeRO-3 gathers one parameter at a time
         if self.global_rank == 0:
             with atomic_folder(path) as staging:
-                self.get_model().save_pretrained(staging)
+                model.save_pretrained(staging, state_dict=state)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging)
         if self._trainer is not None:

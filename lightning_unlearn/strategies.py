@@ -1,0 +1,133 @@
+"""DeepSpeed helpers: a ZeRO config for our modules, and ZeRO-3-safe access to sharded parameters.
+
+Under ZeRO-3 each process holds only a shard of every parameter (``p.ds_tensor``; ``p`` itself is empty outside a
+forward pass). :func:`local_shards` gives the tensors this process owns, which task arithmetic snapshots and edits
+in place, shard by shard; :func:`full_state_dict` gathers one parameter at a time for ``save_pretrained``. Without
+ZeRO-3 (one process, DDP, ZeRO-1/2) both are the ordinary parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def deepspeed_config(
+    stage: int = 2,
+    offload_optimizer: bool = False,
+    offload_parameters: bool = False,
+    micro_batch_size: int = 1,
+    param_persistence_threshold: int = 0,
+    bucket_size: int = 50_000_000,
+) -> dict[str, Any]:
+    """A DeepSpeed config for ``DeepSpeedStrategy(config=...)``.
+
+    Args:
+        stage: ZeRO stage, 1, 2 or 3 (the paper: 2, with the optimizer offloaded to the CPU).
+        offload_optimizer: keep Adam's states (and its step) on the CPU.
+        offload_parameters: keep parameters on the CPU between uses (ZeRO-3 only).
+        micro_batch_size: per-device batch size; DeepSpeed uses it for throughput logging only, and setting it
+            spares Lightning from guessing it from our combined (forget + retain) loader, which it cannot.
+        param_persistence_threshold: ZeRO-3 keeps parameters with fewer elements than this unsharded (DeepSpeed's
+            default: 1e5); 0, our default, shards every parameter, which task arithmetic needs to edit shards.
+        bucket_size: elements per gradient-reduction and all-gather bucket; larger buckets communicate in fewer,
+            bigger messages but each costs its size in memory (DeepSpeed's default, 5e8, is 2 GB in fp32).
+    """
+    if stage not in (1, 2, 3):
+        raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {stage}")
+    if offload_parameters and stage != 3:
+        raise ValueError("offload_parameters needs ZeRO stage 3")
+    on_gpu = torch.cuda.is_available()
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "contiguous_gradients": True,
+        "overlap_comm": stage > 1 and on_gpu,
+        "reduce_bucket_size": bucket_size,
+        "allgather_bucket_size": bucket_size,
+    }
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if offload_parameters:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+        zero["stage3_param_persistence_threshold"] = param_persistence_threshold
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "zero_allow_untested_optimizer": True,
+        "zero_optimization": zero,
+    }
+
+
+def is_sharded(parameter: Tensor) -> bool:
+    """Whether ``parameter`` is partitioned by ZeRO-3."""
+    return hasattr(parameter, "ds_tensor")
+
+
+def local_shards(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """(name, tensor) of the parameter data this process owns: the ZeRO-3 shard, else the whole parameter.
+
+    Editing these tensors in place edits the model, as ZeRO-3 gathers the shards for every forward pass. It
+    refuses parameters that ZeRO-3 keeps gathered between passes (below ``stage3_param_persistence_threshold``):
+    their gathered copy would not see an edit of the shard (:func:`deepspeed_config` sets the threshold to 0).
+    """
+    for name, p in model.named_parameters():
+        if not is_sharded(p):
+            yield name, p.data
+        elif getattr(p, "ds_persist", False):
+            raise ValueError(
+                f"ZeRO-3 keeps {name} unsharded (stage3_param_persistence_threshold > its size), so its shard cannot "
+                f"be edited in place: set stage3_param_persistence_threshold to 0 (deepspeed_config(stage=3) does)"
+            )
+        else:
+            yield name, p.ds_tensor.data
+
+
+@contextmanager
+def equal_forward_passes(model: torch.nn.Module, planned: int) -> Iterator[None]:
+    """Lets processes run different numbers of forward passes (greedy decoding, whose length depends on the data)
+    under ZeRO-3, where every forward pass gathers parameters collectively from all processes.
+
+    Inside, this process runs ``planned`` forward passes of ``model``. At the entry, the processes agree on the
+    most any of them plans (one collective: every process must enter together); at the exit, a process that
+    planned fewer runs one-token passes until it has run as many. Nothing happens without ZeRO-3.
+    """
+    if not torch.distributed.is_initialized() or not any(is_sharded(p) for p in model.parameters()):
+        yield
+        return
+    device = next(model.parameters()).device
+    most = torch.tensor(planned, device=device)
+    torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+    yield
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for _ in range(int(most) - planned):
+            model(input_ids=token)
+
+
+def full_state_dict(model: torch.nn.Module, rank: int = 0) -> dict[str, Tensor] | None:
+    """The whole ``model``'s parameters and buffers on the CPU, gathered one parameter at a time under ZeRO-3.
+
+    Call it on every process (the gather is collective); ``rank``'s process gets the dict, the others ``None``.
+    """
+    here = not torch.distributed.is_initialized() or torch.distributed.get_rank() == rank
+    state: dict[str, Tensor] = {}
+    for name, p in model.named_parameters():
+        if is_sharded(p):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                if here:
+                    state[name] = p.data.detach().to("cpu", copy=True)
+        elif here:
+            state[name] = p.data.detach().to("cpu", copy=True)
+    if here:
+        persistent = set(model.state_dict())  # without buffers that are not saved (e.g. attention masks)
+        for name, buffer in model.named_buffers():
+            if name in persistent:
+                state[name] = buffer.detach().to("cpu", copy=True)
+    return state if here else None
