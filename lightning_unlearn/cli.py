@@ -80,7 +80,8 @@ def _audit(args: argparse.Namespace) -> None:
         print(f"\n{summary_markdown(s)}written to {args.output}/: per_sample.csv, per_sample.json, summary.json/.md")
 
 
-def _fit(argv: list[str]) -> None:
+def _fit(argv: list[str] | None) -> None:
+    """LightningCLI's ``fit`` on ``argv`` (None: the command line itself)."""
     from lightning.pytorch.cli import LightningCLI
 
     from lightning_unlearn import UnlearningDataModule, UnlearningModule
@@ -98,12 +99,13 @@ def _fit(argv: list[str]) -> None:
         UnlearningModule,
         UnlearningDataModule,
         subclass_mode_model=True,
-        args=["fit", *argv],
+        args=None if argv is None else ["fit", *argv],
         save_config_kwargs={"overwrite": True},
     )
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="lightning-unlearn", description="Per-sample LLM memorization and unlearning."
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--gguf-file", help="a GGUF file inside --model")
 
     if argv[:1] == ["fit"]:
-        _fit(argv[1:])  # LightningCLI parses, and reports its own errors
+        _fit(None if from_command_line else argv[1:])  # LightningCLI parses, and reports its own errors
         return 0
     args = parser.parse_args(argv)
     try:

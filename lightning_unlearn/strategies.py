@@ -23,6 +23,7 @@ def deepspeed_config(
     micro_batch_size: int = 1,
     param_persistence_threshold: int = 0,
     bucket_size: int = 50_000_000,
+    on_gpu: bool | None = None,
 ) -> dict[str, Any]:
     """A DeepSpeed config for ``DeepSpeedStrategy(config=...)``.
 
@@ -36,12 +37,13 @@ def deepspeed_config(
             default: 1e5); 0, our default, shards every parameter, which task arithmetic needs to edit shards.
         bucket_size: elements per gradient-reduction and all-gather bucket; larger buckets communicate in fewer,
             bigger messages but each costs its size in memory (DeepSpeed's default, 5e8, is 2 GB in fp32).
+        on_gpu: for GPUs (overlapped communication, pinned CPU memory); default: whether CUDA is available here.
     """
     if stage not in (1, 2, 3):
         raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {stage}")
     if offload_parameters and stage != 3:
         raise ValueError("offload_parameters needs ZeRO stage 3")
-    on_gpu = torch.cuda.is_available()
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     zero: dict[str, Any] = {
         "stage": stage,
         "contiguous_gradients": True,
@@ -61,6 +63,16 @@ def deepspeed_config(
         "zero_allow_untested_optimizer": True,
         "zero_optimization": zero,
     }
+
+
+def offloads_optimizer(strategy: Any) -> bool:
+    """Whether ``strategy`` is a DeepSpeed strategy that keeps the optimizer on the CPU (it then needs
+    DeepSpeed's CPU Adam rather than ``torch.optim.Adam``)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    config = strategy.config if isinstance(strategy, DeepSpeedStrategy) else None
+    offload = (config or {}).get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") != "none"
 
 
 def is_sharded(parameter: Tensor) -> bool:

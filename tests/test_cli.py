@@ -64,7 +64,40 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     assert "| method |" in (out / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+METHOD_CONFIGS = ["ga.yaml", "sga.yaml", "ta.yaml", "tau.yaml"]
+
+
+def test_every_example_is_tested():
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(METHOD_CONFIGS + list(DEEPSPEED_SETTINGS))
+
+
+DEEPSPEED_SETTINGS = {  # each example's DeepSpeed JSON is deepspeed_config with these arguments
+    "zero2_offload.yaml": {"stage": 2, "offload_optimizer": True, "micro_batch_size": 4},
+    "zero3.yaml": {"stage": 3, "micro_batch_size": 4},
+    "zero3_offload.yaml": {"stage": 3, "offload_optimizer": True, "offload_parameters": True, "micro_batch_size": 2},
+}
+
+
+@pytest.mark.parametrize("config", list(DEEPSPEED_SETTINGS))
+def test_deepspeed_examples_resolve_on_top_of_a_method(config, exported, capsys):
+    """They need GPUs to run (the tests run ZeRO on CPU with tests/deepspeed_cpu.py); here: they resolve, and
+    their DeepSpeed JSON is what deepspeed_config writes, which Lightning's DeepSpeedStrategy loads."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    from lightning_unlearn.strategies import deepspeed_config
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(EXAMPLES / "sga.yaml"), "--config", str(EXAMPLES / config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    json_path = f"examples/deepspeed/{config.removesuffix('.yaml')}.json"
+    assert "class_path: lightning.pytorch.strategies.DeepSpeedStrategy" in printed and f"config: {json_path}" in printed
+    written = json.loads((EXAMPLES.parent / json_path).read_text())
+    assert written == deepspeed_config(on_gpu=True, **DEEPSPEED_SETTINGS[config])
+    assert DeepSpeedStrategy(config=str(EXAMPLES.parent / json_path)).config == written
+
+
+@pytest.mark.parametrize("config", METHOD_CONFIGS)
 def test_fit_runs_every_example_config(config, small_testbed, exported):
     """Each example unlearns the exported testbed until its rule holds and saves a folder transformers loads."""
     args = ["fit", "--config", str(EXAMPLES / config), "--data.batch_size=16", "--trainer.enable_progress_bar=false"]

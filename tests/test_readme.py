@@ -42,14 +42,32 @@ def test_python_blocks_run_in_order(workdir):
     assert Path("unlearned/sga-python/model.safetensors").is_file() and Path("report/summary.json").is_file()
 
 
-def test_shell_blocks_run(workdir, testbed_cache):
-    """``make`` lines are dry-run against the Makefile; ``lightning-unlearn`` lines run, on the small testbed."""
+def parses(args: list[str], capsys) -> str:
+    """The config a ``lightning-unlearn fit`` command line resolves to (it needs GPUs to run)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_shell_blocks_run(workdir, testbed_cache, capsys):
+    """``make`` lines are dry-run against the Makefile; ``lightning-unlearn`` lines run, on the small testbed;
+    multi-GPU launches (``torchrun``, ``sbatch``) are checked as far as a CPU can: their command lines parse."""
     commands = [line for code in blocks("bash") for line in code.splitlines() if line.strip()]
     assert commands
     for line in commands:
         args = shlex.split(line, comments=True)
         if args[0] == "make":
             subprocess.run(["make", "-n", "-C", str(ROOT), *args[1:]], check=True, capture_output=True)
+            continue
+        if args[0] == "torchrun":
+            assert "DeepSpeedStrategy" in parses(args[args.index("lightning_unlearn.cli") + 1 :], capsys)
+            continue
+        if args[0] == "sbatch":
+            script = ROOT / args[1]
+            subprocess.run(["bash", "-n", str(script)], check=True)
+            srun = shlex.split(script.read_text().replace("\\\n", " ").split("srun ", 1)[1].splitlines()[0])
+            assert srun[0] == "lightning-unlearn" and "DeepSpeedStrategy" in parses(srun[1:], capsys)
             continue
         assert args[0] == "lightning-unlearn", line
         if args[1] in ("demo", "testbed"):

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.memorization import memorization_accuracy, sequence_nll
-from lightning_unlearn.strategies import full_state_dict
+from lightning_unlearn.strategies import full_state_dict, offloads_optimizer
 
 # Expected here, not a problem: the model trains in eval mode (no dropout).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -222,10 +222,14 @@ class UnlearningModule(L.LightningModule):
             monitor.carry_forward(self.global_step, self.global_step + 1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam; DeepSpeed's CPU Adam (the same update) when a DeepSpeed strategy offloads the optimizer."""
         hp = self.hparams
-        return torch.optim.Adam(
-            self.model.parameters(), lr=hp.learning_rate, betas=tuple(hp.betas), weight_decay=hp.weight_decay
-        )
+        options = {"lr": hp.learning_rate, "betas": tuple(hp.betas), "weight_decay": hp.weight_decay}
+        if offloads_optimizer(self.trainer.strategy) if self._trainer is not None else False:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(self.model.parameters(), adamw_mode=False, **options)
+        return torch.optim.Adam(self.model.parameters(), **options)
 
     # --- checkpoints and saving ------------------------------------------------------------------------------
 
