@@ -224,10 +224,19 @@ class UnlearningDataModule(L.LightningDataModule):
         }
         return CombinedLoader(loaders, mode="max_size_cycle")
 
-    def scoring_dataloader(self, name: str = "forget", batch_size: int | None = None) -> DataLoader:
-        """Every sample of split ``name`` once, in a fixed order: batches of similar length cut padding."""
+    def scoring_dataloader(
+        self, name: str = "forget", batch_size: int | None = None, sample_ids: Sequence[int] | None = None
+    ) -> DataLoader:
+        """Every sample of split ``name`` (or only ``sample_ids``) once, in a fixed order: batches of similar
+        length cut padding."""
         split = self.split(name)
         batch_size = batch_size or self.eval_batch_size
-        order = sorted(range(len(split)), key=lambda i: (split.lengths[i], i))
+        chosen = range(len(split)) if sample_ids is None else sample_ids
+        order = sorted(chosen, key=lambda i: (split.lengths[i], i))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        return DataLoader(split, batch_sampler=batches, collate_fn=self.collate, num_workers=self.num_workers)
+        # Its own generator: iterating a DataLoader draws a seed, which must not come from (and so shift) the
+        # global RNG that shuffles the training batches; scoring passes leave a run's batches as they were.
+        generator = torch.Generator().manual_seed(0)
+        return DataLoader(
+            split, batch_sampler=batches, collate_fn=self.collate, num_workers=self.num_workers, generator=generator
+        )

@@ -36,15 +36,26 @@ def test_memorization_speed_runs_and_values_are_identical():
     assert all("True" in row for row in rows), out
 
 
-def test_step_overhead_runs(tmp_path):
-    env = os.environ | {"LIGHTNING_UNLEARN_CACHE": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, "benchmarks/step_overhead.py", "--small", "--steps", "4", "--warmup", "1"],
+def run_on_small_testbed(testbed_cache, *args: str) -> str:
+    """A benchmark script's output, run on the session's small testbed."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
         timeout=300,
-        env=env,
+        env=os.environ | {"LIGHTNING_UNLEARN_CACHE": str(testbed_cache)},
     ).stdout
+
+
+def test_step_overhead_runs(small_testbed, testbed_cache):
+    out = run_on_small_testbed(testbed_cache, "benchmarks/step_overhead.py", "--small", "--steps", "4", "--warmup", "1")
     assert re.search(r"GA / bare = \d+\.\d+", out) and re.search(r"SGA / GA  = \d+\.\d+", out), out
+
+
+def test_scaling_runs_both_refresh_policies(small_testbed, testbed_cache):
+    out = run_on_small_testbed(testbed_cache, "benchmarks/scaling.py", "--small", "--sizes", "24", "--max-steps", "4")
+    row = next(line for line in out.splitlines() if line.startswith("| 24 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert len(cells) == 12 and cells[-2].endswith("x"), out

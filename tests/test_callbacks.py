@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_unlearn import GradientAscent, SelectiveGradientAscent
+from lightning_unlearn import GradientAscent, SelectiveGradientAscent, UnlearningDataModule
 from lightning_unlearn.callbacks import (
     MemorizationEarlyStopping,
     MemorizationMonitor,
@@ -175,3 +175,43 @@ def test_attack_monitor_moves_towards_chance_under_sga(small_testbed):
     assert "attack/loss_auc" in trainer.callback_metrics
     with pytest.raises(ValueError, match="unknown attacks"):
         AttackMonitor(attacks=("lira",))
+
+
+def sga_with_refresh(tb, refresh):
+    """SGA on 32 records (16 memorized, 16 never seen: below the threshold from the start) in batches of 4: the
+    monitor must re-score the samples outside each batch."""
+    L.seed_everything(0)
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4, refresh=refresh, threshold=0.4)
+    trainer = make_trainer()
+    trainer.fit(module, UnlearningDataModule(tb.tokenizer, tb.forget + tb.holdout, holdout=tb.holdout, batch_size=4))
+    monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
+    stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+    return monitor, stopping
+
+
+def test_refresh_above_threshold_scores_less_and_ends_the_same(small_testbed):
+    every, every_stop = sga_with_refresh(small_testbed, "all")
+    above, above_stop = sga_with_refresh(small_testbed, "above_threshold")
+    # The same run up to floating-point noise: a sample's g can differ by a near-tie token between scoring passes
+    # of different batch shapes, which could move the stop by a step.
+    assert every_stop.stopped_step is not None and abs(above_stop.stopped_step - every_stop.stopped_step) <= 1
+    difference = (above.values - every.values).abs()
+    assert difference.max() <= 0.05 and difference.mean() <= 0.01
+    assert above.values.max() <= 0.4  # the samples assumed forgotten were verified before stopping
+    assert above.samples_scored < 0.6 * every.samples_scored
+
+
+def test_refresh_above_threshold_verifies_samples_assumed_forgotten(small_testbed):
+    """A sample that was forgotten, then came back above the threshold, blocks the stop until re-scored."""
+    tb = small_testbed
+    monitor = MemorizationMonitor(refresh="above_threshold")
+    monitor.threshold = 0.5
+    monitor._store(torch.arange(3), torch.tensor([0.2, 0.3, 0.6]), step=0)
+    monitor._store(torch.tensor([2]), torch.tensor([0.4]), step=1)
+    assert monitor.is_current(1) and not monitor.is_fresh(1)  # 0 and 1 assumed still forgotten
+    monitor._store(torch.tensor([1]), torch.tensor([0.7]), step=0)  # an old score above the threshold
+    assert not monitor.is_current(1)
+    with pytest.raises(ValueError, match="pass no dataloader"):
+        MemorizationMonitor(dataloader=unlearning_data(tb).scoring_dataloader(), refresh="above_threshold")
+    with pytest.raises(ValueError, match="refresh must be"):
+        MemorizationMonitor(refresh="sometimes")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -38,9 +38,16 @@ class MemorizationMonitor(Callback):
     (the band of :class:`~lightning_unlearn.metrics.MemorizationOutliers`) and, once a threshold is known,
     ``{split}/above_threshold``. Works on any LightningModule with a ``model`` attribute or ``get_model()``.
 
+    When the set is larger than a training batch, the samples outside the batch are re-scored by scoring passes
+    (no grad, eval mode, length-sorted batches of the datamodule's ``eval_batch_size``) every
+    ``every_n_train_steps`` steps. ``refresh="above_threshold"`` re-scores only the samples still above the
+    forgetting threshold, as forgotten samples rarely come back; before the stop rule is allowed to hold, a full
+    pass verifies that every sample assumed forgotten still is. Per-sample state is two ``Tensor[N]``.
+
     Args:
         dataloader: batches with ``input_ids``, ``attention_mask`` and ``sample_id`` to watch.
         every_n_train_steps: optimizer steps between scoring passes.
+        refresh: ``"all"`` (every sample, each pass) or ``"above_threshold"`` (needs the datamodule's split).
         split: the datamodule split to watch when no dataloader is given; also the logging prefix.
         band: (lower, upper) edges of the acceptable g band, fractions in [0, 1].
         progress: show a progress bar during scoring passes.
@@ -53,9 +60,15 @@ class MemorizationMonitor(Callback):
         split: str = "forget",
         band: tuple[float, float] = (0.15, 0.60),
         progress: bool = False,
+        refresh: Literal["all", "above_threshold"] = "all",
     ) -> None:
         if every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
+        if refresh not in ("all", "above_threshold"):
+            raise ValueError(f"refresh must be 'all' or 'above_threshold', got {refresh!r}")
+        if refresh == "above_threshold" and dataloader is not None:
+            raise ValueError("refresh='above_threshold' scores subsets of the datamodule's split: pass no dataloader")
+        self.refresh_policy = refresh
         self.dataloader = dataloader
         self.every_n_train_steps = every_n_train_steps
         self.split = split
@@ -65,6 +78,8 @@ class MemorizationMonitor(Callback):
         self.values = torch.empty(0)  # Tensor[N]: latest g per sample_id (NaN: never scored)
         self.scored_at = torch.empty(0, dtype=torch.long)  # Tensor[N]: optimizer step the score belongs to
         self._loop_covered_step: int | None = None  # last step whose training forward scored every sample
+        self._datamodule: Any = None  # the UnlearningDataModule, for scoring subsets
+        self.samples_scored = 0  # samples scored by scoring passes so far (the training forward's are free)
 
     @property
     def state_key(self) -> str:
@@ -80,12 +95,23 @@ class MemorizationMonitor(Callback):
         """Whether every sample's score belongs to the weights after ``step`` optimizer steps."""
         return len(self.scored_at) > 0 and bool((self.scored_at == step).all())
 
+    def is_current(self, step: int) -> bool:
+        """Whether the scores are as fresh as the refresh policy keeps them: every one from ``step``, or, with
+        ``refresh="above_threshold"``, every older one at or below the threshold (assumed still forgotten)."""
+        if self.is_fresh(step):
+            return True
+        if self.refresh_policy != "above_threshold" or self.threshold is None or len(self.values) == 0:
+            return False
+        stale = self.scored_at != step
+        return bool((self.values[stale] <= self.threshold).all())
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         get_model(pl_module)
         if self.dataloader is None:
             datamodule = trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "scoring_dataloader"):
                 raise ValueError("MemorizationMonitor has no dataloader: pass one, or fit with an UnlearningDataModule")
+            self._datamodule = datamodule
             self.dataloader = datamodule.scoring_dataloader(self.split)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -100,22 +126,34 @@ class MemorizationMonitor(Callback):
             self.refresh(trainer, pl_module, log=False)
 
     def refresh_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """A scoring pass, if N steps have passed and the training forward does not keep every score fresh."""
+        """A scoring pass, if N steps have passed and the training forward does not keep every score fresh; with
+        ``refresh="above_threshold"``, of the samples still above the threshold only."""
         step = trainer.global_step
         if step % self.every_n_train_steps or self.is_fresh(step) or self._loop_covered_step == step - 1:
             return  # the next training forward scores every sample anyway
+        if self.refresh_policy == "above_threshold" and self.threshold is not None and len(self.values):
+            due = ((self.values > self.threshold) & (self.scored_at != step)).nonzero().flatten()
+            if len(due):
+                self.refresh(trainer, pl_module, sample_ids=due)
+            return
         self.refresh(trainer, pl_module)
 
-    def refresh(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = True) -> None:
-        """Scores the whole watched set now (every process takes part)."""
+    def refresh(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = True, sample_ids: Tensor | None = None
+    ) -> None:
+        """Scores the whole watched set now, or only ``sample_ids`` (every process takes part)."""
+        loader = self.dataloader
+        if sample_ids is not None:
+            loader = self._datamodule.scoring_dataloader(self.split, sample_ids=sample_ids.tolist())
         with getattr(pl_module, "scoring_context", nullcontext)():  # e.g. task arithmetic scores its edit
             ids, values = score_on_all_ranks(
                 get_model(pl_module),
-                self.dataloader,
+                loader,
                 trainer.strategy,
                 self.progress,
                 desc=f"{self.split} memorization",
             )
+        self.samples_scored += len(ids)
         self._store(ids, values, trainer.global_step)
         if log:
             self.log_summary(pl_module)

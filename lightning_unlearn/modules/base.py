@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -61,6 +61,11 @@ class UnlearningModule(L.LightningModule):
         dropout: keep the model's dropout during training (off by default: unlearning edits a trained model).
         gguf_file: a GGUF file inside ``model``'s folder or repository.
         model_kwargs: more ``from_pretrained`` arguments (``torch_dtype``, ``revision``, …).
+        refresh: the memorization monitor's policy for methods that bring one (SGA, TA, TAU): ``"all"`` re-scores
+            every forget sample, ``"above_threshold"`` only those not yet forgotten (much faster for forget sets
+            far larger than a batch; a full pass verifies the rule before stopping). See
+            :class:`~lightning_unlearn.callbacks.MemorizationMonitor`.
+        refresh_every: optimizer steps between those scoring passes.
     """
 
     needs_retain = False  # whether the method trains on the retain split too
@@ -74,6 +79,8 @@ class UnlearningModule(L.LightningModule):
         dropout: bool = False,
         gguf_file: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        refresh: Literal["all", "above_threshold"] = "all",
+        refresh_every: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, torch.nn.Module) else None)
@@ -93,6 +100,10 @@ class UnlearningModule(L.LightningModule):
         if self.model is None:
             self.model = load_causal_lm(self.model_source, self.hparams.gguf_file, **(self.hparams.model_kwargs or {}))
             check_causal_lm(self.model)
+
+    def memorization_monitor(self) -> MemorizationMonitor:
+        """The forget-set monitor that methods bring through ``configure_callbacks``, with this module's policy."""
+        return MemorizationMonitor(every_n_train_steps=self.hparams.refresh_every, refresh=self.hparams.refresh)
 
     def get_model(self) -> PreTrainedModel:
         """The Hugging Face model being edited (after fit: the result)."""

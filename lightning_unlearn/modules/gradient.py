@@ -7,7 +7,7 @@ from typing import Any, Literal
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
 from lightning_unlearn.modules.base import UnlearningModule
 
 
@@ -72,4 +72,4 @@ class SelectiveGradientAscent(GradientAscent):
         self.stopping = MemorizationEarlyStopping(criterion=stop, threshold=threshold)
 
     def configure_callbacks(self) -> list[Callback]:
-        return [MemorizationMonitor(), self.selective, self.stopping]
+        return [self.memorization_monitor(), self.selective, self.stopping]

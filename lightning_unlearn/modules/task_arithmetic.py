@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
 from lightning_unlearn.callbacks.stopping import find_monitor
 from lightning_unlearn.modules.base import UnlearningModule
 from lightning_unlearn.task_vectors import apply_task_vector, edited, snapshot, task_vector
@@ -55,7 +55,7 @@ class TaskArithmetic(UnlearningModule):
         self.base: dict[str, Tensor] | None = None  # θ_base, on the CPU
 
     def configure_callbacks(self) -> list[Callback]:
-        return [MemorizationMonitor(), self.stopping]
+        return [self.memorization_monitor(), self.stopping]
 
     def on_train_start(self) -> None:
         if self.base is None:  # not restored from a checkpoint
@@ -137,7 +137,7 @@ class TAU(TaskArithmetic):
         self.switch_step: int | None = None
 
     def configure_callbacks(self) -> list[Callback]:
-        return [MemorizationMonitor(), self.selective, self.stopping]
+        return [self.memorization_monitor(), self.selective, self.stopping]
 
     def on_train_start(self) -> None:
         pass  # θ_base is the SGA model, taken at the switch
@@ -151,7 +151,7 @@ class TAU(TaskArithmetic):
         if UnlearningModule._before_step(self, sample_id, g):
             return True
         monitor = find_monitor(self.trainer)
-        if monitor.is_fresh(self.global_step) and monitor.summary()["ma_mean"] <= self.switch_at:
+        if monitor.is_current(self.global_step) and monitor.summary()["ma_mean"] <= self.switch_at:
             self._switch(self.trainer)
         return False
 

@@ -1,0 +1,168 @@
+"""Forget sets far larger than a batch: cost of per-sample scoring as the set grows, and the refresh policy.
+
+For forget sets of 32, 128, 512 and 2048 records on the testbed's model (training batch 32, scoring batch 128),
+prints: tokens per second of a full scoring pass; SGA with ``refresh="above_threshold"`` (re-score only the
+records not yet forgotten, verify all before stopping) and SGA rescanning every record after every step
+(``refresh="all"``): seconds per step, steps and seconds until every record is at or below the threshold, peak
+memory of the process; and the ratios. Each SGA run is its own process, so its peak memory is its own.
+
+The set: the testbed's forget and retain records (memorized to different degrees), then records it trained on
+once, then records it never saw, as in a customer's data where few records are memorized. A record counts as
+forgotten at g <= 0.5 (records never seen start below it; the holdout mean would put half of them above).
+
+    python benchmarks/scaling.py [--sizes 32,128,512,2048] [--small] [--accelerator gpu]
+
+Peak memory is the process's peak resident memory on the CPU, or the peak of PyTorch's CUDA allocator on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing
+import queue
+import resource
+import time
+
+import lightning as L
+import torch
+
+from lightning_unlearn import SelectiveGradientAscent, UnlearningDataModule
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+from lightning_unlearn.memorization import score_memorization
+from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed, make_records
+
+THRESHOLD = 0.5
+BATCH, EVAL_BATCH = 32, 128
+
+
+def forget_set(testbed, size: int) -> list[str]:
+    """``size`` distinct records: memorized ones first, then trained-once background, then never seen."""
+    trained = set(testbed.forget) | set(testbed.retain)
+    background = [r for r in dict.fromkeys(testbed.corpus) if r not in trained]
+    unseen = make_records(max(0, size - len(trained) - len(background)) + len(testbed.holdout), seed=10_000)
+    unseen = [r for r in unseen if r not in set(testbed.holdout)]
+    return (testbed.forget + testbed.retain + background + unseen)[:size]
+
+
+def datamodule(testbed, size: int) -> UnlearningDataModule:
+    return UnlearningDataModule(
+        testbed.tokenizer, forget_set(testbed, size), batch_size=BATCH, eval_batch_size=EVAL_BATCH
+    )
+
+
+def scoring_throughput(testbed, size: int, device: str, repeats: int = 3) -> float:
+    """Real tokens per second of a full scoring pass (best of ``repeats``)."""
+    data = datamodule(testbed, size)
+    tokens = sum(data.split("forget").lengths)
+    model = testbed.model.to(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        score_memorization(model, data.scoring_dataloader("forget"))  # returns Python floats: synchronized
+        best = min(best, time.perf_counter() - start)
+    return tokens / best
+
+
+def sga_run(options: dict, results: multiprocessing.Queue) -> None:
+    """One SGA run in a fresh process: seconds, steps, samples scored, final g, peak RSS (MB)."""
+    torch.set_num_threads(options["threads"])
+    testbed = build_testbed(progress=False, **options["testbed"])
+    L.seed_everything(0, verbose=False)
+    module = SelectiveGradientAscent(
+        copy.deepcopy(testbed.model), learning_rate=3e-4, threshold=THRESHOLD, refresh=options["refresh"]
+    )
+    trainer = L.Trainer(
+        max_steps=options["max_steps"],
+        accelerator=options["accelerator"],
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule(testbed, options["size"]))
+    seconds = time.perf_counter() - start
+    monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
+    stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+    results.put(
+        {
+            "seconds": seconds,
+            "steps": stopping.stopped_step if stopping.stopped_step is not None else trainer.global_step,
+            "met": stopping.stopped_step is not None,
+            "scored": monitor.samples_scored,
+            "g": monitor.values.tolist(),
+            "peak_mb": torch.cuda.max_memory_allocated() / 2**20
+            if options["accelerator"] == "gpu"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
+
+
+def run_in_process(options: dict) -> dict:
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=sga_run, args=(options, results))
+    process.start()
+    while True:
+        try:
+            result = results.get(timeout=5)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the SGA run failed (exit code {process.exitcode}); see its error above") from None
+    process.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="32,128,512,2048")
+    parser.add_argument("--small", action="store_true", help="the small testbed (a quick check)")
+    parser.add_argument("--max-steps", type=int, default=300, help="optimizer steps at most per SGA run")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
+    args = parser.parse_args()
+    options = SMALL_TESTBED if args.small else {}
+    testbed = build_testbed(progress=True, **options)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    threads = torch.get_num_threads()
+    print(f"testbed model: {testbed.model.num_parameters() / 1e6:.2f}M parameters; batch {BATCH}, scoring {EVAL_BATCH}")
+    print(
+        "| records | scoring tokens/s | refresh: s/step | steps | s to rule | peak MB "
+        "| rescan all: s/step | steps | s to rule | peak MB | speed-up | max |Δg| |"
+    )
+    print("|---" * 12 + "|")
+    rows = {}
+    for size in sizes:
+        throughput = scoring_throughput(testbed, size, "cuda" if args.accelerator == "gpu" else "cpu")
+        runs = {}
+        for refresh in ("above_threshold", "all"):
+            run_options = {"testbed": options, "size": size, "refresh": refresh, "threads": threads}
+            run_options["accelerator"] = args.accelerator
+            runs[refresh] = run_in_process(run_options | {"max_steps": args.max_steps})
+        policy, naive = runs["above_threshold"], runs["all"]
+        gap = max(abs(a - b) for a, b in zip(policy["g"], naive["g"], strict=True))
+        cells = [f"{size}", f"{throughput:,.0f}"]
+        for run in (policy, naive):
+            per_step = run["seconds"] / max(run["steps"], 1)
+            met = "" if run["met"] else " (not met)"
+            cells += [f"{per_step:.2f}", f"{run['steps']}{met}", f"{run['seconds']:.1f}", f"{run['peak_mb']:.0f}"]
+        cells += [f"{naive['seconds'] / policy['seconds']:.2f}x", f"{gap:.3f}"]
+        print("| " + " | ".join(cells) + " |", flush=True)
+        rows[size] = (throughput, policy, naive)
+    if len(sizes) > 1:
+        low, high = sizes[1] if len(sizes) > 2 else sizes[0], sizes[-1]
+        ratio = rows[high][0] / rows[low][0]
+        print(f"\nscoring throughput at {high} / at {low}: {ratio:.2f} (linear cost: within 0.8-1.2)")
+        growth = rows[high][1]["peak_mb"] - rows[low][1]["peak_mb"]
+        state_mb = (high - low) * (4 + 8 + 4) / 2**20  # g (float32), scored_at (int64), weight (float32)
+        tokens_mb = (high - low) * 200 * 8 / 2**20  # int64 ids of up to 200 tokens per record
+        print(
+            f"peak memory growth {low} -> {high} records (refresh policy): {growth:.1f} MB; per-sample state "
+            f"{state_mb:.3f} MB, the records' token ids {tokens_mb:.1f} MB at most"
+        )
+
+
+if __name__ == "__main__":
+    main()
