@@ -48,12 +48,7 @@ def _audit(args: argparse.Namespace) -> None:
     from lightning_unlearn.modules import check_causal_lm, load_causal_lm
     from lightning_unlearn.report import memorization_report, summary_markdown, write_report
 
-    if args.gguf_file:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.model, gguf_file=args.gguf_file)
-    else:
-        tokenizer = load_tokenizer(args.model)
+    tokenizer = load_tokenizer(args.model, args.gguf_file)
     datamodule = UnlearningDataModule(
         tokenizer, args.data, holdout=args.holdout, max_length=args.max_length, text_column=args.text_column
     )

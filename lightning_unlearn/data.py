@@ -20,12 +20,13 @@ SPLITS = ("forget", "retain", "holdout")
 _SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
-def load_tokenizer(source: str | os.PathLike) -> Any:
-    """A tokenizer from a hub id or a local folder; a clear error when there is none."""
+def load_tokenizer(source: str | os.PathLike, gguf_file: str | None = None) -> Any:
+    """A tokenizer from a hub id or a local folder (``gguf_file``: a GGUF file inside it); a clear error when
+    there is none."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        return AutoTokenizer.from_pretrained(str(source), **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as error:
         raise FileNotFoundError(f"cannot load a tokenizer from {source!s}: {error}") from None
 

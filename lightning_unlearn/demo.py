@@ -175,7 +175,6 @@ def run_demo(
                 enable_model_summary=False,
                 callbacks=[*callbacks, _StepProgress(name, max_steps, progress)],
             )
-        with _quiet():
             start = time.perf_counter()
             trainer.fit(module, datamodule)
             seconds = time.perf_counter() - start
@@ -244,10 +243,11 @@ def _write(output: Path, result: dict[str, Any], reports: dict[str, Any]) -> Non
         after = [f"{reports[name].rows[i]['g']:.4f}" for name in names]
         writer.writerow([row["sample_id"], row.get("duplicates", ""), f"{row['g']:.4f}", *after, row["text"]])
     write_text_atomically(output / "per_sample.csv", per_sample.getvalue())
+    band = reports["original"].summary["outliers_fixed_band"]
     plot_histograms(
         [row["g"] for row in base],
         {name: [row["g"] for row in reports[name].rows] for name in names},
         result["threshold"],
-        (0.15, 0.60),
+        (band["lower"], band["upper"]),
         output / "forget_g.png",
     )

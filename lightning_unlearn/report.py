@@ -99,27 +99,30 @@ def memorization_report(
             row["duplicates"] = duplicates[sample_id]
         rows.append(row)
     g = [row["g"] for row in rows]
-    summary: dict[str, Any] = {"forget_samples": len(rows), "ma_mean": statistics.fmean(g), "ma_max": max(g)}
-
-    if datamodule.has_split("holdout"):
-        holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None)
-        holdout_g = [value["g"] for value in holdout.values()]
-        holdout_mean, spread = statistics.fmean(holdout_g), statistics.pstdev(holdout_g)
-        threshold = holdout_mean if threshold is None else threshold
-        summary["holdout_ma_mean"] = holdout_mean
-    elif threshold is None:
+    has_holdout = datamodule.has_split("holdout")
+    if not has_holdout and threshold is None:
         raise ValueError("the report needs a holdout split (unseen texts) or an explicit threshold")
+    holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None) if has_holdout else {}
+    holdout_g = [value["g"] for value in holdout.values()]
+    if threshold is None:
+        threshold = statistics.fmean(holdout_g)
     for row in rows:
         row["above_threshold"] = row["g"] > threshold
-    summary["threshold"] = threshold
-    summary["above_threshold"] = sum(row["above_threshold"] for row in rows)
-    summary["outliers_fixed_band"] = _outliers(g, *band)
-    if datamodule.has_split("holdout"):
+    summary: dict[str, Any] = {
+        "forget_samples": len(rows),
+        "ma_mean": statistics.fmean(g),
+        "ma_max": max(g),
+        "threshold": threshold,
+        "above_threshold": sum(row["above_threshold"] for row in rows),
+        "outliers_fixed_band": _outliers(g, *band),
+        "verbatim_lengths": list(verbatim_lengths),
+        "verbatim_extractable": sum(bool(row["verbatim"]) for row in rows),
+    }
+    if has_holdout:
+        holdout_mean, spread = statistics.fmean(holdout_g), statistics.pstdev(holdout_g)
         lower, upper = max(0.0, holdout_mean - k_std * spread), min(1.0, holdout_mean + k_std * spread)
+        summary["holdout_ma_mean"] = holdout_mean
         summary["outliers_holdout_band"] = _outliers(g, lower, upper)
-    summary["verbatim_lengths"] = list(verbatim_lengths)
-    summary["verbatim_extractable"] = sum(bool(row["verbatim"]) for row in rows)
-    if datamodule.has_split("holdout"):
         summary["holdout_nll"] = statistics.fmean(value["nll"] for value in holdout.values())
         summary["attack_auc"] = {
             name: attack_auc([row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()])

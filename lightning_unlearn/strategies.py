@@ -130,7 +130,7 @@ def full_state_dict(model: torch.nn.Module, rank: int = 0) -> dict[str, Tensor] 
     state: dict[str, Tensor] = {}
     for name, p in model.named_parameters():
         if is_sharded(p):
-            import deepspeed
+            import deepspeed  # installed wherever a parameter is sharded
 
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                 if here:

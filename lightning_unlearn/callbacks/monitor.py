@@ -41,8 +41,8 @@ class MemorizationMonitor(Callback):
     When the set is larger than a training batch, the samples outside the batch are re-scored by scoring passes
     (no grad, eval mode, length-sorted batches of the datamodule's ``eval_batch_size``) every
     ``every_n_train_steps`` steps. ``refresh="above_threshold"`` re-scores only the samples still above the
-    forgetting threshold, as forgotten samples rarely come back; before the stop rule is allowed to hold, a full
-    pass verifies that every sample assumed forgotten still is. Per-sample state is two ``Tensor[N]``.
+    forgetting threshold, as forgotten samples rarely come back; before the stop rule is allowed to hold,
+    :meth:`refresh_stale` re-scores every sample assumed forgotten. Per-sample state is two ``Tensor[N]``.
 
     Args:
         dataloader: batches with ``input_ids``, ``attention_mask`` and ``sample_id`` to watch.
@@ -157,6 +157,12 @@ class MemorizationMonitor(Callback):
         self._store(ids, values, trainer.global_step)
         if log:
             self.log_summary(pl_module)
+
+    def refresh_stale(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Re-scores every sample whose score is older than the current step (no pass when there is none)."""
+        stale = (self.scored_at != trainer.global_step).nonzero().flatten()
+        if len(stale):
+            self.refresh(trainer, pl_module, log=False, sample_ids=stale)
 
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule, sample_id: Tensor, g: Tensor) -> Tensor:
         """Takes the g of a training batch (this process's share), gathered over processes; returns all ids."""

@@ -28,8 +28,8 @@ class MemorizationEarlyStopping(Callback):
     samples far above. ``threshold="holdout"`` is the mean g of the model *before unlearning* on the holdout split
     (unseen data of the same distribution), computed once when training starts and logged as ``holdout/ma_mean``;
     a float is taken as is. Decisions use the :class:`MemorizationMonitor`'s scores, only when every score is
-    fresh (belongs to the current weights; with its ``refresh="above_threshold"`` policy, a full pass verifies the
-    older scores first), and are the same on every process. When the training forward keeps
+    fresh (belongs to the current weights; with its ``refresh="above_threshold"`` policy, the older scores are
+    re-scored first), and are the same on every process. When the training forward keeps
     the scores fresh, the rule is checked before each optimizer step, so no step is taken past it; Lightning
     still counts that last (untaken) step in ``trainer.global_step``, while ``stopped_step`` is the number of
     optimizer steps actually taken.
@@ -90,8 +90,7 @@ class MemorizationEarlyStopping(Callback):
             return False
         holds, value = self.holds(trainer)
         if holds and not monitor.is_fresh(trainer.global_step):  # verify the samples assumed still forgotten
-            stale = (monitor.scored_at != trainer.global_step).nonzero().flatten()
-            monitor.refresh(trainer, trainer.lightning_module, log=False, sample_ids=stale)
+            monitor.refresh_stale(trainer, trainer.lightning_module)
             holds, value = self.holds(trainer)
         if holds:
             trainer.should_stop = True

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.memorization import memorization_accuracy, sequence_nll
-from lightning_unlearn.strategies import full_state_dict, offloads_optimizer
+from lightning_unlearn.strategies import full_state_dict, is_sharded, offloads_optimizer
 
 # Expected here, not a problem: the model trains in eval mode (no dropout).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -63,7 +63,7 @@ class UnlearningModule(L.LightningModule):
         model_kwargs: more ``from_pretrained`` arguments (``torch_dtype``, ``revision``, …).
         refresh: the memorization monitor's policy for methods that bring one (SGA, TA, TAU): ``"all"`` re-scores
             every forget sample, ``"above_threshold"`` only those not yet forgotten (much faster for forget sets
-            far larger than a batch; a full pass verifies the rule before stopping). See
+            far larger than a batch; the samples assumed forgotten are re-scored before stopping). See
             :class:`~lightning_unlearn.callbacks.MemorizationMonitor`.
         refresh_every: optimizer steps between those scoring passes.
     """
@@ -236,7 +236,7 @@ class UnlearningModule(L.LightningModule):
         """Adam; DeepSpeed's CPU Adam (the same update) when a DeepSpeed strategy offloads the optimizer."""
         hp = self.hparams
         options = {"lr": hp.learning_rate, "betas": tuple(hp.betas), "weight_decay": hp.weight_decay}
-        if offloads_optimizer(self.trainer.strategy) if self._trainer is not None else False:
+        if self._trainer is not None and offloads_optimizer(self.trainer.strategy):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             return DeepSpeedCPUAdam(self.model.parameters(), adamw_mode=False, **options)
@@ -258,7 +258,8 @@ class UnlearningModule(L.LightningModule):
         if tokenizer is None and self._trainer is not None and self.trainer.datamodule is not None:
             tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         model = self.get_model()
-        state = full_state_dict(model)  # every process takes part: ZeRO-3 gathers one parameter at a time
+        # Under ZeRO-3 every process takes part in gathering the shards, one parameter at a time.
+        state = full_state_dict(model) if any(is_sharded(p) for p in model.parameters()) else None
         if self.global_rank == 0:
             with atomic_folder(path) as staging:
                 model.save_pretrained(staging, state_dict=state)
