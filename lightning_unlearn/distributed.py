@@ -6,7 +6,7 @@ sharded model (ZeRO-3) never waits on a rank that has stopped. Results are ident
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
 import torch
 from lightning.pytorch.strategies import Strategy
@@ -46,14 +46,27 @@ def score_on_all_ranks(
     Returns sorted unique ``sample_id`` (``Tensor[N]`` long, on CPU) and their g (``Tensor[N]`` float, on CPU).
     """
     rank, world = (strategy.global_rank, strategy.world_size) if strategy is not None else (0, 1)
-    batches = list(dataloader)
-    if not batches:
+    batches = dataloader if hasattr(dataloader, "__len__") else list(dataloader)
+    if not len(batches):
         raise ValueError(f"nothing to score: the {desc} dataloader is empty")
-    mine = batches[rank::world]
-    mine += (mine or batches)[-1:] * (-(-len(batches) // world) - len(mine))  # same number of forwards everywhere
+    mine = _share(batches, rank, world)
     scores = score_memorization(model, mine, progress=progress and rank == 0, desc=desc, measure=measure)
     device = next(model.parameters()).device
     ids = torch.tensor(list(scores), dtype=torch.long, device=device)
     values = torch.tensor(list(scores.values()), dtype=torch.float32, device=device)
     ids, values = gather_scores(strategy, ids, values)
     return ids.cpu(), values.cpu()
+
+
+def _share(batches: Collection[Mapping[str, Tensor]], rank: int, world: int) -> Iterator[Mapping[str, Tensor]]:
+    """Every ``world``-th batch from ``rank`` on, one at a time (a scoring pass never holds the whole set), then
+    this rank's last batch again until every rank has yielded ceil(len / world) batches."""
+    last, count = None, 0
+    for index, batch in enumerate(batches):
+        if index % world == rank:
+            last, count = batch, count + 1
+            yield batch
+    if last is None:  # more ranks than batches: repeat the first
+        last = next(iter(batches))
+    for _ in range(-(-len(batches) // world) - count):
+        yield last

@@ -300,9 +300,10 @@ def score_memorization(
         for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
             input_ids = batch["input_ids"].to(device)
             attention_mask = batch["attention_mask"].to(device)
-            if measure is None:
-                logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-                values = memorization_accuracy(logits, input_ids, attention_mask)
+            if measure is None:  # no name for the logits: freed before the next batch's forward
+                values = memorization_accuracy(
+                    model(input_ids=input_ids, attention_mask=attention_mask).logits, input_ids, attention_mask
+                )
             else:
                 values = measure(model, input_ids, attention_mask)
             scores.update(zip(batch["sample_id"].tolist(), values.tolist(), strict=True))

@@ -9,6 +9,7 @@ import lightning as L
 
 from lightning_unlearn import SelectiveGradientAscent
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+from lightning_unlearn.distributed import _share
 from tests.conftest import make_trainer, unlearning_data
 
 
@@ -43,3 +44,24 @@ def test_two_processes_match_one(small_testbed, tmp_path):
     assert abs(ranks[0]["stopped_step"] - single["stopped_step"]) <= 1
     difference = [abs(a - b) for a, b in zip(ranks[0]["scores"], single["scores"], strict=True)]
     assert max(difference) <= 0.02 and sum(difference) / len(difference) <= 0.01
+
+
+def test_each_rank_scores_its_share_one_batch_at_a_time():
+    made = []
+
+    class Batches:  # sized and iterable, like a DataLoader; records each batch it makes
+        def __len__(self):
+            return 5
+
+        def __iter__(self):
+            for index in range(5):
+                made.append(index)
+                yield index
+
+    share = _share(Batches(), rank=0, world=2)
+    assert next(share) == 0 and made == [0]  # lazily: the set is never collated all at once
+    assert list(share) == [2, 4]
+    assert list(_share(Batches(), rank=1, world=2)) == [1, 3, 3]  # as many forwards as rank 0
+    assert list(_share(Batches(), rank=6, world=8)) == [0]  # no batch of its own: still one forward
+    shares = [list(_share(Batches(), rank, 3)) for rank in range(3)]
+    assert sorted({b for share in shares for b in share}) == list(range(5)) and {len(s) for s in shares} == {2}
