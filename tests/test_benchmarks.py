@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +62,19 @@ def test_scaling_runs_both_refresh_policies(small_testbed, testbed_cache):
     row = next(line for line in out.splitlines() if line.startswith("| 24 |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert len(cells) == 12 and cells[-2].endswith("x"), out
+    assert "bit-identical final g under both policies at every size: True" in out, out
+
+
+def test_peak_tensor_memory_counts_each_storage_once_until_freed():
+    spec = importlib.util.spec_from_file_location("scaling", ROOT / "benchmarks" / "scaling.py")
+    scaling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaling)
+    with scaling.PeakTensorMemory() as memory:
+        a = torch.zeros(1000, 1000)  # 4 MB
+        b = a + 1
+        view = b.view(-1)  # shares b's storage
+        assert memory.live == memory.peak == 8_000_000
+        del a, b, view
+        assert memory.live == 0 and memory.peak == 8_000_000
+        torch.ones(500, 1000) * 2  # a 2 MB temporary and its 2 MB result: under the peak
+    assert memory.peak == 8_000_000
