@@ -46,7 +46,11 @@ def score_on_all_ranks(
     Returns sorted unique ``sample_id`` (``Tensor[N]`` long, on CPU) and their g (``Tensor[N]`` float, on CPU).
     """
     rank, world = (strategy.global_rank, strategy.world_size) if strategy is not None else (0, 1)
-    batches = dataloader if hasattr(dataloader, "__len__") else list(dataloader)
+    try:
+        len(dataloader)  # a DataLoader over an IterableDataset has __len__, yet raises here
+        batches = dataloader
+    except TypeError:  # no length to plan equal shares with: collate it once
+        batches = list(dataloader)
     if not len(batches):
         raise ValueError(f"nothing to score: the {desc} dataloader is empty")
     mine = _share(batches, rank, world)

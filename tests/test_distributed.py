@@ -6,10 +6,12 @@ import copy
 import json
 
 import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_unlearn import SelectiveGradientAscent
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
-from lightning_unlearn.distributed import _share
+from lightning_unlearn.distributed import _share, score_on_all_ranks
 from tests.conftest import make_trainer, unlearning_data
 
 
@@ -65,3 +67,13 @@ def test_each_rank_scores_its_share_one_batch_at_a_time():
     assert list(_share(Batches(), rank=6, world=8)) == [0]  # no batch of its own: still one forward
     shares = [list(_share(Batches(), rank, 3)) for rank in range(3)]
     assert sorted({b for share in shares for b in share}) == list(range(5)) and {len(s) for s in shares} == {2}
+
+
+def test_scoring_takes_a_dataloader_without_a_length(tiny_model):
+    class Records(IterableDataset):
+        def __iter__(self):
+            for i in range(3):
+                yield {"input_ids": torch.tensor([1, 2, 3 + i]), "attention_mask": torch.ones(3), "sample_id": i}
+
+    ids, values = score_on_all_ranks(tiny_model, DataLoader(Records(), batch_size=2))
+    assert ids.tolist() == [0, 1, 2] and len(values) == 3
