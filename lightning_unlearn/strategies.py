@@ -80,6 +80,11 @@ def is_sharded(parameter: Tensor) -> bool:
     return hasattr(parameter, "ds_tensor")
 
 
+def has_sharded_parameters(model: torch.nn.Module) -> bool:
+    """Whether ZeRO-3 partitions any of ``model``'s parameters."""
+    return any(is_sharded(p) for p in model.parameters())
+
+
 def local_shards(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
     """(name, tensor) of the parameter data this process owns: the ZeRO-3 shard, else the whole parameter.
 
@@ -108,7 +113,7 @@ def equal_forward_passes(model: torch.nn.Module, planned: int) -> Iterator[None]
     most any of them plans (one collective: every process must enter together); at the exit, a process that
     planned fewer runs one-token passes until it has run as many. Nothing happens without ZeRO-3.
     """
-    if not torch.distributed.is_initialized() or not any(is_sharded(p) for p in model.parameters()):
+    if not torch.distributed.is_initialized() or not has_sharded_parameters(model):
         yield
         return
     device = next(model.parameters()).device

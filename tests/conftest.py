@@ -68,6 +68,11 @@ def small_testbed(testbed_cache):
     return build_testbed(seed=0, cache_dir=testbed_cache, progress=False, **SMALL_TESTBED)
 
 
+def find(trainer, kind):
+    """The trainer's callback of type ``kind`` (the first, when there are several)."""
+    return next(cb for cb in trainer.callbacks if isinstance(cb, kind))
+
+
 def make_trainer(**kwargs):
     """A quiet CPU Trainer for tests."""
     import lightning as L

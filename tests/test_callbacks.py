@@ -18,7 +18,7 @@ from lightning_unlearn.callbacks import (
 )
 from lightning_unlearn.data import PadCollator, TokenizedSplit
 from lightning_unlearn.memorization import score_memorization, sequence_nll
-from tests.conftest import make_trainer, unlearning_data
+from tests.conftest import find, make_trainer, unlearning_data
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_resume_restores_scores_weights_and_threshold(small_testbed, tmp_path):
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = make_trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True)
     trainer.fit(module, unlearning_data(tb))
-    first_monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
+    first_monitor = find(trainer, MemorizationMonitor)
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
 
     resumed = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4)
@@ -136,8 +136,8 @@ def test_resume_restores_scores_weights_and_threshold(small_testbed, tmp_path):
 
     class Probe(L.Callback):
         def on_train_start(self, trainer, pl_module):
-            monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
-            stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+            monitor = find(trainer, MemorizationMonitor)
+            stopping = find(trainer, MemorizationEarlyStopping)
             seen.update(
                 weights=pl_module.forget_weights.clone(),
                 threshold=stopping.threshold_value,
@@ -154,7 +154,7 @@ def test_resume_restores_scores_weights_and_threshold(small_testbed, tmp_path):
     saved_monitor = next(v for k, v in saved["callbacks"].items() if k.startswith("MemorizationMonitor"))
     assert torch.equal(seen["values"], saved_monitor["values"])
     # Scored again for the restored weights, they are the first run's final scores.
-    resumed_monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
+    resumed_monitor = find(trainer, MemorizationMonitor)
     assert resumed_monitor.scored_at.min() >= 3
     assert len(first_monitor.values) == len(resumed_monitor.values) == len(tb.forget)
 
@@ -184,8 +184,8 @@ def sga_with_refresh(tb, refresh):
     module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4, refresh=refresh, threshold=0.4)
     trainer = make_trainer()
     trainer.fit(module, UnlearningDataModule(tb.tokenizer, tb.forget + tb.holdout, holdout=tb.holdout, batch_size=4))
-    monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
-    stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+    monitor = find(trainer, MemorizationMonitor)
+    stopping = find(trainer, MemorizationEarlyStopping)
     return monitor, stopping
 
 

@@ -14,7 +14,7 @@ from lightning_unlearn import SelectiveGradientAscent, TaskArithmetic
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.memorization import extraction_likelihood, score_memorization
 from lightning_unlearn.strategies import deepspeed_config
-from tests.conftest import make_trainer, unlearning_data
+from tests.conftest import find, make_trainer, unlearning_data
 
 pytest.importorskip("deepspeed")
 
@@ -33,8 +33,8 @@ class SaveAndReport(L.Callback):
         batch = next(iter(trainer.datamodule.scoring_dataloader("forget", batch_size=1 + 2 * trainer.global_rank)))
         ids, mask = batch["input_ids"][:, :PREFIX], batch["attention_mask"][:, :PREFIX]
         el = extraction_likelihood(pl_module.model, ids, mask, n=4)
-        monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
-        stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+        monitor = find(trainer, MemorizationMonitor)
+        stopping = find(trainer, MemorizationEarlyStopping)
         report = {"stopped_step": stopping.stopped_step, "threshold": stopping.threshold_value}
         report["el"] = dict(zip(batch["sample_id"].tolist(), el.tolist(), strict=True))
         with open(f"{self.folder}/rank{trainer.global_rank}.json", "w") as f:
@@ -47,8 +47,8 @@ def one_process(small_testbed):
     module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4)
     trainer = make_trainer()
     trainer.fit(module, unlearning_data(small_testbed))
-    stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
-    monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
+    stopping = find(trainer, MemorizationEarlyStopping)
+    monitor = find(trainer, MemorizationMonitor)
     return {"stopped_step": stopping.stopped_step, "scores": monitor.values.tolist()}
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from lightning_unlearn import SelectiveGradientAscent
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.distributed import _share, score_on_all_ranks
-from tests.conftest import make_trainer, unlearning_data
+from tests.conftest import find, make_trainer, unlearning_data
 
 
 class Report(L.Callback):
@@ -22,8 +22,8 @@ class Report(L.Callback):
         self.folder = str(folder)
 
     def on_train_end(self, trainer, pl_module):
-        monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor))
-        stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+        monitor = find(trainer, MemorizationMonitor)
+        stopping = find(trainer, MemorizationEarlyStopping)
         report = {"stopped_step": stopping.stopped_step, "scores": monitor.values.tolist()}
         with open(f"{self.folder}/rank{trainer.global_rank}.json", "w") as f:
             json.dump(report, f)

@@ -18,11 +18,7 @@ from lightning_unlearn import (
 )
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.memorization import score_memorization, sequence_nll
-from tests.conftest import make_tokenizer, make_trainer, unlearning_data
-
-
-def find(trainer, kind):
-    return next(cb for cb in trainer.callbacks if isinstance(cb, kind))
+from tests.conftest import find, make_tokenizer, make_trainer, unlearning_data
 
 
 def unlearn(module, tb):

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.memorization import memorization_accuracy, sequence_nll
-from lightning_unlearn.strategies import full_state_dict, is_sharded, offloads_optimizer
+from lightning_unlearn.strategies import full_state_dict, has_sharded_parameters, offloads_optimizer
 
 # Expected here, not a problem: the model trains in eval mode (no dropout).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -259,7 +259,7 @@ class UnlearningModule(L.LightningModule):
             tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         model = self.get_model()
         # Under ZeRO-3 every process takes part in gathering the shards, one parameter at a time.
-        state = full_state_dict(model) if any(is_sharded(p) for p in model.parameters()) else None
+        state = full_state_dict(model) if has_sharded_parameters(model) else None
         if self.global_rank == 0:
             with atomic_folder(path) as staging:
                 model.save_pretrained(staging, state_dict=state)
