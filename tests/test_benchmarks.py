@@ -78,3 +78,12 @@ def test_peak_tensor_memory_counts_each_storage_once_until_freed():
         assert memory.live == 0 and memory.peak == 8_000_000
         torch.ones(500, 1000) * 2  # a 2 MB temporary and its 2 MB result: under the peak
     assert memory.peak == 8_000_000
+
+
+def test_utility_cost_traces_every_step_and_splits_the_whole_increase(small_testbed, testbed_cache):
+    out = run_on_small_testbed(testbed_cache, "benchmarks/utility_cost.py", "--small", "--max-steps", "6")
+    steps = [line.split("|")[1].strip() for line in out.splitlines() if re.match(r"\| \d+ \| \d+\.\d+x \|", line)]
+    assert steps[0] == "0" and steps == [str(i) for i in range(len(steps))] and len(steps) >= 2, out
+    shares = [float(line.rsplit("|", 2)[1]) for line in out.splitlines() if line.startswith("| [")]
+    assert shares and abs(sum(shares) - 1) < 0.02, out
+    assert out.count("prediction entropy") == 2, out
