@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from lightning_unlearn import UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
 from lightning_unlearn.demo import METHODS
-from lightning_unlearn.memorization import score_memorization
+from lightning_unlearn.memorization import score_memorization, sequence_nll
 from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
 
 BANDS = (0.0, 0.1, 1.0, 3.0, 6.0, float("inf"))  # edges of the before-unlearning token NLL bands, nats
@@ -44,7 +44,7 @@ def token_nll(model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor,
     real = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()
     nll = -log_p.gather(-1, targets[..., None])[..., 0]
     entropy = -(log_p.exp() * log_p).sum(-1)
-    per_record = (nll * real).sum(1) / real.sum(1)
+    per_record = sequence_nll(logits, batch["input_ids"], batch["attention_mask"])
     return nll[real], log_p.argmax(-1)[real], entropy[real], per_record
 
 
