@@ -2,19 +2,23 @@
 
 from lightning_unlearn.data import UnlearningDataModule
 from lightning_unlearn.modules import (
+    NPO,
     TAU,
     GradientAscent,
     GradientDifference,
     SelectiveGradientAscent,
+    SimNPO,
     TaskArithmetic,
     UnlearningModule,
 )
 
 __all__ = [
+    "NPO",
     "TAU",
     "GradientAscent",
     "GradientDifference",
     "SelectiveGradientAscent",
+    "SimNPO",
     "TaskArithmetic",
     "UnlearningDataModule",
     "UnlearningModule",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_unlearn.data import PadCollator
-from lightning_unlearn.memorization import eval_mode
+from lightning_unlearn.memorization import eval_mode, predicted_positions
 
 
 @torch.no_grad()
@@ -25,7 +25,7 @@ def token_log_probs(model: torch.nn.Module, input_ids: Tensor, attention_mask: T
     """log p(x_t | x_<t) for t = 1..T-1 (``Tensor[B, T-1]``, float32) and which of them are real tokens (bool)."""
     with eval_mode(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    counted = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    counted = predicted_positions(attention_mask)
     log_probs = -F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
     return log_probs.masked_fill(~counted, 0.0), counted
 

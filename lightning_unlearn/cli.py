@@ -1,21 +1,24 @@
 """``lightning-unlearn``: the command line.
 
-    lightning-unlearn demo [--output DIR] [--methods GA,SGA,TA,TAU] [--seed N] [--small]
+    lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N] [--small]
     lightning-unlearn testbed [--output DIR] [--small]
     lightning-unlearn fit --config FILE.yaml [--trainer.max_epochs=...] [--output DIR]
-    lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--el] [--output DIR]
+    lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--alpha 0.05] [--el] [--output DIR]
 
 ``demo`` unlearns the embedded testbed with each method and compares them (:mod:`lightning_unlearn.demo`).
 ``testbed`` writes the testbed's model and jsonl splits to a folder (what ``examples/*.yaml`` read).
 ``fit`` is a LightningCLI over our modules and :class:`~lightning_unlearn.UnlearningDataModule`: every Trainer
 option and callback can be set from YAML or flags; ``--output`` saves the unlearned model with ``save_pretrained``.
-``audit`` prints the per-sample memorization report of any causal LM on any text file, flagging the records above
-the threshold (the holdout mean g when ``--holdout`` is given). Errors a user can fix print one line and exit 2.
+``audit`` prints the per-sample memorization report of any causal LM on any text file. With ``--holdout`` (unseen
+texts of the same kind) it tests each record against them: an empirical p-value, flagged when significant at
+``--alpha`` after a Benjamini–Hochberg correction over the records; the threshold is the holdout's 0.95 quantile of g
+(``--level mean`` for its mean) with a bootstrap interval. Errors a user can fix print one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,10 +27,10 @@ from lightning_unlearn import __version__
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from lightning_unlearn.demo import check_methods, run_demo
+    from lightning_unlearn.demo import METHODS, check_methods, run_demo
     from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
 
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else list(METHODS)
     check_methods(methods)
     testbed = build_testbed(args.seed, args.cache_dir, progress=True, **(SMALL_TESTBED if args.small else {}))
     run_demo(args.output, methods, args.seed, testbed=testbed, max_steps=args.max_steps)
@@ -55,21 +58,40 @@ def _audit(args: argparse.Namespace) -> None:
     datamodule.setup()  # bad data fails here, before a possibly large model loads
     model = load_causal_lm(args.model, args.gguf_file)
     check_causal_lm(model)
-    threshold = None if args.holdout else args.threshold
-    report = memorization_report(model.eval(), datamodule, el_n=10 if args.el else None, threshold=threshold)
+    datamodule.check_fits(model)
+    level = {"mean": "holdout", "quantile": "holdout_quantile"}[args.level]
+    threshold = level if args.holdout else args.threshold
+    report = memorization_report(
+        model.eval(), datamodule, el_n=10 if args.el else None, threshold=threshold, alpha=args.alpha
+    )
+    tested = args.holdout is not None
     el = " EL_10" if args.el else ""
-    print(f"{'id':>5}  {'g':>6}{el}  verbatim  above  text")
+    print(f"{'id':>5}  {'g':>6}{el}  verbatim  above" + ("  p-value  flagged" if tested else "") + "  text")
     for row in report.rows:
         el_cell = f"  {row['el_10']:5.3f}" if args.el else ""
         flags = f"{'yes' if row['verbatim'] else '':>8}  {'yes' if row['above_threshold'] else '':>5}"
+        if tested:
+            flags += f"  {row['p_value']:7.4f}  {'yes' if row['flagged'] else '':>7}"
         print(f"{row['sample_id']:>5}  {row['g']:6.3f}{el_cell}  {flags}  {row['text'][:70]}")
     s = report.summary
+    name = {"mean": " (holdout mean)", "quantile": " (holdout 0.95 quantile)"}[args.level] if tested else ""
     print(
         f"{s['forget_samples']} samples: g mean {s['ma_mean']:.3f}, max {s['ma_max']:.3f}; {s['above_threshold']} "
-        f"above the threshold {s['threshold']:.3f}"
-        + (" (holdout mean)" if args.holdout else "")
-        + f"; {s['verbatim_extractable']} verbatim-extractable"
+        f"above the threshold {s['threshold']:.3f}{name}; {s['verbatim_extractable']} verbatim-extractable"
     )
+    if tested:
+        low, high = s["threshold_interval"]
+        print(
+            f"against {s['holdout_size']} holdout records: {s['flagged']} flagged as more memorized than unseen data "
+            f"(p-value below alpha {args.alpha:g} after Benjamini–Hochberg over {s['forget_samples']} records); "
+            f"{s['over_forgotten']} below the holdout's 5th percentile (over-forgotten); "
+            f"threshold 95% bootstrap interval {low:.3f}–{high:.3f}"
+        )
+        if s["holdout_size"] < 1 / args.alpha:
+            print(
+                f"warning: {s['holdout_size']} holdout records cannot show p < {args.alpha:g} (the smallest p-value "
+                f"is 1/{s['holdout_size'] + 1}): give at least {math.ceil(1 / args.alpha)} holdout records"
+            )
     if args.output:
         write_report(report, args.output)
         print(f"\n{summary_markdown(s)}written to {args.output}/: per_sample.csv, per_sample.json, summary.json/.md")
@@ -108,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="unlearn the embedded testbed with GA, SGA, TA and TAU and compare")
-    demo.add_argument("--output", default="demo-output", help="folder for summary.json, per_sample.csv, the plot")
-    demo.add_argument("--methods", default="GA,SGA,TA,TAU", help="comma-separated, from GA, SGA, TA, TAU")
+    demo = commands.add_parser("demo", help="unlearn the embedded testbed with each method and compare")
+    demo.add_argument("--output", default="demo-output", help="folder for summary.json, per_sample.csv, the plots")
+    demo.add_argument("--methods", help="comma-separated, from GA, SGA, SGA+KL, NPO+KL, TA, TAU (default: all)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--max-steps", type=int, default=400, help="optimizer steps at most per method")
     demo.add_argument("--small", action="store_true", help="the small testbed (builds in seconds; for a quick look)")
@@ -128,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     audit = commands.add_parser("audit", help="per-sample memorization report of a causal LM on a text file")
     audit.add_argument("--model", required=True, help="a local folder or hub id of a causal LM")
     audit.add_argument("--data", required=True, help=".jsonl/.json/.csv/.parquet/.txt of the texts to audit")
-    audit.add_argument("--holdout", help="unseen texts of the same kind: their mean g is the threshold")
+    audit.add_argument("--holdout", help="unseen texts of the same kind: each record is tested against them")
+    audit.add_argument("--alpha", type=float, default=0.05, help="false-discovery rate of the per-record test")
+    audit.add_argument(
+        "--level", choices=("quantile", "mean"), default="quantile", help="threshold: holdout 0.95 quantile or mean"
+    )
     audit.add_argument("--threshold", type=float, default=0.6, help="g above which a record is flagged (no holdout)")
     audit.add_argument("--el", action="store_true", help="add the extraction likelihood EL_10 (slower: it decodes)")
     audit.add_argument("--output", help="write the report here: per_sample.csv/.json, summary.json/.md")

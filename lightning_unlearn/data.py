@@ -211,6 +211,26 @@ class UnlearningDataModule(L.LightningDataModule):
         self.setup()
         return self.splits[name]
 
+    def check_fits(self, model: torch.nn.Module) -> None:
+        """Raises a clear error unless every given split fits ``model``: no sample longer than its positions, no
+        token id beyond its vocabulary (a tokenizer that is not the model's)."""
+        vocabulary = model.get_input_embeddings().num_embeddings
+        positions = getattr(model.config, "max_position_embeddings", None)
+        for name in SPLITS:
+            if self.has_split(name):
+                longest = max(self.split(name).lengths)
+                if positions is not None and longest > positions:
+                    raise ValueError(
+                        f"the {name} split has a {longest}-token sample but the model takes at most {positions} "
+                        f"positions: set the datamodule's max_length to {positions} or less"
+                    )
+                top = max(int(ids.max()) for ids in self.split(name).input_ids)
+                if top >= vocabulary:
+                    raise ValueError(
+                        f"the tokenizer does not fit the model: the {name} split has token id {top}, but the model's "
+                        f"vocabulary has {vocabulary} entries. Use the model's own tokenizer."
+                    )
+
     def train_dataloader(self) -> CombinedLoader:
         loaders = {
             name: DataLoader(

@@ -1,10 +1,11 @@
-"""The demo: unlearn the testbed's forget set with GA, SGA, TA and TAU from the same model, and compare them.
+"""The demo: unlearn the testbed's forget set with each method from the same model, and compare them.
 
 ``run_demo()`` builds (or loads) the embedded testbed, measures the original model, runs each method from a copy
 of it under a Lightning Trainer, measures each result the same way, prints one table and writes ``summary.json``,
-``summary.md``, ``per_sample.csv`` (every forget sample's g before and after each method) and ``forget_g.png``
-(the histograms). GA uses Jang et al.'s mean rule; SGA, TA and TAU the per-sample rule (every forget sample at
-or below the holdout mean g).
+``summary.md``, ``per_sample.csv`` (every forget sample's g before and after each method), ``forget_g.png`` (the
+histograms) and ``tradeoff.png`` (utility cost against records left above the threshold and retain g lost, one
+point per method). GA uses Jang et al.'s mean rule (the holdout mean g); every other method the per-sample rule:
+every forget record at or below the holdout's 0.95 quantile of g.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import io
 import json
 import logging
 import os
-import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -29,12 +29,19 @@ from lightning.pytorch.callbacks import Callback
 from transformers import PreTrainedModel
 
 from lightning_unlearn.attacks import NeighbourhoodAttack, attack_auc
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
 from lightning_unlearn.data import UnlearningDataModule
 from lightning_unlearn.files import write_text_atomically
 from lightning_unlearn.memorization import score_memorization
-from lightning_unlearn.modules import TAU, GradientAscent, SelectiveGradientAscent, TaskArithmetic, UnlearningModule
-from lightning_unlearn.report import Report, memorization_report, plot_histograms
+from lightning_unlearn.modules import (
+    NPO,
+    TAU,
+    GradientAscent,
+    SelectiveGradientAscent,
+    TaskArithmetic,
+    UnlearningModule,
+)
+from lightning_unlearn.report import Report, memorization_report, plot_histograms, plot_tradeoff
 from lightning_unlearn.testbed import Testbed, build_testbed
 
 
@@ -51,9 +58,18 @@ METHODS: dict[str, DemoMethod] = {
     "GA": DemoMethod(
         "GA, mean rule (Jang)",
         lambda model: GradientAscent(model, learning_rate=5e-5),
-        lambda: [MemorizationMonitor(), MemorizationEarlyStopping(criterion="mean")],
+        lambda: [MemorizationMonitor(), MemorizationEarlyStopping(criterion="mean", threshold="holdout")],
     ),
-    "SGA": DemoMethod("SGA, per-sample rule", lambda model: SelectiveGradientAscent(model, learning_rate=5e-5)),
+    "SGA": DemoMethod("SGA", lambda model: SelectiveGradientAscent(model, learning_rate=5e-5)),
+    "SGA+KL": DemoMethod(
+        "SGA + KL retain (recommended)",
+        lambda model: SelectiveGradientAscent(model, learning_rate=5e-5, retain_loss="kl", retain_weight=3.0),
+    ),
+    "NPO+KL": DemoMethod(
+        "selective NPO (β = 0.01) + KL retain",
+        lambda model: NPO(model, beta=0.01, learning_rate=1e-4, retain_loss="kl", retain_weight=1.0),
+        per_sample_control,
+    ),
     "TA": DemoMethod("TA, λ = −3", lambda model: TaskArithmetic(model, learning_rate=3e-4)),
     "TAU": DemoMethod("TAU, λ = −1", lambda model: TAU(model, learning_rate=1e-4)),
 }
@@ -64,10 +80,12 @@ COLUMNS = {  # summary key -> table heading
     "ma_mean": "mean g",
     "ma_max": "max g",
     "above_threshold": "above thr.",
+    "over_forgotten": "over-forgotten",
     "outliers": "c(D_f)",
     "verbatim_extractable": "verbatim",
     "holdout_nll_ratio": "holdout NLL",
     "retain_g": "retain g",
+    "collateral": "collateral",
     "loss_auc": "LOSS AUC",
     "miau_auc": "MIAU AUC",
 }
@@ -102,14 +120,16 @@ def measure(
     testbed: Testbed,
     datamodule: UnlearningDataModule,
     miau: NeighbourhoodAttack,
-    threshold: float | None = None,
+    threshold: float | str = "holdout_quantile",
+    retain_before: dict[int, float] | None = None,
 ) -> Report:
-    """The demo's measures of one model: the report (per-sample rows and summary), retain g and MIAU AUC;
-    ``threshold``: the original model's holdout mean g (default: this model's)."""
-    report = memorization_report(model, datamodule, duplicates=testbed.duplicates, threshold=threshold)
+    """The demo's measures of one model: the report (per-sample rows and summary, retain g and collateral) and
+    MIAU AUC; ``threshold``: the original model's level (default: this model's holdout 0.95 quantile of g);
+    ``retain_before``: the original model's retain g by sample, for ``collateral``."""
+    report = memorization_report(
+        model, datamodule, duplicates=testbed.duplicates, threshold=threshold, retain_before=retain_before
+    )
     summary = report.summary
-    retain = score_memorization(model, datamodule.scoring_dataloader("retain"))
-    summary["retain_g"] = statistics.fmean(retain.values())
     summary["miau_auc"] = attack_auc(
         miau.score(model, testbed.tokenizer, testbed.forget), miau.score(model, testbed.tokenizer, testbed.holdout)
     )
@@ -156,7 +176,8 @@ def run_demo(
     )
     miau = NeighbourhoodAttack(num_neighbours=num_neighbours, seed=seed)
     original = testbed.model.eval()
-    reports = {"original": measure(original, testbed, datamodule, miau)}
+    retain_before = score_memorization(original, datamodule.scoring_dataloader("retain"))
+    reports = {"original": measure(original, testbed, datamodule, miau, retain_before=retain_before)}
     rows = {"original": {"method": "original model", "steps": 0, "seconds": 0.0, **reports["original"].summary}}
     before_nll, threshold = rows["original"]["holdout_nll"], rows["original"]["threshold"]
     rows["original"]["holdout_nll_ratio"] = 1.0
@@ -180,7 +201,7 @@ def run_demo(
             seconds = time.perf_counter() - start
         stopping = [cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping)]
         stopped = stopping[0].stopped_step if stopping else None
-        reports[name] = measure(module.model.eval(), testbed, datamodule, miau, threshold)
+        reports[name] = measure(module.model.eval(), testbed, datamodule, miau, threshold, retain_before)
         summary = reports[name].summary
         rows[name] = {
             "method": method.label,
@@ -193,7 +214,7 @@ def run_demo(
     result = {"testbed": testbed.summary, "seed": seed, "threshold": threshold, "rows": rows}
     _write(output, result, reports)
     print(table(rows))
-    print(f"\nwritten to {output}/: summary.json, summary.md, per_sample.csv, forget_g.png")
+    print(f"\nwritten to {output}/: summary.json, summary.md, per_sample.csv, forget_g.png, tradeoff.png")
     return result
 
 
@@ -232,7 +253,8 @@ def _write(output: Path, result: dict[str, Any], reports: dict[str, Any]) -> Non
     output.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output / "summary.json", json.dumps(result, indent=1))
     write_text_atomically(
-        output / "summary.md", f"Threshold (holdout mean g): {result['threshold']:.3f}\n\n{table(result['rows'])}\n"
+        output / "summary.md",
+        f"Threshold (holdout 0.95 quantile of g): {result['threshold']:.3f}\n\n{table(result['rows'])}\n",
     )
     base = reports["original"].rows
     names = [name for name in reports if name != "original"]
@@ -243,7 +265,7 @@ def _write(output: Path, result: dict[str, Any], reports: dict[str, Any]) -> Non
         after = [f"{reports[name].rows[i]['g']:.4f}" for name in names]
         writer.writerow([row["sample_id"], row.get("duplicates", ""), f"{row['g']:.4f}", *after, row["text"]])
     write_text_atomically(output / "per_sample.csv", per_sample.getvalue())
-    band = reports["original"].summary["outliers_fixed_band"]
+    band = reports["original"].summary["outliers_holdout_quantiles"]
     plot_histograms(
         [row["g"] for row in base],
         {name: [row["g"] for row in reports[name].rows] for name in names},
@@ -251,3 +273,4 @@ def _write(output: Path, result: dict[str, Any], reports: dict[str, Any]) -> Non
         (band["lower"], band["upper"]),
         output / "forget_g.png",
     )
+    plot_tradeoff({name: result["rows"][name] for name in names}, output / "tradeoff.png")

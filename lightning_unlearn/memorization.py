@@ -23,9 +23,15 @@ from lightning_unlearn.strategies import equal_forward_passes
 _CACHE_KEY = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
+def predicted_positions(attention_mask: Tensor) -> Tensor:
+    """BoolTensor[B, T-1]: whether the prediction at position t-1 (of x_t, t = 1..T-1) is of a real token from a
+    real prefix, i.e. counts for the sample. Padding never counts."""
+    return attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+
+
 def _teacher_forced_hits(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
     """BoolTensor[B, T-1] pair: whether argmax p(· | x_<t) == x_t, and whether position t counts at all."""
-    counted = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    counted = predicted_positions(attention_mask)
     hits = (logits[:, :-1].argmax(-1) == input_ids[:, 1:]) & counted
     return hits, counted
 
@@ -55,13 +61,29 @@ def memorization_accuracy(logits: Tensor, input_ids: Tensor, attention_mask: Ten
 
 
 def sequence_nll(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Mean next-token negative log-likelihood (nats per token) of each sample: ``Tensor[B]`` (float32).
+    """Mean next-token negative log-likelihood (nats per token) of each sample: ``Tensor[B]`` (float32; float64
+    for float64 logits).
 
     Differentiable, so it serves as the per-sample training loss too. Padding never counts.
     """
-    counted = (attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()).float()
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+    counted = predicted_positions(attention_mask).float()
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64
+    nll = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
     return (nll * counted).sum(1) / counted.sum(1)
+
+
+def sequence_log_likelihood(nll: Tensor, attention_mask: Tensor) -> Tensor:
+    """log π(x) = Σ_{t=1}^{L-1} log p(x_t | x_<t) of each sample (nats, ``Tensor[B]``) from its mean token NLL
+    (``Tensor[B]``, :func:`sequence_nll`): −NLL_mean · (L − 1). Differentiable through ``nll``."""
+    return -nll * predicted_positions(attention_mask).sum(1).to(nll.dtype)
+
+
+@torch.no_grad()
+def score_log_likelihood(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """log π(x) of each sample under ``model`` (no grad, eval mode): a ``measure`` for :func:`score_memorization`."""
+    with eval_mode(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return sequence_log_likelihood(sequence_nll(logits, input_ids, attention_mask), attention_mask)
 
 
 def _device(model: torch.nn.Module) -> torch.device:

@@ -16,6 +16,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from lightning_unlearn.memorization import extraction_likelihood, memorization_accuracy
+from lightning_unlearn.thresholds import holdout_band
 
 
 def deduplicate(sample_ids: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,6 +129,21 @@ class MemorizationOutliers(_PerSampleMetric):
             raise ValueError(f"need 0 <= lower < upper <= 1, got lower={lower}, upper={upper}")
         self.lower = lower
         self.upper = upper
+
+    @classmethod
+    def from_holdout(
+        cls, holdout_g: Tensor, quantiles: tuple[float, float] = (0.05, 0.95), **kwargs: Any
+    ) -> MemorizationOutliers:
+        """The band of unseen data: [q_low, q_high] quantiles of the holdout's g (``Tensor[N]``). Below it a forget
+        sample is over-forgotten, above it still memorized.
+
+        Example:
+            >>> metric = MemorizationOutliers.from_holdout(torch.linspace(0.2, 0.4, 21))
+            >>> round(metric.lower, 3), round(metric.upper, 3)
+            (0.21, 0.39)
+        """
+        lower, upper = holdout_band(holdout_g, quantiles)
+        return cls(lower=lower, upper=upper, **kwargs)
 
     def update(self, scores: Tensor, sample_id: Tensor) -> None:
         """Adds memorization scores g (``Tensor[B]``, e.g. from :class:`MemorizationAccuracy`) of ``sample_id``."""

@@ -1,10 +1,13 @@
 """The unlearning-quality report: a per-sample table, a summary, and forget-set memorization histograms.
 
 ``memorization_report(model, datamodule)`` measures every forget sample (g, EL_n, verbatim extraction, attack
-scores) and summarizes: mean/max g, the holdout threshold, the paper's outlier counts c(D_f) for the fixed band
-and for a band from the holdout distribution (mean ± k·std), the verbatim-extractable count, each attack's AUC
-(forget vs holdout) and the holdout NLL. ``write_report`` writes CSV, JSON and Markdown; ``plot_histograms``
-draws forget g before vs after unlearning with the threshold and band marked.
+scores and, against the holdout, an empirical p-value with a Benjamini–Hochberg flag) and summarizes: mean/max g,
+the holdout threshold with its bootstrap interval, the paper's outlier counts c(D_f) for the fixed band and for
+bands from the holdout distribution (mean ± k·std; its 5th–95th percentiles), the over-forgotten count (below the
+holdout's 5th percentile), the verbatim-extractable count, each attack's AUC (forget vs holdout), the holdout NLL,
+and the retain split's g (with ``retain_before``: how many retain records lost more than 0.1 of it).
+``write_report`` writes CSV, JSON and Markdown; ``plot_histograms`` draws forget g before vs after unlearning with
+the threshold and band marked; ``plot_tradeoff`` each method's utility cost against what it left and what it broke.
 """
 
 from __future__ import annotations
@@ -27,8 +30,16 @@ from lightning_unlearn.memorization import (
     eval_mode,
     extraction_likelihood,
     memorization_accuracy,
+    score_memorization,
     sequence_nll,
     verbatim_extraction,
+)
+from lightning_unlearn.thresholds import (
+    benjamini_hochberg,
+    bootstrap_interval,
+    empirical_p_values,
+    holdout_band,
+    holdout_level,
 )
 
 
@@ -69,7 +80,12 @@ def memorization_report(
     band: tuple[float, float] = (0.15, 0.60),
     k_std: float = 1.0,
     duplicates: Sequence[int] | None = None,
-    threshold: float | None = None,
+    threshold: float | str | None = None,
+    quantile: float = 0.95,
+    band_quantiles: tuple[float, float] = (0.05, 0.95),
+    alpha: float = 0.05,
+    retain_before: Mapping[int, float] | None = None,
+    collateral_drop: float = 0.1,
 ) -> Report:
     """Measures the forget split (and the holdout split, if given) of ``datamodule`` under ``model``.
 
@@ -83,8 +99,14 @@ def memorization_report(
         band: the fixed (lower, upper) g band of c(D_f).
         k_std: the holdout band is holdout mean g ± k_std · its std.
         duplicates: training copies of each forget sample (e.g. ``Testbed.duplicates``), added to the table.
-        threshold: the forgetting threshold for ``above_threshold`` (default: this model's holdout mean g; to
-            judge an unlearned model, pass the original model's, as the stop rules do).
+        threshold: the forgetting threshold for ``above_threshold``: a fraction, or this model's holdout mean g
+            (``None`` or ``"holdout"``) or ``quantile`` of it (``"holdout_quantile"``); to judge an unlearned
+            model, pass the original model's number, as the stop rules use.
+        quantile: the holdout quantile of ``threshold="holdout_quantile"``.
+        band_quantiles: the holdout quantiles (q_low, q_high) of the unseen-data band; below q_low is over-forgotten.
+        alpha: false-discovery rate of the per-record test against the holdout (Benjamini–Hochberg over records).
+        retain_before: ``{sample_id: g}`` of the retain split before unlearning, to count ``collateral``.
+        collateral_drop: the fall in g, a fraction, beyond which a retain record counts as collateral.
     """
     datamodule.setup()
     shortest = min(datamodule.split("forget").lengths)
@@ -103,9 +125,14 @@ def memorization_report(
     if not has_holdout and threshold is None:
         raise ValueError("the report needs a holdout split (unseen texts) or an explicit threshold")
     holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None) if has_holdout else {}
-    holdout_g = [value["g"] for value in holdout.values()]
-    if threshold is None:
-        threshold = statistics.fmean(holdout_g)
+    holdout_g = torch.tensor([value["g"] for value in holdout.values()])
+    kind = "quantile" if threshold == "holdout_quantile" else "mean"
+    interval = None
+    if threshold is None or isinstance(threshold, str):
+        if threshold not in (None, "holdout", "holdout_quantile"):
+            raise ValueError(f"threshold must be a float, 'holdout' or 'holdout_quantile', got {threshold!r}")
+        threshold = holdout_level(holdout_g, kind, quantile)
+        interval = list(bootstrap_interval(holdout_g, kind, quantile))
     for row in rows:
         row["above_threshold"] = row["g"] > threshold
     summary: dict[str, Any] = {
@@ -113,16 +140,27 @@ def memorization_report(
         "ma_mean": statistics.fmean(g),
         "ma_max": max(g),
         "threshold": threshold,
+        "threshold_interval": interval,
         "above_threshold": sum(row["above_threshold"] for row in rows),
         "outliers_fixed_band": _outliers(g, *band),
         "verbatim_lengths": list(verbatim_lengths),
         "verbatim_extractable": sum(bool(row["verbatim"]) for row in rows),
     }
     if has_holdout:
-        holdout_mean, spread = statistics.fmean(holdout_g), statistics.pstdev(holdout_g)
+        holdout_mean, spread = holdout_g.mean().item(), statistics.pstdev(holdout_g.tolist())
         lower, upper = max(0.0, holdout_mean - k_std * spread), min(1.0, holdout_mean + k_std * spread)
+        summary["holdout_size"] = len(holdout_g)
         summary["holdout_ma_mean"] = holdout_mean
         summary["outliers_holdout_band"] = _outliers(g, lower, upper)
+        q_low, q_high = holdout_band(holdout_g, band_quantiles)
+        summary["outliers_holdout_quantiles"] = _outliers(g, q_low, q_high)
+        summary["over_forgotten"] = sum(value < q_low for value in g)
+        p_values = empirical_p_values(torch.tensor(g), holdout_g)
+        flagged = benjamini_hochberg(p_values, alpha)
+        for row, p, flag in zip(rows, p_values.tolist(), flagged.tolist(), strict=True):
+            row["p_value"], row["flagged"] = p, flag
+        summary["alpha"] = alpha
+        summary["flagged"] = int(flagged.sum())
         summary["holdout_nll"] = statistics.fmean(value["nll"] for value in holdout.values())
         summary["attack_auc"] = {
             name: attack_auc([row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()])
@@ -130,6 +168,12 @@ def memorization_report(
         }
     if el_n is not None:
         summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
+    if datamodule.has_split("retain"):
+        retain = score_memorization(model, datamodule.scoring_dataloader("retain"))
+        summary["retain_g"] = statistics.fmean(retain.values())
+        if retain_before is not None:
+            summary["retain_g_before"] = statistics.fmean(retain_before.values())
+            summary["collateral"] = sum(retain_before[i] - value > collateral_drop for i, value in retain.items())
     return Report(rows=rows, summary=summary)
 
 
@@ -162,6 +206,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             value = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
         elif isinstance(value, float):
             value = f"{value:.4f}"
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, float) for v in value):
+            value = " – ".join(f"{v:.4f}" for v in value)
         lines.append(f"| {key} | {value} |")
     return "\n".join(lines) + "\n"
 
@@ -190,6 +236,41 @@ def plot_histograms(
         axis.set_xlabel("memorization g")
     axes[0][0].set_ylabel("forget samples")
     axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_tradeoff(rows: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """A PNG of the forgetting/utility trade-off, one labelled point per method: utility cost (holdout NLL ratio,
+    x) against forget records left above the threshold (left) and retain g lost (right, before − after).
+
+    ``rows``: per method, a summary with ``holdout_nll_ratio``, ``above_threshold``, ``retain_g`` and
+    ``retain_g_before`` (as the demo's rows have them).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    panels = (
+        (left, "forget records above the threshold", lambda row: row["above_threshold"]),
+        (right, "retain g lost (before − after)", lambda row: row["retain_g_before"] - row["retain_g"]),
+    )
+    for axis, label, value in panels:
+        for name, row in rows.items():
+            x, y = row["holdout_nll_ratio"], value(row)
+            axis.scatter([x], [y], s=40)
+            axis.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axis.axvline(1.0, color="grey", linewidth=0.8)
+        axis.set_xlabel("holdout NLL, after / before (utility cost)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    left.set_title("left unlearned: lower is better", fontsize=10)
+    right.set_title("collateral damage: lower is better", fontsize=10)
     figure.tight_layout()
     with atomic_file(path) as temporary:
         figure.savefig(temporary, dpi=110)

@@ -104,6 +104,15 @@ def local_shards(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
             yield name, p.ds_tensor.data
 
 
+def release_gathered_parameters(strategy: Any) -> None:
+    """Under ZeRO-3, partitions every parameter that a forward pass left gathered (a no-grad pass runs no
+    post-forward hook, so its gathered copies stay until the engine releases them), so that the next forward pass
+    gathers from the shards again and sees any in-place edit of them. Nothing happens otherwise."""
+    optimizer = getattr(getattr(strategy, "deepspeed_engine", None), "optimizer", None)
+    if hasattr(optimizer, "empty_partition_cache"):  # DeepSpeed's ZeRO-3 optimizer
+        optimizer.empty_partition_cache()
+
+
 @contextmanager
 def equal_forward_passes(model: torch.nn.Module, planned: int) -> Iterator[None]:
     """Lets processes run different numbers of forward passes (greedy decoding, whose length depends on the data)

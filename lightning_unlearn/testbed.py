@@ -102,6 +102,19 @@ class Testbed:
     path: Path  # the cache entry
     summary: dict[str, Any] = field(default_factory=dict)
 
+    def fresh_records(self, count: int, seed: int) -> list[str]:
+        """``count`` records from the same generator that the model never saw (none of the corpus or the holdout):
+        more unseen data, e.g. to test an audit against the holdout. ``seed`` must differ from the testbed's."""
+        if seed == self.seed:
+            raise ValueError(f"seed {seed} is the testbed's own: its records are the corpus and holdout")
+        seen = set(self.corpus) | set(self.holdout)
+        records: list[str] = []
+        pool = count
+        while len(records) < count:
+            records = [r for r in make_records(pool, seed) if r not in seen][:count]
+            pool *= 2
+        return records
+
     def export(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
         """Writes ``model/`` (model and tokenizer, for ``from_pretrained``) and ``forget.jsonl`` (with each
         record's ``duplicates``), ``retain.jsonl`` and ``holdout.jsonl`` to ``folder``, whole or not at all: the

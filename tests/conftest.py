@@ -7,6 +7,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
 
+from lightning_unlearn import NPO, SelectiveGradientAscent
+from lightning_unlearn.callbacks import per_sample_control
+
 TEXTS = [
     "Alice Smith lives at 12 Oak Street and her phone is 555-0101.",
     "Bob Jones, account 88-1234-77, email bob.jones@example.com.",
@@ -43,6 +46,21 @@ def make_model(
         eos_token_id=0,
     )
     return GPTNeoForCausalLM(config).to(dtype).eval()
+
+
+# The methods that must give the same result on 1 and N processes: (module factory, extra
+# Trainer callbacks).
+DISTRIBUTED_METHODS = {
+    "SGA": (lambda model: SelectiveGradientAscent(model, learning_rate=3e-4), list),
+    "SGA + KL retain": (
+        lambda model: SelectiveGradientAscent(model, learning_rate=3e-4, retain_loss="kl", retain_weight=1.0),
+        list,
+    ),
+    "selective NPO + KL retain": (
+        lambda model: NPO(model, beta=0.02, learning_rate=1e-3, retain_loss="kl", retain_weight=0.5),
+        per_sample_control,
+    ),
+}
 
 
 @pytest.fixture

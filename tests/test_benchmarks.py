@@ -55,6 +55,15 @@ def run_on_small_testbed(testbed_cache, *args: str) -> str:
 def test_step_overhead_runs(small_testbed, testbed_cache):
     out = run_on_small_testbed(testbed_cache, "benchmarks/step_overhead.py", "--small", "--steps", "4", "--warmup", "1")
     assert re.search(r"GA / bare = \d+\.\d+", out) and re.search(r"SGA / GA  = \d+\.\d+", out), out
+    assert re.search(r"SGA\+KL / SGA = \d+\.\d+", out) and re.search(r"reference memory: \d+\.\d MB", out), out
+
+
+def test_forgetting_levels_audit_and_interval_tables(small_testbed, testbed_cache):
+    out = run_on_small_testbed(testbed_cache, "benchmarks/forgetting_levels.py", "--small", "--skip-training")
+    unseen = next(line for line in out.splitlines() if line.startswith("| never seen"))
+    assert unseen.strip("|").split("|")[1].strip() == str(len(small_testbed.holdout)), out
+    sizes = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "±" in line]
+    assert sizes == ["16", "32", "64", "128", "256"], out
 
 
 def test_scaling_runs_both_refresh_policies(small_testbed, testbed_cache):

@@ -14,10 +14,12 @@ from lightning_unlearn.callbacks import (
     MemorizationEarlyStopping,
     MemorizationMonitor,
     SelectiveAscent,
+    per_sample_control,
     selective_weights,
 )
 from lightning_unlearn.data import PadCollator, TokenizedSplit
 from lightning_unlearn.memorization import score_memorization, sequence_nll
+from lightning_unlearn.thresholds import bootstrap_interval, holdout_level
 from tests.conftest import find, make_trainer, unlearning_data
 
 
@@ -38,6 +40,18 @@ def test_selective_weights(g, gamma, keep_top, mode, expected):
     assert weights.tolist() == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("g", "forgotten_at", "expected"),
+    [
+        ([0.3, 0.5, 0.1], 0.4, [0, 1, 0]),  # the top sample is still above: kept
+        ([0.3, 0.35, 0.1], 0.4, [0, 0, 0]),  # every sample forgotten: none is pushed, not even the top
+        ([0.9, 0.4, 0.41], 0.4, [1, 0, 0]),  # at the level counts as forgotten
+    ],
+)
+def test_selective_weights_skip_what_is_forgotten(g, forgotten_at, expected):
+    assert selective_weights(torch.tensor(g), 0.7, 1, "select", forgotten_at).tolist() == expected
+
+
 def test_selective_rejects_bad_arguments():
     with pytest.raises(ValueError, match="gamma"):
         SelectiveAscent(gamma=1.0)
@@ -47,6 +61,8 @@ def test_selective_rejects_bad_arguments():
         MemorizationEarlyStopping(criterion="median")
     with pytest.raises(ValueError, match="threshold"):
         MemorizationEarlyStopping(threshold="unseen")
+    with pytest.raises(ValueError, match="floor_quantile < quantile"):
+        MemorizationEarlyStopping(threshold="holdout_quantile", quantile=1.2)
 
 
 class UserFineTuner(L.LightningModule):
@@ -116,7 +132,7 @@ def test_early_stopping_needs_a_monitor_and_a_holdout(small_testbed):
     with pytest.raises(ValueError, match="no MemorizationMonitor watches the forget split"):
         make_trainer(callbacks=[MemorizationEarlyStopping(threshold=0.3)]).fit(module, unlearning_data(tb))
     module = SelectiveGradientAscent(copy.deepcopy(tb.model))
-    with pytest.raises(ValueError, match="threshold='holdout' needs an UnlearningDataModule with a holdout split"):
+    with pytest.raises(ValueError, match="threshold='holdout_quantile' needs an UnlearningDataModule with a holdout"):
         make_trainer().fit(module, unlearning_data(tb, holdout=None))
     assert module.global_step == 0
 
@@ -124,14 +140,14 @@ def test_early_stopping_needs_a_monitor_and_a_holdout(small_testbed):
 def test_resume_restores_scores_weights_and_threshold(small_testbed, tmp_path):
     tb = small_testbed
     torch.manual_seed(0)
-    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4)
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4, threshold="holdout")
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = make_trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True)
     trainer.fit(module, unlearning_data(tb))
     first_monitor = find(trainer, MemorizationMonitor)
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
 
-    resumed = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4)
+    resumed = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4, threshold="holdout")
     seen = {}
 
     class Probe(L.Callback):
@@ -164,9 +180,8 @@ def test_attack_monitor_moves_towards_chance_under_sga(small_testbed):
 
     attacks = AttackMonitor(every_n_train_steps=2)
     trainer = make_trainer(callbacks=[attacks])
-    trainer.fit(
-        SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4), unlearning_data(small_testbed)
-    )
+    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4, threshold="holdout")
+    trainer.fit(module, unlearning_data(small_testbed))
     (first_step, before), (last_step, after) = attacks.history[0], attacks.history[-1]
     assert first_step == 0 and last_step == trainer.global_step
     assert set(before) == {"loss", "zlib", "min_k"}
@@ -217,3 +232,52 @@ def test_refresh_above_threshold_verifies_samples_assumed_forgotten(small_testbe
         MemorizationMonitor(dataloader=unlearning_data(tb).scoring_dataloader(), refresh="above_threshold")
     with pytest.raises(ValueError, match="refresh must be"):
         MemorizationMonitor(refresh="sometimes")
+
+
+def test_quantile_threshold_floor_and_interval_are_measured_once_and_logged(small_testbed):
+    tb = small_testbed
+    holdout = torch.tensor(
+        list(score_memorization(tb.model, unlearning_data(tb).scoring_dataloader("holdout")).values())
+    )
+    trainer = make_trainer(callbacks=[MemorizationMonitor(split="retain")])
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4, quantile=0.9)
+    trainer.fit(module, unlearning_data(tb))
+    stopping = find(trainer, MemorizationEarlyStopping)
+    assert stopping.threshold_value == pytest.approx(holdout_level(holdout, "quantile", 0.9))
+    assert stopping.floor == pytest.approx(holdout_level(holdout, "quantile", 0.05))
+    assert stopping.interval == pytest.approx(bootstrap_interval(holdout, "quantile", 0.9))
+    metrics = trainer.callback_metrics
+    assert metrics["holdout/threshold"] == pytest.approx(stopping.threshold_value)
+    assert {"holdout/threshold_low", "holdout/threshold_high", "holdout/floor", "forget/over_forgotten"} <= set(metrics)
+    # The retain monitor given to the Trainer survives SGA's own callbacks, and scores the retain split.
+    retain = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == "retain")
+    assert retain.scores == pytest.approx(
+        score_memorization(module.model, unlearning_data(tb).scoring_dataloader("retain"))
+    )
+    assert metrics["retain/collateral"] == int(retain.lost(0.1).sum()) > 0  # SGA alone damages retain records
+
+
+def test_skip_forgotten_leaves_forgotten_records_where_they_are(small_testbed):
+    tb = small_testbed
+    seen = []
+
+    class Weights(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            monitor = find(trainer, MemorizationMonitor)
+            forgotten = monitor.values <= monitor.threshold
+            seen.append(bool((pl_module.forget_weights[forgotten] == 0).all()))
+
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4, skip_forgotten=True)
+    trainer = make_trainer(callbacks=[Weights()])
+    trainer.fit(module, unlearning_data(tb))
+    assert find(trainer, MemorizationEarlyStopping).stopped_step is not None
+    assert seen and all(seen)
+
+
+def test_per_sample_control_is_one_line_for_any_method(small_testbed):
+    callbacks = per_sample_control(gamma=0.6, skip_forgotten=True, watch_retain=True)
+    kinds = [type(cb) for cb in callbacks]
+    assert kinds == [MemorizationMonitor, SelectiveAscent, MemorizationEarlyStopping, MemorizationMonitor]
+    assert callbacks[1].gamma == 0.6 and callbacks[1].skip_forgotten and callbacks[3].split == "retain"
+    assert callbacks[2].threshold == "holdout_quantile" and callbacks[2].criterion == "max"
+    assert [type(cb) for cb in per_sample_control(select=False)] == [MemorizationMonitor, MemorizationEarlyStopping]

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from lightning_unlearn.cli import main
 from lightning_unlearn.memorization import score_memorization
+from lightning_unlearn.thresholds import holdout_level
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
@@ -44,18 +46,21 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     args = ["demo", "--small", "--cache-dir", str(testbed_cache), "--methods", "GA,SGA", "--output", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "| original model |" in printed and "| SGA, per-sample rule |" in printed
+    assert "| original model |" in printed and "| SGA |" in printed
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["rows"]
     assert list(rows) == ["original", "GA", "SGA"]
-    threshold = summary["threshold"]
-    assert threshold == pytest.approx(small_testbed.summary["holdout_g_mean"], abs=1e-6)
-    # The per-sample rule leaves no record above the threshold; the mean rule only brings the mean there.
+    threshold = summary["threshold"]  # the holdout's 0.95 quantile of g, above its mean
+    assert threshold > small_testbed.summary["holdout_g_mean"]
+    # The per-sample rule leaves no record above the threshold; the mean rule only brings the mean to the mean.
     assert rows["SGA"]["rule_met"] and rows["SGA"]["ma_max"] <= threshold and rows["SGA"]["above_threshold"] == 0
-    assert rows["GA"]["rule_met"] and rows["GA"]["ma_mean"] <= threshold
+    assert rows["GA"]["rule_met"] and rows["GA"]["ma_mean"] <= small_testbed.summary["holdout_g_mean"] + 1e-6
     assert rows["original"]["above_threshold"] > 0 and rows["original"]["holdout_nll_ratio"] == 1.0
     for key in ("steps", "seconds", "outliers", "verbatim_extractable", "retain_g", "loss_auc", "miau_auc"):
         assert key in rows["SGA"]
+    assert rows["original"]["collateral"] == 0 and 0 <= rows["SGA"]["collateral"] <= len(small_testbed.retain)
+    assert rows["SGA"]["retain_g_before"] == pytest.approx(rows["original"]["retain_g"])
+    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     with (out / "per_sample.csv").open() as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(small_testbed.forget)
@@ -110,10 +115,11 @@ def test_fit_runs_every_example_config(config, small_testbed, exported):
 
     datamodule = UnlearningDataModule(str(saved), small_testbed.forget)
     g = score_memorization(model, datamodule.scoring_dataloader("forget"))
-    threshold = small_testbed.summary["holdout_g_mean"]
-    if config == "ga.yaml":  # Jang's mean rule
-        assert sum(g.values()) / len(g) <= threshold + 1e-6
-    else:
+    if config == "ga.yaml":  # Jang's mean rule at the holdout mean
+        assert sum(g.values()) / len(g) <= small_testbed.summary["holdout_g_mean"] + 1e-6
+    else:  # the per-sample rule at the holdout's 0.95 quantile
+        holdout = UnlearningDataModule(str(saved), small_testbed.holdout).scoring_dataloader("forget")
+        threshold = holdout_level(torch.tensor(list(score_memorization(small_testbed.model, holdout).values())))
         assert max(g.values()) <= threshold + 1e-6
 
 
@@ -125,9 +131,11 @@ def test_fit_errors_come_from_lightning_cli(tmp_path):
 def test_audit_flags_records_above_the_holdout_mean(small_testbed, exported, capsys):
     tb = small_testbed
     args = ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--holdout", "testbed/holdout.jsonl"]
-    assert main([*args, "--el", "--output", "report"]) == 0
+    assert main([*args, "--el", "--level", "mean", "--output", "report"]) == 0
     printed = capsys.readouterr().out
     assert f"{len(tb.forget)} samples" in printed and "(holdout mean)" in printed and "EL_10" in printed
+    # 16 holdout records cannot show p < 0.05: the audit says so, and how many it would need.
+    assert "p-value" in printed and "give at least 20 holdout records" in printed
     with open("report/per_sample.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["sample_id"]) for r in rows] == list(range(len(tb.forget)))
@@ -137,6 +145,23 @@ def test_audit_flags_records_above_the_holdout_mean(small_testbed, exported, cap
     assert all(r["above_threshold"] == "True" for r, d in zip(rows, tb.duplicates, strict=True) if d >= 16)
     summary = json.loads(Path("report/summary.json").read_text())
     assert summary["above_threshold"] == flagged and "el_10_mean" in summary and "attack_auc" in summary
+    assert summary["holdout_size"] == len(tb.holdout) and summary["flagged"] == 0  # no p-value can be below 1/17
+
+
+def test_audit_tests_each_record_against_a_large_enough_holdout(small_testbed, exported, capsys):
+    tb = small_testbed
+    Path("unseen.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in tb.fresh_records(60, seed=7)))
+    args = ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--holdout", "unseen.jsonl"]
+    assert main([*args, "--max-length", "128", "--output", "report"]) == 0
+    printed = capsys.readouterr().out
+    assert "(holdout 0.95 quantile)" in printed and "against 60 holdout records" in printed
+    assert "warning" not in printed
+    with open("report/per_sample.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["flagged"] == "True" for r in rows if float(r["g"]) >= 0.7)
+    summary = json.loads(Path("report/summary.json").read_text())
+    assert summary["flagged"] == sum(r["flagged"] == "True" for r in rows) > 0
+    assert f"{summary['flagged']} flagged as more memorized than unseen data" in printed
 
 
 def test_audit_without_holdout_uses_the_given_threshold(exported, capsys):
@@ -153,7 +178,7 @@ def test_audit_without_holdout_uses_the_given_threshold(exported, capsys):
             ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--text-column", "body"],
             "column 'body'",
         ),
-        (["demo", "--methods", "GA,NPO"], "unknown method(s) NPO; choose from GA, SGA, TA, TAU"),
+        (["demo", "--methods", "GA,DPO"], "unknown method(s) DPO; choose from GA, SGA, SGA+KL, NPO+KL, TA, TAU"),
         (["testbed", "--small", "--output", "testbed"], "testbed exists already"),
     ],
 )

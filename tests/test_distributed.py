@@ -6,13 +6,13 @@ import copy
 import json
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_unlearn import SelectiveGradientAscent
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.distributed import _share, score_on_all_ranks
-from tests.conftest import find, make_trainer, unlearning_data
+from tests.conftest import DISTRIBUTED_METHODS, find, make_trainer, unlearning_data
 
 
 class Report(L.Callback):
@@ -29,23 +29,27 @@ class Report(L.Callback):
             json.dump(report, f)
 
 
-def run(tb, folder, devices):
+def run(tb, folder, devices, method="SGA"):
     folder.mkdir()
-    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4)
+    make, callbacks = DISTRIBUTED_METHODS[method]
+    module = make(copy.deepcopy(tb.model))
     datamodule = unlearning_data(tb, batch_size=len(tb.forget) // devices)
     strategy = "ddp_spawn" if devices > 1 else "auto"
-    make_trainer(devices=devices, strategy=strategy, callbacks=[Report(folder)]).fit(module, datamodule)
+    make_trainer(devices=devices, strategy=strategy, callbacks=[*callbacks(), Report(folder)]).fit(module, datamodule)
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(devices)]
 
 
-def test_two_processes_match_one(small_testbed, tmp_path):
-    (single,) = run(small_testbed, tmp_path / "one", devices=1)
-    ranks = run(small_testbed, tmp_path / "two", devices=2)
+@pytest.mark.parametrize(
+    ("method", "steps", "max_difference"), [("SGA", 1, 0.02), ("selective NPO + KL retain", 2, 0.05)]
+)
+def test_two_processes_match_one(small_testbed, tmp_path, method, steps, max_difference):
+    (single,) = run(small_testbed, tmp_path / "one", devices=1, method=method)
+    ranks = run(small_testbed, tmp_path / "two", devices=2, method=method)
     assert ranks[0] == ranks[1]  # every process decided and scored the same
     assert single["stopped_step"] is not None
-    assert abs(ranks[0]["stopped_step"] - single["stopped_step"]) <= 1
+    assert abs(ranks[0]["stopped_step"] - single["stopped_step"]) <= steps
     difference = [abs(a - b) for a, b in zip(ranks[0]["scores"], single["scores"], strict=True)]
-    assert max(difference) <= 0.02 and sum(difference) / len(difference) <= 0.01
+    assert max(difference) <= max_difference and sum(difference) / len(difference) <= 0.01
 
 
 def test_each_rank_scores_its_share_one_batch_at_a_time():

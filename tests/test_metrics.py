@@ -111,3 +111,11 @@ def test_metrics_synchronize_and_deduplicate_across_two_processes(tmp_path):
         scores = torch.tensor(expected)  # float32, as the metric compares them: g = 1/5 is at the lower edge
         above, below = int((scores >= 0.5).sum()), int((scores <= 0.2).sum())
         assert result["outliers"] == {"above": above, "below": below, "outliers": above + below, "total": 5}
+
+
+def test_outliers_band_from_the_holdout_distribution():
+    holdout = torch.tensor([0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5])
+    metric = MemorizationOutliers.from_holdout(holdout, quantiles=(0.05, 0.95))
+    assert (metric.lower, metric.upper) == pytest.approx((0.13, 0.47))  # linear between order statistics
+    metric.update(torch.tensor([0.05, 0.3, 0.9]), torch.arange(3))
+    assert {k: int(v) for k, v in metric.compute().items()} == {"above": 1, "below": 1, "outliers": 2, "total": 3}

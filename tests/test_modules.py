@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import copy
 
+import lightning as L
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoModel
 
 from lightning_unlearn import (
+    NPO,
     TAU,
     GradientAscent,
     GradientDifference,
     SelectiveGradientAscent,
+    SimNPO,
     TaskArithmetic,
     UnlearningDataModule,
 )
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
-from lightning_unlearn.memorization import score_memorization, sequence_nll
+from lightning_unlearn.callbacks import (
+    MemorizationEarlyStopping,
+    MemorizationMonitor,
+    SelectiveAscent,
+    per_sample_control,
+)
+from lightning_unlearn.memorization import score_log_likelihood, score_memorization, sequence_nll
+from lightning_unlearn.reference import ReferenceWeights
+from lightning_unlearn.thresholds import holdout_level
 from tests.conftest import find, make_tokenizer, make_trainer, unlearning_data
 
 
@@ -34,7 +44,8 @@ def test_selective_gradient_ascent_forgets_every_record(small_testbed):
     tb = small_testbed
     trainer, stopping, final = unlearn(SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4), tb)
     assert stopping.stopped_step is not None and stopping.stopped_step > 1
-    assert stopping.threshold_value == pytest.approx(tb.summary["holdout_g_mean"], abs=1e-6)
+    holdout_g = score_memorization(tb.model, unlearning_data(tb).scoring_dataloader("holdout"))
+    assert stopping.threshold_value == pytest.approx(holdout_level(torch.tensor(list(holdout_g.values())), "quantile"))
     assert max(final.values()) <= stopping.threshold_value  # every record, not just the mean
     assert find(trainer, MemorizationMonitor).scores == pytest.approx(final)
     assert trainer.callback_metrics["forget/above_threshold"] == 0
@@ -207,4 +218,121 @@ def test_samples_longer_than_the_model_fail_before_any_step(small_testbed):
     module = SelectiveGradientAscent(copy.deepcopy(tb.model))
     with pytest.raises(ValueError, match=r"forget split has a \d+-token sample but the model takes at most 128"):
         make_trainer().fit(module, datamodule)
+    assert module.global_step == 0
+
+
+def test_sga_with_kl_retain_forgets_every_record_and_starts_from_zero_kl(small_testbed):
+    tb = small_testbed
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4, retain_loss="kl")
+    probe = FirstStepMetrics()
+    trainer = make_trainer(callbacks=[probe, MemorizationMonitor(split="retain")])
+    trainer.fit(module, unlearning_data(tb))
+    stopping = find(trainer, MemorizationEarlyStopping)
+    final = score_memorization(module.model, unlearning_data(tb).scoring_dataloader("forget"))
+    assert stopping.stopped_step is not None and max(final.values()) <= stopping.threshold_value
+    assert probe.metrics["train/retain_loss"] == pytest.approx(0.0, abs=1e-6)  # the reference is the start model
+    assert trainer.callback_metrics["train/retain_loss"] > 0
+    assert {"retain/ma_mean", "retain/collateral"} <= set(trainer.callback_metrics)
+
+
+class FirstStepMetrics(L.Callback):
+    """The metrics logged by the first training step."""
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 1:
+            self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_reference_weights_swap_in_and_back_bit_for_bit(small_testbed):
+    tb = small_testbed
+    model = copy.deepcopy(tb.model)
+    reference = ReferenceWeights(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    edited = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = next(iter(unlearning_data(tb).scoring_dataloader("forget")))
+    with torch.no_grad():
+        expected = tb.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(reference.logits(model, batch), expected)  # the original model's logits
+    assert all(torch.equal(p, edited[n]) for n, p in model.named_parameters())  # and the edit back, exactly
+    restored = ReferenceWeights.from_state_dict(reference.state_dict(), model)
+    assert torch.equal(restored.logits(model, batch), expected)
+
+
+def test_npo_scores_its_reference_once_and_forgets_every_record(small_testbed):
+    tb = small_testbed
+    datamodule = unlearning_data(tb)
+    expected = score_memorization(tb.model, datamodule.scoring_dataloader("forget"), measure=score_log_likelihood)
+    module = NPO(copy.deepcopy(tb.model), learning_rate=1e-3)
+    trainer = make_trainer(callbacks=per_sample_control())
+    trainer.fit(module, datamodule)
+    stopping = find(trainer, MemorizationEarlyStopping)
+    final = score_memorization(module.model, datamodule.scoring_dataloader("forget"))
+    assert stopping.stopped_step is not None and max(final.values()) <= stopping.threshold_value
+    assert module.reference_log_likelihood.tolist() == pytest.approx([expected[i] for i in range(len(tb.forget))])
+    assert any(isinstance(cb, SelectiveAscent) for cb in trainer.callbacks)
+
+
+@pytest.mark.parametrize(("method", "beta"), [(NPO, 0.02), (SimNPO, 1.0)])
+def test_selective_npo_and_simnpo_with_kl_retain_reach_the_rule(small_testbed, method, beta):
+    tb = small_testbed
+    module = method(copy.deepcopy(tb.model), beta=beta, learning_rate=1e-3, retain_loss="kl", retain_weight=0.5)
+    trainer = make_trainer(callbacks=per_sample_control())
+    trainer.fit(module, unlearning_data(tb))
+    stopping = find(trainer, MemorizationEarlyStopping)
+    final = score_memorization(module.model, unlearning_data(tb).scoring_dataloader("forget"))
+    assert stopping.stopped_step is not None and max(final.values()) <= stopping.threshold_value
+    assert trainer.callback_metrics["train/selected"] < len(tb.forget)  # the selection took part
+
+
+def test_npo_reference_and_kl_reference_are_restored_on_resume(small_testbed, tmp_path):
+    tb = small_testbed
+    module = NPO(copy.deepcopy(tb.model), learning_rate=1e-3, retain_loss="kl")
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
+    trainer = make_trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True)
+    trainer.fit(module, unlearning_data(tb))
+    reference = module.reference_log_likelihood.clone()
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, *args):  # after the module's on_train_start
+            if seen:
+                return
+            batch = next(iter(trainer.datamodule.scoring_dataloader("retain")))
+            seen["likelihood"] = pl_module.reference_log_likelihood.clone()
+            seen["logits"] = pl_module.reference.logits(pl_module.model, batch)
+            seen["batch"] = batch
+
+    resumed = NPO(copy.deepcopy(tb.model), learning_rate=1e-3, retain_loss="kl")
+    trainer = make_trainer(max_epochs=4, callbacks=[Probe()])
+    trainer.fit(resumed, unlearning_data(tb), ckpt_path=tmp_path / "last.ckpt")
+    assert torch.equal(seen["likelihood"], reference)  # not re-scored with the partly unlearned model
+    batch = seen["batch"]
+    with torch.no_grad():
+        original = tb.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(seen["logits"], original)  # the reference is the model before the first step
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda m: NPO(m, beta=0.0), "beta must be > 0"),
+        (lambda m: SimNPO(m, beta=-1.0), "beta must be > 0"),
+        (lambda m: GradientAscent(m, retain_loss="kl", retain_weight=-0.5), "retain_weight must be >= 0"),
+        (lambda m: GradientAscent(m, retain_loss="mse"), "retain_loss must be None, 'nll' or 'kl'"),
+        (lambda m: TaskArithmetic(m, retain_loss="kl"), "takes no retain_loss"),
+        (lambda m: GradientDifference(m, retain_loss=None), "needs a retain term"),
+    ],
+)
+def test_bad_method_arguments_are_refused(small_testbed, make, message):
+    with pytest.raises(ValueError, match=message):
+        make(small_testbed.model)
+
+
+@pytest.mark.parametrize("method", [SelectiveGradientAscent, NPO])
+def test_a_retain_term_without_a_retain_split_fails_before_any_step(small_testbed, method):
+    module = method(copy.deepcopy(small_testbed.model), retain_loss="kl")
+    with pytest.raises(ValueError, match=r"retain split too \(retain_loss='kl'\)"):
+        make_trainer().fit(module, unlearning_data(small_testbed, retain=None))
     assert module.global_step == 0

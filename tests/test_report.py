@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
+import math
 
 import matplotlib.image
 import pytest
 import torch
 
+from lightning_unlearn import UnlearningDataModule
 from lightning_unlearn.memorization import score_memorization
 from lightning_unlearn.metrics import MemorizationOutliers
-from lightning_unlearn.report import memorization_report, plot_histograms, write_report
+from lightning_unlearn.report import memorization_report, plot_histograms, plot_tradeoff, write_report
+from lightning_unlearn.thresholds import benjamini_hochberg, holdout_band
 from tests.conftest import unlearning_data
 
 
@@ -62,4 +66,65 @@ def test_histogram_plot_is_a_png(report, tmp_path):
     g = [row["g"] for row in report.rows]
     path = plot_histograms(g, {"SGA": [v / 3 for v in g]}, threshold=0.3, band=(0.15, 0.6), path=tmp_path / "h.png")
     image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[1] > image.shape[0] > 100
+
+
+def test_each_record_is_tested_against_the_holdout(report, small_testbed):
+    tb = small_testbed
+    holdout = score_memorization(tb.model, unlearning_data(tb).scoring_dataloader("holdout"))
+    h = list(holdout.values())
+    for row in report.rows:
+        assert row["p_value"] == pytest.approx((1 + sum(v >= row["g"] for v in h)) / (1 + len(h)))
+    expected = benjamini_hochberg(torch.tensor([row["p_value"] for row in report.rows]), 0.05)
+    assert [row["flagged"] for row in report.rows] == expected.tolist()
+    s = report.summary
+    q_low, q_high = holdout_band(torch.tensor(h))
+    assert s["outliers_holdout_quantiles"]["lower"] == pytest.approx(q_low)
+    assert s["outliers_holdout_quantiles"]["upper"] == pytest.approx(q_high)
+    assert s["over_forgotten"] == sum(row["g"] < q_low for row in report.rows)
+    assert s["holdout_size"] == len(h) and s["flagged"] == int(expected.sum())
+    low, high = s["threshold_interval"]
+    assert low <= s["threshold"] <= high
+
+
+def test_audit_of_never_seen_records_flags_at_most_alpha_and_every_memorized_one(small_testbed):
+    """Unseen records tested against the holdout are flagged at most alpha of the time (rounded up); every forget
+    record memorized at g >= 0.7 is flagged. The holdout is enlarged with more never-seen records, as 16 could
+    not show p < 0.05 at all."""
+    tb = small_testbed
+    holdout = tb.holdout + tb.fresh_records(48, seed=101)
+    unseen = tb.fresh_records(40, seed=202)
+    assert not set(unseen) & set(holdout)
+    length = tb.config.max_length
+    audit = UnlearningDataModule(tb.tokenizer, unseen, holdout=holdout, max_length=length)
+    audit = memorization_report(tb.model, audit, el_n=None)
+    assert audit.summary["flagged"] <= math.ceil(0.05 * len(unseen))
+    forget = UnlearningDataModule(tb.tokenizer, tb.forget, holdout=holdout, max_length=length)
+    forget = memorization_report(tb.model, forget, el_n=None)
+    memorized = [row for row in forget.rows if row["g"] >= 0.7]
+    assert memorized and all(row["flagged"] for row in memorized)
+
+
+def test_report_counts_retain_records_that_lost_memorization(small_testbed):
+    tb = small_testbed
+    datamodule = unlearning_data(tb)
+    before = score_memorization(tb.model, datamodule.scoring_dataloader("retain"))
+    damaged = copy.deepcopy(tb.model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in damaged.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    after = score_memorization(damaged, datamodule.scoring_dataloader("retain"))
+    s = memorization_report(damaged, datamodule, el_n=None, retain_before=before).summary
+    assert s["collateral"] == sum(before[i] - after[i] > 0.1 for i in before) > 0
+    assert s["retain_g"] == pytest.approx(sum(after.values()) / len(after))
+    assert s["retain_g_before"] == pytest.approx(sum(before.values()) / len(before))
+
+
+def test_tradeoff_plot_is_a_png(tmp_path):
+    rows = {
+        "SGA": {"holdout_nll_ratio": 1.6, "above_threshold": 0, "retain_g": 0.3, "retain_g_before": 0.7},
+        "GA": {"holdout_nll_ratio": 1.7, "above_threshold": 12, "retain_g": 0.3, "retain_g_before": 0.7},
+    }
+    image = matplotlib.image.imread(plot_tradeoff(rows, tmp_path / "t.png"))
     assert image.ndim == 3 and image.shape[1] > image.shape[0] > 100

@@ -1,8 +1,16 @@
 """Callbacks that score every forget sample during training, reweight gradient ascent, and stop it."""
 
 from lightning_unlearn.callbacks.attacks import AttackMonitor
+from lightning_unlearn.callbacks.control import per_sample_control
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
 from lightning_unlearn.callbacks.selective import SelectiveAscent, selective_weights
 from lightning_unlearn.callbacks.stopping import MemorizationEarlyStopping
 
-__all__ = ["AttackMonitor", "MemorizationEarlyStopping", "MemorizationMonitor", "SelectiveAscent", "selective_weights"]
+__all__ = [
+    "AttackMonitor",
+    "MemorizationEarlyStopping",
+    "MemorizationMonitor",
+    "SelectiveAscent",
+    "per_sample_control",
+    "selective_weights",
+]

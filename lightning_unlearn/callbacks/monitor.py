@@ -35,8 +35,12 @@ class MemorizationMonitor(Callback):
     covers the whole set (the paper's setting), the training forward keeps every score fresh and no extra pass runs.
 
     Logs ``{split}/ma_mean``, ``{split}/ma_max``, ``{split}/outliers_above``, ``{split}/outliers_below``
-    (the band of :class:`~lightning_unlearn.metrics.MemorizationOutliers`) and, once a threshold is known,
-    ``{split}/above_threshold``. Works on any LightningModule with a ``model`` attribute or ``get_model()``.
+    (the band of :class:`~lightning_unlearn.metrics.MemorizationOutliers`), ``{split}/collateral`` (samples whose
+    g fell by more than ``collateral_drop`` since training started: for the retain split, what unlearning took
+    that it should have kept) and, once :class:`MemorizationEarlyStopping` has measured the holdout,
+    ``{split}/above_threshold`` and ``{split}/over_forgotten`` (below the holdout's floor quantile).
+    Watch the retain split with ``MemorizationMonitor(split="retain")``: with a retain term, the training forward
+    scores its batch for free. Works on any LightningModule with a ``model`` attribute or ``get_model()``.
 
     When the set is larger than a training batch, the samples outside the batch are re-scored by scoring passes
     (no grad, eval mode, length-sorted batches of the datamodule's ``eval_batch_size``) every
@@ -51,6 +55,7 @@ class MemorizationMonitor(Callback):
         split: the datamodule split to watch when no dataloader is given; also the logging prefix.
         band: (lower, upper) edges of the acceptable g band, fractions in [0, 1].
         progress: show a progress bar during scoring passes.
+        collateral_drop: a fall in g, a fraction in [0, 1], beyond which a sample counts in ``collateral``.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class MemorizationMonitor(Callback):
         band: tuple[float, float] = (0.15, 0.60),
         progress: bool = False,
         refresh: Literal["all", "above_threshold"] = "all",
+        collateral_drop: float = 0.1,
     ) -> None:
         if every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
@@ -74,8 +80,11 @@ class MemorizationMonitor(Callback):
         self.split = split
         self.band = band
         self.progress = progress
+        self.collateral_drop = collateral_drop
         self.threshold: float | None = None  # set by MemorizationEarlyStopping once known
+        self.floor: float | None = None  # below it a sample is over-forgotten; set by MemorizationEarlyStopping
         self.values = torch.empty(0)  # Tensor[N]: latest g per sample_id (NaN: never scored)
+        self.start_values = torch.empty(0)  # Tensor[N]: g when training started
         self.scored_at = torch.empty(0, dtype=torch.long)  # Tensor[N]: optimizer step the score belongs to
         self._loop_covered_step: int | None = None  # last step whose training forward scored every sample
         self._datamodule: Any = None  # the UnlearningDataModule, for scoring subsets
@@ -117,6 +126,8 @@ class MemorizationMonitor(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.is_fresh(trainer.global_step):
             self.refresh(trainer, pl_module, log=False)  # logged with the first step
+        if len(self.start_values) == 0:  # not restored from a checkpoint
+            self.start_values = self.values.clone()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self.refresh_if_due(trainer, pl_module)
@@ -203,7 +214,16 @@ class MemorizationMonitor(Callback):
         }
         if self.threshold is not None:
             metrics["above_threshold"] = int((g > self.threshold).sum())
+        if self.floor is not None:
+            metrics["over_forgotten"] = int((g < self.floor).sum())
+        if len(self.start_values):
+            metrics["collateral"] = int(self.lost(self.collateral_drop).sum())
         return metrics
+
+    def lost(self, drop: float) -> Tensor:
+        """``BoolTensor[N]``: which samples' g fell by more than ``drop`` since training started."""
+        count = min(len(self.values), len(self.start_values))
+        return (self.start_values[:count] - self.values[:count]) > drop
 
     def log_summary(self, pl_module: L.LightningModule) -> None:
         """Logs :meth:`summary` under ``{split}/`` (the values are the same on every process)."""
@@ -211,9 +231,17 @@ class MemorizationMonitor(Callback):
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"values": self.values.clone(), "scored_at": self.scored_at.clone(), "threshold": self.threshold}
+        return {
+            "values": self.values.clone(),
+            "scored_at": self.scored_at.clone(),
+            "start_values": self.start_values.clone(),
+            "threshold": self.threshold,
+            "floor": self.floor,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.values = state_dict["values"].clone()
         self.scored_at = state_dict["scored_at"].clone()
+        self.start_values = state_dict.get("start_values", torch.empty(0)).clone()
         self.threshold = state_dict["threshold"]
+        self.floor = state_dict.get("floor")

@@ -11,18 +11,24 @@ from torch import Tensor
 from lightning_unlearn.callbacks.stopping import find_monitor
 
 
-def selective_weights(g: Tensor, gamma: float = 0.7, keep_top: int = 1, mode: str = "select") -> Tensor:
+def selective_weights(
+    g: Tensor, gamma: float = 0.7, keep_top: int = 1, mode: str = "select", forgotten_at: float | None = None
+) -> Tensor:
     """Per-sample forget weights (``Tensor[B]``, in [0, 1]) of one step's batch from its g (``Tensor[B]``).
 
     ``"select"`` (the paper): 1 where g >= gamma, else 0. ``"proportional"`` (beyond the paper):
     (g - gamma) / (1 - gamma) where g >= gamma, else 0, so the more memorized a sample, the harder it is pushed.
-    Either way the ``keep_top`` most memorized samples get weight 1, so a step is never empty.
+    Either way the ``keep_top`` most memorized samples get weight 1, so a step is never empty. With
+    ``forgotten_at`` (beyond the paper), samples at or below it get weight 0 even among the ``keep_top``: what is
+    already forgotten is not pushed further below unseen data.
 
     Example:
         >>> selective_weights(torch.tensor([0.9, 0.5, 0.75, 0.6]), gamma=0.7)
         tensor([1., 0., 1., 0.])
         >>> selective_weights(torch.tensor([0.3, 0.5]), gamma=0.7, keep_top=1)
         tensor([0., 1.])
+        >>> selective_weights(torch.tensor([0.3, 0.5]), gamma=0.7, keep_top=1, forgotten_at=0.5)
+        tensor([0., 0.])
     """
     if mode == "select":
         weights = (g >= gamma).float()
@@ -32,6 +38,8 @@ def selective_weights(g: Tensor, gamma: float = 0.7, keep_top: int = 1, mode: st
         raise ValueError(f"mode must be 'select' or 'proportional', got {mode!r}")
     if keep_top > 0:
         weights[g.topk(min(keep_top, len(g))).indices] = 1.0
+    if forgotten_at is not None:
+        weights[g <= forgotten_at] = 0.0
     return weights
 
 
@@ -46,9 +54,17 @@ class SelectiveAscent(Callback):
         gamma: memorization level, a fraction in [0, 1], at or above which a sample is still ascended.
         keep_top: how many of the most memorized samples of each step are always kept.
         mode: ``"select"`` (weights 0/1, the paper) or ``"proportional"``.
+        skip_forgotten: weight 0 for samples at or below the forgetting threshold (the monitor's, set by
+            :class:`~lightning_unlearn.callbacks.MemorizationEarlyStopping`), even as the batch's most memorized.
     """
 
-    def __init__(self, gamma: float = 0.7, keep_top: int = 1, mode: Literal["select", "proportional"] = "select"):
+    def __init__(
+        self,
+        gamma: float = 0.7,
+        keep_top: int = 1,
+        mode: Literal["select", "proportional"] = "select",
+        skip_forgotten: bool = False,
+    ) -> None:
         if not 0.0 <= gamma < 1.0:
             raise ValueError(f"gamma must be in [0, 1), got {gamma}")
         if mode not in ("select", "proportional"):
@@ -56,6 +72,7 @@ class SelectiveAscent(Callback):
         self.gamma = gamma
         self.keep_top = keep_top
         self.mode = mode
+        self.skip_forgotten = skip_forgotten
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         find_monitor(trainer)
@@ -67,5 +84,7 @@ class SelectiveAscent(Callback):
 
     def apply(self, trainer: L.Trainer, pl_module: L.LightningModule, batch_ids: Tensor) -> None:
         """Sets the weights of the step's samples (``batch_ids``: every process's, ``Tensor[B]``)."""
-        g = find_monitor(trainer).values[batch_ids.cpu()]
-        pl_module.set_forget_weights(batch_ids, selective_weights(g, self.gamma, self.keep_top, self.mode))
+        monitor = find_monitor(trainer)
+        forgotten_at = monitor.threshold if self.skip_forgotten else None
+        weights = selective_weights(monitor.values[batch_ids.cpu()], self.gamma, self.keep_top, self.mode, forgotten_at)
+        pl_module.set_forget_weights(batch_ids, weights)

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor, get_model
 from lightning_unlearn.distributed import score_on_all_ranks
+from lightning_unlearn.thresholds import bootstrap_interval, holdout_level
+
+THRESHOLDS = ("holdout", "holdout_quantile")
 
 
 def find_monitor(trainer: L.Trainer, split: str = "forget") -> MemorizationMonitor:
@@ -25,57 +29,106 @@ class MemorizationEarlyStopping(Callback):
 
     ``criterion="max"`` (our default, the per-sample rule): **every** forget sample at or below the threshold.
     ``criterion="mean"`` (Jang et al.'s and the paper's rule): the mean g at or below it, which can leave some
-    samples far above. ``threshold="holdout"`` is the mean g of the model *before unlearning* on the holdout split
-    (unseen data of the same distribution), computed once when training starts and logged as ``holdout/ma_mean``;
-    a float is taken as is. Decisions use the :class:`MemorizationMonitor`'s scores, only when every score is
-    fresh (belongs to the current weights; with its ``refresh="above_threshold"`` policy, the older scores are
-    re-scored first), and are the same on every process. When the training forward keeps
-    the scores fresh, the rule is checked before each optimizer step, so no step is taken past it; Lightning
+    samples far above. The threshold comes from the g of the model *before unlearning* on the holdout split
+    (unseen data of the same distribution), measured once when training starts: ``"holdout"`` is its mean (the
+    paper's level, for the mean rule), ``"holdout_quantile"`` its ``quantile`` (default 0.95: a record is forgotten
+    when it is no more memorized than 95% of unseen records; the natural level of the per-sample rule, as the
+    mean of unseen data has about half of them above it). A float is taken as is. The level is logged as
+    ``holdout/threshold`` with a 95% bootstrap interval (``holdout/threshold_low``, ``holdout/threshold_high``:
+    how much it would move with another holdout of the same size), and the holdout's ``floor_quantile`` as
+    ``holdout/floor``: the monitor counts forget records below it as over-forgotten.
+
+    Decisions use the :class:`MemorizationMonitor`'s scores, only when every score is fresh (belongs to the current
+    weights; with its ``refresh="above_threshold"`` policy, the older scores are re-scored first), and are the same
+    on every process. When the training forward keeps the scores fresh, the rule is checked before each optimizer
+    step, so no step is taken past it; Lightning
     still counts that last (untaken) step in ``trainer.global_step``, while ``stopped_step`` is the number of
     optimizer steps actually taken.
 
     Args:
         criterion: ``"max"`` or ``"mean"`` of g over the forget set.
-        threshold: ``"holdout"`` or a fraction in [0, 1].
+        threshold: ``"holdout"``, ``"holdout_quantile"`` or a fraction in [0, 1].
+        quantile: the holdout quantile of ``threshold="holdout_quantile"``, in (0, 1).
+        floor_quantile: the holdout quantile below which a forget record counts as over-forgotten, in (0, 1).
         verbose: log a line when stopping.
     """
 
     def __init__(
-        self, criterion: Literal["max", "mean"] = "max", threshold: str | float = "holdout", verbose: bool = True
+        self,
+        criterion: Literal["max", "mean"] = "max",
+        threshold: str | float = "holdout",
+        quantile: float = 0.95,
+        floor_quantile: float = 0.05,
+        verbose: bool = True,
     ) -> None:
         if criterion not in ("max", "mean"):
             raise ValueError(f"criterion must be 'max' or 'mean', got {criterion!r}")
-        if isinstance(threshold, str) and threshold != "holdout":
-            raise ValueError(f"threshold must be 'holdout' or a float, got {threshold!r}")
+        if isinstance(threshold, str) and threshold not in THRESHOLDS:
+            raise ValueError(f"threshold must be 'holdout', 'holdout_quantile' or a float, got {threshold!r}")
+        if not 0.0 < floor_quantile < quantile < 1.0:
+            raise ValueError(f"need 0 < floor_quantile < quantile < 1, got {floor_quantile} and {quantile}")
         self.criterion = criterion
         self.threshold = threshold
+        self.quantile = quantile
+        self.floor_quantile = floor_quantile
         self.verbose = verbose
-        self.threshold_value: float | None = None if threshold == "holdout" else float(threshold)
+        self.threshold_value: float | None = None if threshold in THRESHOLDS else float(threshold)
+        self.floor: float | None = None  # the holdout's floor_quantile, when there is a holdout
+        self.interval: tuple[float, float] | None = None  # bootstrap interval of a holdout threshold
+        self.holdout_size: int | None = None  # holdout records measured (None: not measured yet)
         self.stopped_step: int | None = None
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(criterion=self.criterion, threshold=self.threshold)
+        return self._generate_state_key(criterion=self.criterion, threshold=self.threshold, quantile=self.quantile)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         find_monitor(trainer)
-        if self.threshold == "holdout":
-            datamodule = trainer.datamodule
-            if datamodule is None or not getattr(datamodule, "has_split", lambda _: False)("holdout"):
-                raise ValueError(
-                    "threshold='holdout' needs an UnlearningDataModule with a holdout split (unseen data); "
-                    "give one, or pass a float threshold"
-                )
+        if self.threshold in THRESHOLDS and not self._has_holdout(trainer):
+            raise ValueError(
+                f"threshold={self.threshold!r} needs an UnlearningDataModule with a holdout split (unseen data); "
+                "give one, or pass a float threshold"
+            )
+
+    @staticmethod
+    def _has_holdout(trainer: L.Trainer) -> bool:
+        datamodule = trainer.datamodule
+        return datamodule is not None and getattr(datamodule, "has_split", lambda _: False)("holdout")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.threshold_value is None:  # not restored from a checkpoint: measure it before unlearning
+        if self.holdout_size is None and self._has_holdout(trainer):  # not restored: measure it before unlearning
             _, holdout = score_on_all_ranks(
                 get_model(pl_module), trainer.datamodule.scoring_dataloader("holdout"), trainer.strategy
             )
-            self.threshold_value = holdout.mean().item()
-        find_monitor(trainer).threshold = self.threshold_value
+            self._set_levels(holdout)
+        monitor = find_monitor(trainer)
+        monitor.threshold, monitor.floor = self.threshold_value, self.floor
+        logged = {"holdout/threshold": self.threshold_value}
+        if self.interval is not None:
+            logged |= {"holdout/threshold_low": self.interval[0], "holdout/threshold_high": self.interval[1]}
+        if self.floor is not None:
+            logged["holdout/floor"] = self.floor
         if self.threshold == "holdout":
-            pl_module.log("holdout/ma_mean", self.threshold_value, on_step=False, on_epoch=True, batch_size=1)
+            logged["holdout/ma_mean"] = self.threshold_value
+        pl_module.log_dict(logged, on_step=False, on_epoch=True, batch_size=1)
+        if self.verbose and self.interval is not None:
+            low, high = self.interval
+            rank_zero_info(
+                f"MemorizationEarlyStopping: threshold {self.threshold_value:.4f} ({self._level_name()} of "
+                f"{self.holdout_size} holdout records; 95% bootstrap interval {low:.4f}–{high:.4f})"
+            )
+
+    def _level_name(self) -> str:
+        return "mean g" if self.threshold == "holdout" else f"{self.quantile:g} quantile of g"
+
+    def _set_levels(self, holdout_g: torch.Tensor) -> None:
+        """The threshold (for a holdout threshold), its bootstrap interval and the floor from the holdout's g."""
+        self.holdout_size = len(holdout_g)
+        self.floor = holdout_level(holdout_g, "quantile", self.floor_quantile)
+        if self.threshold in THRESHOLDS:
+            kind = "mean" if self.threshold == "holdout" else "quantile"
+            self.threshold_value = holdout_level(holdout_g, kind, self.quantile)
+            self.interval = bootstrap_interval(holdout_g, kind, self.quantile)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         find_monitor(trainer).refresh_if_due(trainer, pl_module)
@@ -111,8 +164,17 @@ class MemorizationEarlyStopping(Callback):
         return trainer.strategy.reduce_boolean_decision(value <= self.threshold_value, all=True), value
 
     def state_dict(self) -> dict[str, Any]:
-        return {"threshold_value": self.threshold_value, "stopped_step": self.stopped_step}
+        return {
+            "threshold_value": self.threshold_value,
+            "floor": self.floor,
+            "interval": self.interval,
+            "holdout_size": self.holdout_size,
+            "stopped_step": self.stopped_step,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.threshold_value = state_dict["threshold_value"]
+        self.floor = state_dict.get("floor")
+        self.interval = state_dict.get("interval")
+        self.holdout_size = state_dict.get("holdout_size", 0)  # 0: measured before, size unknown
         self.stopped_step = state_dict["stopped_step"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,8 +15,15 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
 from lightning_unlearn.files import atomic_folder
+from lightning_unlearn.losses import token_kl
 from lightning_unlearn.memorization import memorization_accuracy, sequence_nll
-from lightning_unlearn.strategies import full_state_dict, has_sharded_parameters, offloads_optimizer
+from lightning_unlearn.reference import ReferenceWeights
+from lightning_unlearn.strategies import (
+    full_state_dict,
+    has_sharded_parameters,
+    offloads_optimizer,
+    release_gathered_parameters,
+)
 
 # Expected here, not a problem: the model trains in eval mode (no dropout).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -45,6 +53,9 @@ def check_causal_lm(model: torch.nn.Module) -> None:
         )
 
 
+RETAIN_LOSSES = (None, "nll", "kl")
+
+
 class UnlearningModule(L.LightningModule):
     """Base of every unlearning method: subclasses override :meth:`forget_loss` (and :meth:`retain_loss`).
 
@@ -52,6 +63,13 @@ class UnlearningModule(L.LightningModule):
     memorization callbacks use, so no second pass is needed), weights each sample's forget loss by
     ``forget_weights[sample_id]`` and normalizes by the weighted count over **all processes**, so a step on N
     processes equals a step on one with the same effective batch (per-device batch × devices × accumulation).
+
+    Every method takes a retain term: ``retain_loss="nll"`` adds ``retain_weight`` · NLL(retain batch) (gradient
+    difference), ``retain_loss="kl"`` adds ``retain_weight`` · KL(p_ref ‖ p_θ), the token-level KL on the retain
+    batch's real tokens against the model as it was when training started (:class:`ReferenceWeights`: a copy of
+    the weights, swapped in for one no-grad forward per step; no second model). Both are averaged over the retain
+    samples of all processes. SGA's selection and the per-sample stop rule compose with every method: add
+    :func:`~lightning_unlearn.callbacks.per_sample_control` to the Trainer's callbacks.
 
     Args:
         model: a causal LM instance, a hub id or a local path (created in ``configure_model`` when given by name).
@@ -66,9 +84,9 @@ class UnlearningModule(L.LightningModule):
             far larger than a batch; the samples assumed forgotten are re-scored before stopping). See
             :class:`~lightning_unlearn.callbacks.MemorizationMonitor`.
         refresh_every: optimizer steps between those scoring passes.
+        retain_loss: ``None`` (no retain term), ``"nll"`` or ``"kl"``; needs the datamodule's retain split.
+        retain_weight: α >= 0, the retain term's weight.
     """
-
-    needs_retain = False  # whether the method trains on the retain split too
 
     def __init__(
         self,
@@ -81,8 +99,14 @@ class UnlearningModule(L.LightningModule):
         model_kwargs: dict[str, Any] | None = None,
         refresh: Literal["all", "above_threshold"] = "all",
         refresh_every: int = 1,
+        retain_loss: Literal["nll", "kl"] | None = None,
+        retain_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if retain_loss not in RETAIN_LOSSES:
+            raise ValueError(f"retain_loss must be None, 'nll' or 'kl', got {retain_loss!r}")
+        if not retain_weight >= 0:
+            raise ValueError(f"retain_weight must be >= 0, got {retain_weight}")
         self.save_hyperparameters(ignore=["model"] if isinstance(model, torch.nn.Module) else None)
         if isinstance(model, torch.nn.Module):
             check_causal_lm(model)
@@ -93,6 +117,13 @@ class UnlearningModule(L.LightningModule):
             self.model_source = str(model)
         self.forget_weights = torch.ones(0)  # Tensor[N]: weight of each forget sample_id (1 when never set)
         self._rule_holds = False  # set by training_step: the stop rule holds, take no optimizer step
+        self.reference: ReferenceWeights | None = None  # the weights at fit start, for retain_loss="kl"
+        self._reference_state: dict[str, Any] | None = None  # restored from a checkpoint, placed at train start
+
+    @property
+    def needs_retain(self) -> bool:
+        """Whether the method trains on the retain split too."""
+        return self.hparams.get("retain_loss") is not None
 
     # --- model -----------------------------------------------------------------------------------------------
 
@@ -101,9 +132,14 @@ class UnlearningModule(L.LightningModule):
             self.model = load_causal_lm(self.model_source, self.hparams.gguf_file, **(self.hparams.model_kwargs or {}))
             check_causal_lm(self.model)
 
-    def memorization_monitor(self) -> MemorizationMonitor:
-        """The forget-set monitor that methods bring through ``configure_callbacks``, with this module's policy."""
-        return MemorizationMonitor(every_n_train_steps=self.hparams.refresh_every, refresh=self.hparams.refresh)
+    def memorization_monitors(self) -> list[MemorizationMonitor]:
+        """The monitors that methods bring through ``configure_callbacks``: the forget-set monitor with this module's
+        policy, and the Trainer's monitors of other splits (e.g. retain), handed back because Lightning drops every
+        Trainer callback of a type that the module brings."""
+        given = self.trainer.callbacks if self._trainer is not None else []
+        others = [cb for cb in given if isinstance(cb, MemorizationMonitor) and cb.split != "forget"]
+        forget = MemorizationMonitor(every_n_train_steps=self.hparams.refresh_every, refresh=self.hparams.refresh)
+        return [forget, *others]
 
     def get_model(self) -> PreTrainedModel:
         """The Hugging Face model being edited (after fit: the result)."""
@@ -124,23 +160,11 @@ class UnlearningModule(L.LightningModule):
             return
         datamodule.setup(stage)
         if self.needs_retain and not datamodule.has_split("retain"):
-            raise ValueError(f"{type(self).__name__} trains on the retain split too: give the datamodule one")
-        vocabulary = self.model.get_input_embeddings().num_embeddings
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        for name in ("forget", "retain", "holdout"):
-            if datamodule.has_split(name):
-                longest = max(datamodule.split(name).lengths)
-                if positions is not None and longest > positions:
-                    raise ValueError(
-                        f"the {name} split has a {longest}-token sample but the model takes at most {positions} "
-                        f"positions: set the datamodule's max_length to {positions} or less"
-                    )
-                top = max(int(ids.max()) for ids in datamodule.split(name).input_ids)
-                if top >= vocabulary:
-                    raise ValueError(
-                        f"the tokenizer does not fit the model: the {name} split has token id {top}, but the model's "
-                        f"vocabulary has {vocabulary} entries. Use the model's own tokenizer."
-                    )
+            kind = self.hparams.get("retain_loss")
+            raise ValueError(
+                f"{type(self).__name__} trains on the retain split too (retain_loss={kind!r}): give the datamodule one"
+            )
+        datamodule.check_fits(self.model)
         if len(self.forget_weights) == 0:
             self.forget_weights = torch.ones(len(datamodule.split("forget")))
 
@@ -170,8 +194,26 @@ class UnlearningModule(L.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must define forget_loss()")
 
     def retain_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        """Per-sample loss to minimize on retain samples (``Tensor[B]``); used when ``needs_retain``."""
+        """Per-sample loss to minimize on retain samples (``Tensor[B]``), weighted by ``retain_weight``: their mean
+        token NLL for ``retain_loss="nll"``, their mean token KL(p_ref ‖ p_θ) for ``"kl"`` (the reference's logits
+        are ``batch["reference_logits"]``)."""
+        kind = self.hparams.get("retain_loss")
+        if kind == "nll":
+            return nll
+        if kind == "kl":
+            return token_kl(logits, batch["reference_logits"], batch["attention_mask"])
         raise NotImplementedError(f"{type(self).__name__} must define retain_loss() when needs_retain is True")
+
+    def on_train_start(self) -> None:
+        """Keeps the reference weights of a KL retain term (the model now, before the first step)."""
+        if self.hparams.get("retain_loss") != "kl" or self.reference is not None:
+            return
+        release = partial(release_gathered_parameters, self.trainer.strategy)
+        if self._reference_state is not None:  # resumed: the reference is the model before the first step
+            self.reference = ReferenceWeights.from_state_dict(self._reference_state, self.model, release)
+            self._reference_state = None
+        else:
+            self.reference = ReferenceWeights(self.model, release=release)
 
     def _global_sum(self, value: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(value.detach(), reduce_op="sum") if self.trainer.world_size > 1 else value
@@ -181,6 +223,7 @@ class UnlearningModule(L.LightningModule):
             raise KeyError("training batches must be dicts with a 'forget' batch (as UnlearningDataModule makes)")
         forget = batch["forget"]
         ids = forget["sample_id"]
+        retain = self._retain_batch(batch) if self.needs_retain else None
         logits = self.model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
         self._rule_holds = self._before_step(
             ids, memorization_accuracy(logits.detach(), forget["input_ids"], forget["attention_mask"])
@@ -193,13 +236,17 @@ class UnlearningModule(L.LightningModule):
         total_weight = self._global_sum(weights.sum()).clamp_min(1e-12)
         loss = world * (weights * self.forget_loss(forget, logits, nll)).sum() / total_weight
         metrics = {"train/forget_nll": nll.detach().mean()}
-        if self.needs_retain:
-            retain = batch["retain"]
+        if retain is not None:
             retain_logits = self.model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
             retain_nll = sequence_nll(retain_logits, retain["input_ids"], retain["attention_mask"])
+            for monitor in self._monitors("retain"):  # the retain forward scores its batch for free
+                g_retain = memorization_accuracy(retain_logits.detach(), retain["input_ids"], retain["attention_mask"])
+                monitor.record(self.trainer, self, retain["sample_id"], g_retain)
+            retain_term = self.retain_loss(retain, retain_logits, retain_nll)
             count = self._global_sum(torch.tensor(float(len(retain_nll)), device=loss.device))
-            loss = loss + world * self.retain_loss(retain, retain_logits, retain_nll).sum() / count
+            loss = loss + world * self.hparams.get("retain_weight", 1.0) * retain_term.sum() / count
             metrics["train/retain_nll"] = retain_nll.detach().mean()
+            metrics["train/retain_loss"] = retain_term.detach().mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at step {self.global_step}: lower the learning rate or check the data"
@@ -208,13 +255,28 @@ class UnlearningModule(L.LightningModule):
         self.log("train/selected", self._global_sum((weights > 0).sum().float()), on_step=True, batch_size=len(ids))
         return loss
 
-    def _forget_monitors(self) -> list[MemorizationMonitor]:
-        return [cb for cb in self.trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == "forget"]
+    def _retain_batch(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The step's retain batch, with the reference's logits on it for a KL retain term (computed first: the
+        weights are swapped in place, which must happen before any forward pass that backward will use)."""
+        if "retain" not in batch:
+            raise KeyError(
+                f"retain_loss={self.hparams.get('retain_loss')!r} needs training batches with a 'retain' batch: give "
+                "the UnlearningDataModule a retain split"
+            )
+        retain = batch["retain"]
+        if self.hparams.get("retain_loss") == "kl":
+            if self.reference is None:
+                raise RuntimeError("the reference weights are taken at train start: call super().on_train_start()")
+            retain = {**retain, "reference_logits": self.reference.logits(self.model, retain)}
+        return retain
+
+    def _monitors(self, split: str) -> list[MemorizationMonitor]:
+        return [cb for cb in self.trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == split]
 
     def _before_step(self, sample_id: Tensor, g: Tensor) -> bool:
         """Score-in-the-loop: hands the batch's fresh g to the callbacks; True when training must stop now."""
         callbacks = self.trainer.callbacks
-        for monitor in self._forget_monitors():  # SelectiveAscent and the stopping rule require one
+        for monitor in self._monitors("forget"):  # SelectiveAscent and the stopping rule require one
             batch_ids = monitor.record(self.trainer, self, sample_id, g)  # every process's ids
             if any(cb.check(self.trainer) for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)):
                 return True
@@ -229,7 +291,7 @@ class UnlearningModule(L.LightningModule):
             optimizer.step(closure=lambda: loss)  # DeepSpeed's precision plugin requires the closure's result
             return
         # No step, yet Lightning counts one: the weights, and so the scores, stay those of this global_step.
-        for monitor in self._forget_monitors():
+        for monitor in self._monitors("forget"):
             monitor.carry_forward(self.global_step, self.global_step + 1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -246,9 +308,13 @@ class UnlearningModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["forget_weights"] = self.forget_weights.clone()
+        if self.reference is not None:
+            checkpoint["reference_weights"] = self.reference.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.forget_weights = checkpoint.get("forget_weights", torch.ones(0)).clone()
+        self._reference_state = checkpoint.get("reference_weights")
+        self.reference = None
 
     def save_pretrained(self, path: str | os.PathLike, tokenizer: Any = None) -> None:
         """Writes the model (and ``tokenizer``, default: the datamodule's) to a folder that

@@ -13,31 +13,27 @@ from lightning_unlearn.modules.base import UnlearningModule
 
 class GradientAscent(UnlearningModule):
     """GA (Jang et al. 2022): ascend the forget samples' NLL. Add ``MemorizationMonitor()`` and
-    ``MemorizationEarlyStopping(criterion="mean")`` to a Trainer for Jang's stop rule."""
+    ``MemorizationEarlyStopping(criterion="mean", threshold="holdout")`` to a Trainer for Jang's stop rule."""
 
     def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
         return -nll
 
 
-class GradientDifference(UnlearningModule):
+class GradientDifference(GradientAscent):
     """Ascend the forget NLL while descending the retain NLL: loss = −NLL(forget) + alpha · NLL(retain).
+
+    Gradient ascent with ``retain_loss="nll"`` and ``retain_weight=alpha``.
 
     Args:
         alpha: weight of the retain term.
+        retain_loss: ``"nll"`` (gradient difference) or ``"kl"``.
         **kwargs: :class:`UnlearningModule` arguments.
     """
 
-    needs_retain = True
-
-    def __init__(self, model: Any, alpha: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
-        self.alpha = alpha
-
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        return -nll
-
-    def retain_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        return self.alpha * nll
+    def __init__(self, model: Any, alpha: float = 1.0, retain_loss: Literal["nll", "kl"] = "nll", **kwargs: Any):
+        if retain_loss is None:
+            raise ValueError("GradientDifference needs a retain term; without one, use GradientAscent")
+        super().__init__(model, retain_loss=retain_loss, retain_weight=alpha, **kwargs)
 
 
 class SelectiveGradientAscent(GradientAscent):
@@ -46,15 +42,19 @@ class SelectiveGradientAscent(GradientAscent):
     Every forget sample is re-scored after every optimizer step; before each step, a sample's weight is 1 if its
     g >= gamma, else 0, and the ``keep_top`` most memorized of the batch are always kept. Training stops when the
     ``stop`` rule holds: ``"max"`` (default) every forget sample at or below ``threshold``, ``"mean"`` their mean.
-    Brings its callbacks (monitor, selective ascent, early stopping) through ``configure_callbacks``.
+    Brings its callbacks (monitor, selective ascent, early stopping) through ``configure_callbacks``; the same
+    selection and rule apply to any method through :func:`~lightning_unlearn.callbacks.per_sample_control`.
 
     Args:
         gamma: memorization level at or above which a sample is ascended, a fraction in [0, 1).
         keep_top: samples always kept per step.
-        threshold: ``"holdout"`` (mean g of unseen data before unlearning) or a fraction in [0, 1].
+        threshold: ``"holdout_quantile"`` (the holdout's ``quantile`` of g, the per-sample rule's level),
+            ``"holdout"`` (the holdout's mean g, the paper's) or a fraction in [0, 1].
+        quantile: for ``threshold="holdout_quantile"``.
         stop: ``"max"`` or ``"mean"``.
         mode: ``"select"`` (0/1 weights, the paper) or ``"proportional"``.
-        **kwargs: :class:`UnlearningModule` arguments.
+        skip_forgotten: stop ascending a sample once it is at or below the threshold, even as the batch's top.
+        **kwargs: :class:`UnlearningModule` arguments (``retain_loss=``, ``retain_weight=``, …).
     """
 
     def __init__(
@@ -62,14 +62,16 @@ class SelectiveGradientAscent(GradientAscent):
         model: Any,
         gamma: float = 0.7,
         keep_top: int = 1,
-        threshold: str | float = "holdout",
+        threshold: str | float = "holdout_quantile",
+        quantile: float = 0.95,
         stop: Literal["max", "mean"] = "max",
         mode: Literal["select", "proportional"] = "select",
+        skip_forgotten: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        self.selective = SelectiveAscent(gamma=gamma, keep_top=keep_top, mode=mode)
-        self.stopping = MemorizationEarlyStopping(criterion=stop, threshold=threshold)
+        self.selective = SelectiveAscent(gamma=gamma, keep_top=keep_top, mode=mode, skip_forgotten=skip_forgotten)
+        self.stopping = MemorizationEarlyStopping(criterion=stop, threshold=threshold, quantile=quantile)
 
     def configure_callbacks(self) -> list[Callback]:
-        return [self.memorization_monitor(), self.selective, self.stopping]
+        return [*self.memorization_monitors(), self.selective, self.stopping]

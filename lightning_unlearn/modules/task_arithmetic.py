@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning as L
@@ -14,6 +14,7 @@ from torch import Tensor
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
 from lightning_unlearn.callbacks.stopping import find_monitor
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.strategies import release_gathered_parameters
 from lightning_unlearn.task_vectors import apply_task_vector, edited, snapshot, task_vector
 
 
@@ -30,9 +31,12 @@ class TaskArithmetic(UnlearningModule):
         scale: λ, negative.
         search_scale: search the smallest |λ| that satisfies the rule after training.
         search_steps: bisection steps (each one scoring pass).
-        threshold: ``"holdout"`` or a fraction in [0, 1], for :class:`MemorizationEarlyStopping`.
+        threshold: ``"holdout_quantile"``, ``"holdout"`` or a fraction in [0, 1], for
+            :class:`MemorizationEarlyStopping`.
+        quantile: for ``threshold="holdout_quantile"``.
         stop: ``"max"`` (every sample) or ``"mean"``.
-        **kwargs: :class:`UnlearningModule` arguments.
+        **kwargs: :class:`UnlearningModule` arguments, without a retain term: the task vector is learned on the
+            forget set and subtracted, so a retain term learned with it would be subtracted too.
     """
 
     def __init__(
@@ -41,23 +45,30 @@ class TaskArithmetic(UnlearningModule):
         scale: float = -3.0,
         search_scale: bool = False,
         search_steps: int = 8,
-        threshold: str | float = "holdout",
+        threshold: str | float = "holdout_quantile",
+        quantile: float = 0.95,
         stop: Literal["max", "mean"] = "max",
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("retain_loss") is not None:
+            raise ValueError(
+                f"{type(self).__name__} takes no retain_loss: its task vector is subtracted, and a retain term "
+                "trained into it would be subtracted with it. Use SelectiveGradientAscent or NPO with a retain term."
+            )
         super().__init__(model, **kwargs)
         if scale >= 0:
             raise ValueError(f"scale must be negative (the task vector is subtracted), got {scale}")
         self.scale = scale
         self.search_scale = search_scale
         self.search_steps = search_steps
-        self.stopping = MemorizationEarlyStopping(criterion=stop, threshold=threshold)
+        self.stopping = MemorizationEarlyStopping(criterion=stop, threshold=threshold, quantile=quantile)
         self.base: dict[str, Tensor] | None = None  # θ_base, on the CPU
 
     def configure_callbacks(self) -> list[Callback]:
-        return [self.memorization_monitor(), self.stopping]
+        return [*self.memorization_monitors(), self.stopping]
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         if self.base is None:  # not restored from a checkpoint
             self.base = snapshot(self.model)
 
@@ -69,9 +80,19 @@ class TaskArithmetic(UnlearningModule):
 
     @contextmanager
     def scoring_context(self) -> Iterator[None]:
-        """While scoring, the model is the edit θ_base + λ·(θ − θ_base)."""
-        with edited(self.model, self.base, self.scale) if self.base is not None else nullcontext():
+        """While scoring, the model is the edit θ_base + λ·(θ − θ_base). Under ZeRO-3 the parameters that the
+        scoring passes leave gathered are released on both sides, so the passes see the edited shards and training
+        the restored ones."""
+        if self.base is None:
             yield
+            return
+        release_gathered_parameters(self.trainer.strategy)
+        try:
+            with edited(self.model, self.base, self.scale):
+                yield
+                release_gathered_parameters(self.trainer.strategy)
+        finally:
+            release_gathered_parameters(self.trainer.strategy)
 
     def on_train_end(self) -> None:
         if self.base is None:
@@ -137,7 +158,7 @@ class TAU(TaskArithmetic):
         self.switch_step: int | None = None
 
     def configure_callbacks(self) -> list[Callback]:
-        return [self.memorization_monitor(), self.selective, self.stopping]
+        return [*self.memorization_monitors(), self.selective, self.stopping]
 
     def on_train_start(self) -> None:
         pass  # θ_base is the SGA model, taken at the switch

@@ -1,0 +1,103 @@
+"""The reference model of a KL retain term: the model as it was before unlearning, without a second model.
+
+:class:`ReferenceWeights` keeps a copy of this process's parameter data (under ZeRO-3 its shards, sharded exactly
+like the trained model; otherwise the whole parameters), on the parameters' own device by default. For a reference
+forward pass it swaps the copy into the model in place, runs the pass, and swaps back, bit for bit: the same
+forward, so every process runs the same collectives under ZeRO-3 and nothing can hang, and no second module with
+its own hooks, wrappers or optimizer states. Memory: one copy of the (local) parameters plus, transiently, the
+largest single parameter. Time: one no-grad forward pass and two in-place copies of the parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_unlearn.memorization import eval_mode
+from lightning_unlearn.strategies import has_sharded_parameters, local_shards
+
+
+class ReferenceWeights:
+    """A frozen copy of ``model``'s parameters as they are now (this process's shards under ZeRO-3).
+
+    Args:
+        model: the Hugging Face model (already set up by the strategy, so that ZeRO-3 shards exist).
+        device: where to keep the copy (default: each parameter's own device; ``"cpu"`` saves accelerator
+            memory at the price of a host-device copy per swap).
+        release: called before and after a reference pass to drop parameter copies that ZeRO-3 keeps gathered
+            (:func:`~lightning_unlearn.strategies.release_gathered_parameters`), so that the reference pass gathers
+            the reference shards and the next training pass the model's own.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        self.release = release or (lambda: None)
+        self.sharded = has_sharded_parameters(model)
+        self.weights: dict[str, Tensor] = {
+            name: data.detach().to(device or data.device, copy=True) for name, data in local_shards(model)
+        }
+
+    @torch.no_grad()
+    def _swap(self, model: torch.nn.Module) -> None:
+        for name, data in local_shards(model):
+            reference = self.weights[name]
+            current = data.clone()
+            data.copy_(reference)
+            reference.copy_(current)
+
+    @contextmanager
+    def active(self, model: torch.nn.Module) -> Iterator[None]:
+        """Inside: ``model`` has the reference weights. After: its own weights again, bit for bit (also on error).
+
+        Use it for no-grad passes only, before any forward pass whose graph a backward pass will use."""
+        self.release()
+        self._swap(model)
+        try:
+            yield
+        finally:
+            self.release()
+            self._swap(model)
+
+    @torch.no_grad()
+    def logits(self, model: torch.nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
+        """The reference's logits (``Tensor[B, T, V]``) on a batch with ``input_ids`` and ``attention_mask``."""
+        with self.active(model), eval_mode(model):
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def state_dict(self) -> dict[str, Any]:
+        """The copy, on the CPU, for a checkpoint."""
+        return {"sharded": self.sharded, "weights": {name: w.detach().cpu() for name, w in self.weights.items()}}
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Any], model: torch.nn.Module, release: Callable[[], None] | None = None
+    ) -> ReferenceWeights:
+        """The copy saved by :meth:`state_dict`, placed like ``model``'s parameters.
+
+        Raises:
+            RuntimeError: the checkpoint holds ZeRO-3 shards: a checkpoint keeps one process's state, so the other
+                processes' shards of the reference are not in it.
+        """
+        if state["sharded"] or has_sharded_parameters(model):
+            raise RuntimeError(
+                "cannot resume a KL retain term under ZeRO-3: the checkpoint holds one process's shards of the "
+                "reference model only. Resume under ZeRO-2 or DDP, or restart unlearning from the original model."
+            )
+        reference = cls.__new__(cls)
+        reference.sharded, reference.release = False, release or (lambda: None)
+        parameters = dict(local_shards(model))
+        missing = set(parameters) - set(state["weights"])
+        if missing:
+            raise KeyError(f"the checkpoint's reference model lacks {len(missing)} parameters, e.g. {min(missing)}")
+        reference.weights = {
+            name: state["weights"][name].to(data.device, data.dtype, copy=True) for name, data in parameters.items()
+        }
+        return reference
