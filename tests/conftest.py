@@ -53,7 +53,9 @@ def make_model(
 DISTRIBUTED_METHODS = {
     "SGA": (lambda model: SelectiveGradientAscent(model, learning_rate=3e-4), list),
     "SGA + KL retain": (
-        lambda model: SelectiveGradientAscent(model, learning_rate=3e-4, retain_loss="kl", retain_weight=1.0),
+        lambda model: SelectiveGradientAscent(
+            model, learning_rate=3e-4, retain_loss="kl", retain_weight=1.0, cache_reference=True
+        ),
         list,
     ),
     "selective NPO + KL retain": (

@@ -336,3 +336,30 @@ def test_a_retain_term_without_a_retain_split_fails_before_any_step(small_testbe
     with pytest.raises(ValueError, match=r"retain split too \(retain_loss='kl'\)"):
         make_trainer().fit(module, unlearning_data(small_testbed, retain=None))
     assert module.global_step == 0
+
+
+def test_cached_reference_logits_give_the_same_run_with_one_reference_pass_per_sample(small_testbed, monkeypatch):
+    tb = small_testbed
+    passes = []
+    original = ReferenceWeights.logits
+
+    def counted(self, model, batch):
+        passes.append(len(batch["sample_id"]))
+        return original(self, model, batch)
+
+    monkeypatch.setattr(ReferenceWeights, "logits", counted)
+    runs = {}
+    for cache in (False, True):
+        passes.clear()
+        torch.manual_seed(0)
+        module = SelectiveGradientAscent(
+            copy.deepcopy(tb.model), learning_rate=3e-4, retain_loss="kl", cache_reference=cache
+        )
+        trainer = make_trainer()
+        trainer.fit(module, unlearning_data(tb, batch_size=8))  # 2 retain batches per epoch
+        monitor = find(trainer, MemorizationMonitor)
+        runs[cache] = (find(trainer, MemorizationEarlyStopping).stopped_step, monitor.values.clone(), list(passes))
+    (steps, values, uncached), (cached_steps, cached_values, cached) = runs[False], runs[True]
+    assert cached_steps == steps and torch.allclose(cached_values, values, atol=1e-6)
+    assert len(uncached) >= steps > 4  # every step ran the reference
+    assert sum(cached) == len(tb.retain)  # each retain sample once
