@@ -50,6 +50,7 @@ def _audit(args: argparse.Namespace) -> None:
     from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
     from lightning_unlearn.modules import check_causal_lm, load_causal_lm
     from lightning_unlearn.report import memorization_report, summary_markdown, write_report
+    from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS
 
     tokenizer = load_tokenizer(args.model, args.gguf_file)
     datamodule = UnlearningDataModule(
@@ -59,7 +60,7 @@ def _audit(args: argparse.Namespace) -> None:
     model = load_causal_lm(args.model, args.gguf_file)
     check_causal_lm(model)
     datamodule.check_fits(model)
-    level = {"mean": "holdout", "quantile": "holdout_quantile"}[args.level]
+    level = {kind: name for name, kind in HOLDOUT_THRESHOLDS.items()}[args.level]
     threshold = level if args.holdout else args.threshold
     report = memorization_report(
         model.eval(), datamodule, el_n=10 if args.el else None, threshold=threshold, alpha=args.alpha

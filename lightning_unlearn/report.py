@@ -35,6 +35,7 @@ from lightning_unlearn.memorization import (
     verbatim_extraction,
 )
 from lightning_unlearn.thresholds import (
+    HOLDOUT_THRESHOLDS,
     benjamini_hochberg,
     bootstrap_interval,
     empirical_p_values,
@@ -126,10 +127,10 @@ def memorization_report(
         raise ValueError("the report needs a holdout split (unseen texts) or an explicit threshold")
     holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None) if has_holdout else {}
     holdout_g = torch.tensor([value["g"] for value in holdout.values()])
-    kind = "quantile" if threshold == "holdout_quantile" else "mean"
     interval = None
     if threshold is None or isinstance(threshold, str):
-        if threshold not in (None, "holdout", "holdout_quantile"):
+        kind = HOLDOUT_THRESHOLDS.get(threshold or "holdout")
+        if kind is None:
             raise ValueError(f"threshold must be a float, 'holdout' or 'holdout_quantile', got {threshold!r}")
         threshold = holdout_level(holdout_g, kind, quantile)
         interval = list(bootstrap_interval(holdout_g, kind, quantile))

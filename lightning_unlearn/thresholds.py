@@ -16,6 +16,9 @@ from torch import Tensor
 
 Level = Literal["mean", "quantile"]
 
+# The holdout thresholds that stop rules and reports accept by name, and the level each one is.
+HOLDOUT_THRESHOLDS: dict[str, Level] = {"holdout": "mean", "holdout_quantile": "quantile"}
+
 
 def holdout_level(holdout_g: Tensor, kind: Level = "quantile", quantile: float = 0.95) -> float:
     """The forgetting level: the holdout's mean g, or its ``quantile`` (linear interpolation between records).

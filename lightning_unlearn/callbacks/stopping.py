@@ -11,9 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor, get_model
 from lightning_unlearn.distributed import score_on_all_ranks
-from lightning_unlearn.thresholds import bootstrap_interval, holdout_level
-
-THRESHOLDS = ("holdout", "holdout_quantile")
+from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS, bootstrap_interval, holdout_level
 
 
 def find_monitor(trainer: L.Trainer, split: str = "forget") -> MemorizationMonitor:
@@ -63,7 +61,7 @@ class MemorizationEarlyStopping(Callback):
     ) -> None:
         if criterion not in ("max", "mean"):
             raise ValueError(f"criterion must be 'max' or 'mean', got {criterion!r}")
-        if isinstance(threshold, str) and threshold not in THRESHOLDS:
+        if isinstance(threshold, str) and threshold not in HOLDOUT_THRESHOLDS:
             raise ValueError(f"threshold must be 'holdout', 'holdout_quantile' or a float, got {threshold!r}")
         if not 0.0 < floor_quantile < quantile < 1.0:
             raise ValueError(f"need 0 < floor_quantile < quantile < 1, got {floor_quantile} and {quantile}")
@@ -72,7 +70,7 @@ class MemorizationEarlyStopping(Callback):
         self.quantile = quantile
         self.floor_quantile = floor_quantile
         self.verbose = verbose
-        self.threshold_value: float | None = None if threshold in THRESHOLDS else float(threshold)
+        self.threshold_value: float | None = None if threshold in HOLDOUT_THRESHOLDS else float(threshold)
         self.floor: float | None = None  # the holdout's floor_quantile, when there is a holdout
         self.interval: tuple[float, float] | None = None  # bootstrap interval of a holdout threshold
         self.holdout_size: int | None = None  # holdout records measured (None: not measured yet)
@@ -84,7 +82,7 @@ class MemorizationEarlyStopping(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         find_monitor(trainer)
-        if self.threshold in THRESHOLDS and not self._has_holdout(trainer):
+        if self.threshold in HOLDOUT_THRESHOLDS and not self._has_holdout(trainer):
             raise ValueError(
                 f"threshold={self.threshold!r} needs an UnlearningDataModule with a holdout split (unseen data); "
                 "give one, or pass a float threshold"
@@ -125,8 +123,8 @@ class MemorizationEarlyStopping(Callback):
         """The threshold (for a holdout threshold), its bootstrap interval and the floor from the holdout's g."""
         self.holdout_size = len(holdout_g)
         self.floor = holdout_level(holdout_g, "quantile", self.floor_quantile)
-        if self.threshold in THRESHOLDS:
-            kind = "mean" if self.threshold == "holdout" else "quantile"
+        if self.threshold in HOLDOUT_THRESHOLDS:
+            kind = HOLDOUT_THRESHOLDS[self.threshold]
             self.threshold_value = holdout_level(holdout_g, kind, self.quantile)
             self.interval = bootstrap_interval(holdout_g, kind, self.quantile)
 
