@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from lightning_unlearn.attacks import ATTACKS, attack_auc
-from lightning_unlearn.callbacks.monitor import get_model
+from lightning_unlearn.callbacks.monitor import get_model, has_split
 from lightning_unlearn.distributed import score_on_all_ranks
 
 
@@ -34,8 +34,7 @@ class AttackMonitor(Callback):
         self.history: list[tuple[int, dict[str, float]]] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
-        if datamodule is None or not getattr(datamodule, "has_split", lambda _: False)("holdout"):
+        if not has_split(trainer, "holdout"):
             raise ValueError("AttackMonitor needs an UnlearningDataModule with a holdout split (the non-members)")
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:

@@ -25,6 +25,12 @@ def get_model(pl_module: L.LightningModule) -> torch.nn.Module:
     return model
 
 
+def has_split(trainer: L.Trainer, name: str) -> bool:
+    """Whether the trainer's datamodule is one with split ``name`` (an UnlearningDataModule that was given it)."""
+    datamodule = trainer.datamodule
+    return datamodule is not None and getattr(datamodule, "has_split", lambda _: False)(name)
+
+
 class MemorizationMonitor(Callback):
     """Scores g(x) of every sample of a watched set before training and after every N optimizer steps.
 

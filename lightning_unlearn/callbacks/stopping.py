@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_unlearn.callbacks.monitor import MemorizationMonitor, get_model
+from lightning_unlearn.callbacks.monitor import MemorizationMonitor, get_model, has_split
 from lightning_unlearn.distributed import score_on_all_ranks
 from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS, bootstrap_interval, holdout_level
 
@@ -82,19 +82,14 @@ class MemorizationEarlyStopping(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         find_monitor(trainer)
-        if self.threshold in HOLDOUT_THRESHOLDS and not self._has_holdout(trainer):
+        if self.threshold in HOLDOUT_THRESHOLDS and not has_split(trainer, "holdout"):
             raise ValueError(
                 f"threshold={self.threshold!r} needs an UnlearningDataModule with a holdout split (unseen data); "
                 "give one, or pass a float threshold"
             )
 
-    @staticmethod
-    def _has_holdout(trainer: L.Trainer) -> bool:
-        datamodule = trainer.datamodule
-        return datamodule is not None and getattr(datamodule, "has_split", lambda _: False)("holdout")
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.holdout_size is None and self._has_holdout(trainer):  # not restored: measure it before unlearning
+        if self.holdout_size is None and has_split(trainer, "holdout"):  # not restored: measure it before unlearning
             _, holdout = score_on_all_ranks(
                 get_model(pl_module), trainer.datamodule.scoring_dataloader("holdout"), trainer.strategy
             )
