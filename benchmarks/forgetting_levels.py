@@ -27,6 +27,7 @@ import torch
 
 from lightning_unlearn import SelectiveGradientAscent, UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
+from lightning_unlearn.demo import quiet_trainer
 from lightning_unlearn.memorization import score_memorization
 from lightning_unlearn.report import memorization_report
 from lightning_unlearn.testbed import SMALL_TESTBED, Testbed, build_testbed
@@ -75,13 +76,7 @@ def holdout_sizes(testbed: Testbed, seed: int) -> None:
 
 
 def per_sample_rule(testbed: Testbed, learning_rate: float, max_steps: int) -> None:
-    datamodule = UnlearningDataModule(
-        testbed.tokenizer,
-        testbed.forget,
-        retain=testbed.retain,
-        holdout=testbed.holdout,
-        batch_size=len(testbed.forget),
-    )
+    datamodule = testbed.datamodule()
     before = memorization_report(testbed.model, datamodule, el_n=None)
     retain_before = statistics.fmean(
         score_memorization(testbed.model, datamodule.scoring_dataloader("retain")).values()
@@ -95,14 +90,7 @@ def per_sample_rule(testbed: Testbed, learning_rate: float, max_steps: int) -> N
             module = SelectiveGradientAscent(
                 copy.deepcopy(testbed.model), learning_rate=learning_rate, threshold=threshold, **options
             )
-            trainer = L.Trainer(
-                max_epochs=max_steps,
-                accelerator="cpu",
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-            )
+            trainer = quiet_trainer(max_steps)
             trainer.fit(module, datamodule)
             stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
             after = memorization_report(module.model.eval(), datamodule, el_n=None, threshold=stopping.threshold_value)

@@ -87,9 +87,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="the small testbed (seconds to build)")
     args = parser.parse_args()
     testbed = build_testbed(progress=False, **(SMALL_TESTBED if args.small else {}))
-    datamodule = UnlearningDataModule(
-        testbed.tokenizer, testbed.forget, holdout=testbed.holdout, batch_size=len(testbed.forget), shuffle=False
-    )
+    datamodule = testbed.datamodule(retain=None, shuffle=False)
     datamodule.setup()
     batch = next(iter(datamodule.train_dataloader()))[0]["forget"]
 
@@ -105,14 +103,7 @@ def main() -> None:
     print(f"GradientAscent         {ga * 1000:8.1f} ms/step   GA / bare = {ga / bare:.3f}  (goal <= 1.15)")
     print(f"SelectiveGradientAscent{sga * 1000:8.1f} ms/step   SGA / GA  = {sga / ga:.3f}  (goal <= 1.20)")
 
-    with_retain = UnlearningDataModule(
-        testbed.tokenizer,
-        testbed.forget,
-        retain=testbed.retain,
-        holdout=testbed.holdout,
-        batch_size=len(testbed.forget),
-        shuffle=False,
-    )
+    with_retain = testbed.datamodule(shuffle=False)
     sga_module = SelectiveGradientAscent(copy.deepcopy(testbed.model), gamma=0.0, threshold=0.0)
     sga_retain = lightning_steps(sga_module, with_retain, args.steps, args.warmup)
     nll_module = SelectiveGradientAscent(copy.deepcopy(testbed.model), gamma=0.0, threshold=0.0, retain_loss="nll")

@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_unlearn import UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
 from lightning_unlearn.demo import METHODS
 from lightning_unlearn.memorization import score_memorization, sequence_nll
@@ -83,9 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     testbed = build_testbed(progress=False, **(SMALL_TESTBED if args.small else {}))
     tokenizer = testbed.tokenizer
-    datamodule = UnlearningDataModule(
-        tokenizer, testbed.forget, retain=testbed.retain, holdout=testbed.holdout, batch_size=len(testbed.forget)
-    )
+    datamodule = testbed.datamodule()
     datamodule.setup()
     holdout = next(iter(datamodule.scoring_dataloader("holdout")))
     assert len(holdout["sample_id"]) == len(testbed.holdout), "the holdout set must fit one scoring batch"

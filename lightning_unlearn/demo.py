@@ -138,6 +138,20 @@ def measure(
     return report
 
 
+def quiet_trainer(max_steps: int, callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    """A CPU Trainer for at most ``max_steps`` epochs (one optimizer step each when a batch holds the whole forget
+    set), without logger, checkpoints, progress bar or model summary."""
+    return L.Trainer(
+        max_epochs=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )
+
+
 def check_methods(methods: Sequence[str]) -> None:
     """Raises a clear error unless ``methods`` are names from :data:`METHODS` (at least one)."""
     unknown = [name for name in methods if name not in METHODS]
@@ -167,13 +181,7 @@ def run_demo(
     output = Path(output)
     if testbed is None:
         testbed = build_testbed(seed=seed, cache_dir=cache_dir, progress=progress)
-    datamodule = UnlearningDataModule(
-        testbed.tokenizer,
-        testbed.forget,
-        retain=testbed.retain,
-        holdout=testbed.holdout,
-        batch_size=len(testbed.forget),
-    )
+    datamodule = testbed.datamodule()
     miau = NeighbourhoodAttack(num_neighbours=num_neighbours, seed=seed)
     original = testbed.model.eval()
     retain_before = score_memorization(original, datamodule.scoring_dataloader("retain"))
@@ -187,15 +195,7 @@ def run_demo(
         module = method.make(copy.deepcopy(original))
         callbacks = method.callbacks()
         with _quiet():
-            trainer = L.Trainer(
-                max_epochs=max_steps,
-                accelerator="cpu",
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                callbacks=[*callbacks, _StepProgress(name, max_steps, progress)],
-            )
+            trainer = quiet_trainer(max_steps, [*callbacks, _StepProgress(name, max_steps, progress)])
             start = time.perf_counter()
             trainer.fit(module, datamodule)
             seconds = time.perf_counter() - start

@@ -36,7 +36,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
 
-from lightning_unlearn.data import PadCollator, TokenizedSplit
+from lightning_unlearn.data import PadCollator, TokenizedSplit, UnlearningDataModule
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.memorization import score_memorization, sequence_nll
 
@@ -101,6 +101,12 @@ class Testbed:
     seed: int
     path: Path  # the cache entry
     summary: dict[str, Any] = field(default_factory=dict)
+
+    def datamodule(self, **options: Any) -> UnlearningDataModule:
+        """Its forget, retain and holdout records as an :class:`UnlearningDataModule`, one training batch covering
+        the whole forget set (the paper's setting); ``options`` override any argument (``retain=None``, …)."""
+        defaults = {"retain": self.retain, "holdout": self.holdout, "batch_size": len(self.forget)}
+        return UnlearningDataModule(self.tokenizer, self.forget, **(defaults | options))
 
     def fresh_records(self, count: int, seed: int) -> list[str]:
         """``count`` records from the same generator that the model never saw (none of the corpus or the holdout):

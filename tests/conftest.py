@@ -111,7 +111,4 @@ def make_trainer(**kwargs):
 
 def unlearning_data(tb, **kwargs):
     """The testbed's splits, one batch covering the whole forget set (the paper's setting)."""
-    from lightning_unlearn import UnlearningDataModule
-
-    options = {"retain": tb.retain, "holdout": tb.holdout, "batch_size": len(tb.forget)}
-    return UnlearningDataModule(tb.tokenizer, tb.forget, **(options | kwargs))
+    return tb.datamodule(**kwargs)
