@@ -5,12 +5,14 @@ from lightning_unlearn.callbacks.control import per_sample_control
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
 from lightning_unlearn.callbacks.selective import SelectiveAscent, selective_weights
 from lightning_unlearn.callbacks.stopping import MemorizationEarlyStopping
+from lightning_unlearn.callbacks.utility import UtilityEvaluation
 
 __all__ = [
     "AttackMonitor",
     "MemorizationEarlyStopping",
     "MemorizationMonitor",
     "SelectiveAscent",
+    "UtilityEvaluation",
     "per_sample_control",
     "selective_weights",
 ]
