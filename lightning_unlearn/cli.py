@@ -1,18 +1,23 @@
 """``lightning-unlearn``: the command line.
 
-    lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N] [--small]
-    lightning-unlearn testbed [--output DIR] [--small]
+    lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N] [--small] [--base-model ID_OR_DIR]
+    lightning-unlearn testbed [--output DIR] [--small] [--base-model ID_OR_DIR]
     lightning-unlearn fit --config FILE.yaml [--trainer.max_epochs=...] [--output DIR]
     lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--alpha 0.05] [--el] [--output DIR]
+                            [--utility TASK,... [--include-path DIR]]
 
-``demo`` unlearns the embedded testbed with each method and compares them (:mod:`lightning_unlearn.demo`).
+``demo`` unlearns the embedded testbed with each method and compares them (:mod:`lightning_unlearn.demo`); with
+``--base-model`` the testbed's records are first injected into that pretrained model by fine-tuning (the paper's
+setting: ``--base-model EleutherAI/gpt-neo-125m`` on a machine that reaches the model hub).
 ``testbed`` writes the testbed's model and jsonl splits to a folder (what ``examples/*.yaml`` read).
 ``fit`` is a LightningCLI over our modules and :class:`~lightning_unlearn.UnlearningDataModule`: every Trainer
 option and callback can be set from YAML or flags; ``--output`` saves the unlearned model with ``save_pretrained``.
 ``audit`` prints the per-sample memorization report of any causal LM on any text file. With ``--holdout`` (unseen
 texts of the same kind) it tests each record against them: an empirical p-value, flagged when significant at
 ``--alpha`` after a Benjamini–Hochberg correction over the records; the threshold is the holdout's 0.95 quantile of g
-(``--level mean`` for its mean) with a bootstrap interval. Errors a user can fix print one line and exit 2.
+(``--level mean`` for its mean) with a bootstrap interval. ``--utility`` adds lm-eval tasks (names, comma-separated;
+from ``--include-path``, a folder of task YAML, or lm-eval's built-in tasks) to the report. Errors a user can fix
+print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ def _demo(args: argparse.Namespace) -> None:
 
     methods = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else list(METHODS)
     check_methods(methods)
-    testbed = build_testbed(args.seed, args.cache_dir, progress=True, **(SMALL_TESTBED if args.small else {}))
+    options = SMALL_TESTBED if args.small else {}
+    testbed = build_testbed(args.seed, args.cache_dir, progress=True, base_model=args.base_model, **options)
     run_demo(args.output, methods, args.seed, testbed=testbed, max_steps=args.max_steps)
 
 
@@ -41,7 +47,8 @@ def _testbed(args: argparse.Namespace) -> None:
 
     if Path(args.output).exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists already: choose another --output, or pass --overwrite")
-    testbed = build_testbed(args.seed, args.cache_dir, progress=True, **(SMALL_TESTBED if args.small else {}))
+    options = SMALL_TESTBED if args.small else {}
+    testbed = build_testbed(args.seed, args.cache_dir, progress=True, base_model=args.base_model, **options)
     testbed.export(args.output, overwrite=args.overwrite)
     print(f"{describe(testbed)}\nwritten to {args.output}/: model/, forget.jsonl, retain.jsonl, holdout.jsonl")
 
@@ -51,7 +58,12 @@ def _audit(args: argparse.Namespace) -> None:
     from lightning_unlearn.modules import check_causal_lm, load_causal_lm
     from lightning_unlearn.report import memorization_report, summary_markdown, write_report
     from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS
+    from lightning_unlearn.utility import check_tasks, evaluate_utility, task_manager
 
+    tasks = [name.strip() for name in (args.utility or "").split(",") if name.strip()]
+    if tasks:  # an unknown task or a missing lm-eval fails before any model loads
+        manager = task_manager(args.include_path)
+        check_tasks(tasks, manager)
     tokenizer = load_tokenizer(args.model, args.gguf_file)
     datamodule = UnlearningDataModule(
         tokenizer, args.data, holdout=args.holdout, max_length=args.max_length, text_column=args.text_column
@@ -93,6 +105,10 @@ def _audit(args: argparse.Namespace) -> None:
                 f"warning: {s['holdout_size']} holdout records cannot show p < {args.alpha:g} (the smallest p-value "
                 f"is 1/{s['holdout_size'] + 1}): give at least {math.ceil(1 / args.alpha)} holdout records"
             )
+    if tasks:
+        s["utility"] = evaluate_utility(model, tokenizer, tasks, batch_size=args.batch_size, manager=manager)
+        for task, metrics in s["utility"].items():
+            print(f"utility {task}: " + ", ".join(f"{metric} {value:.4f}" for metric, value in metrics.items()))
     if args.output:
         write_report(report, args.output)
         print(f"\n{summary_markdown(s)}written to {args.output}/: per_sample.csv, per_sample.json, summary.json/.md")
@@ -138,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--max-steps", type=int, default=400, help="optimizer steps at most per method")
     demo.add_argument("--small", action="store_true", help="the small testbed (builds in seconds; for a quick look)")
     demo.add_argument("--cache-dir", help="testbed cache (default: ~/.cache/lightning_unlearn)")
+    demo.add_argument("--base-model", help="inject the records into this pretrained causal LM (hub id or folder)")
 
     testbed = commands.add_parser("testbed", help="write the testbed's model and jsonl splits to a folder")
     testbed.add_argument("--output", default="testbed", help="folder to create")
@@ -145,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     testbed.add_argument("--small", action="store_true", help="the small testbed")
     testbed.add_argument("--cache-dir", help="testbed cache (default: ~/.cache/lightning_unlearn)")
     testbed.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    testbed.add_argument("--base-model", help="inject the records into this pretrained causal LM (hub id or folder)")
 
     commands.add_parser("fit", help="LightningCLI: lightning-unlearn fit --config FILE.yaml (see fit --help)")
 
@@ -162,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--text-column", default="text")
     audit.add_argument("--max-length", type=int, default=200)
     audit.add_argument("--gguf-file", help="a GGUF file inside --model")
+    audit.add_argument("--utility", help="lm-eval tasks to add to the report, comma-separated (needs [eval])")
+    audit.add_argument("--include-path", help="a folder of lm-eval task YAML for --utility (else built-in tasks)")
+    audit.add_argument("--batch-size", type=int, default=16, help="requests per forward pass for --utility")
 
     if argv[:1] == ["fit"]:
         _fit(None if from_command_line else argv[1:])  # LightningCLI parses, and reports its own errors
@@ -169,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         {"demo": _demo, "testbed": _testbed, "audit": _audit}[args.command](args)
-    except (FileExistsError, FileNotFoundError, KeyError, TypeError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, ImportError, KeyError, TypeError, ValueError) as error:
         message = " ".join(str(error).split())  # one line, whatever the library's message looked like
         print(f"lightning-unlearn {args.command}: error: {message}", file=sys.stderr)
         return 2

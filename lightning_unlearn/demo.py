@@ -4,8 +4,10 @@
 of it under a Lightning Trainer, measures each result the same way, prints one table and writes ``summary.json``,
 ``summary.md``, ``per_sample.csv`` (every forget sample's g before and after each method), ``forget_g.png`` (the
 histograms) and ``tradeoff.png`` (utility cost against records left above the threshold and retain g lost, one
-point per method). GA uses Jang et al.'s mean rule (the holdout mean g); every other method the per-sample rule:
-every forget record at or below the holdout's 0.95 quantile of g.
+point per method). With lm-eval installed (``[eval]``), each model is also run on two lm-eval tasks written to
+``utility_tasks/`` from the retain records: a four-way multiple choice (``MC acc``) and a perplexity (``byte ppl``).
+GA uses Jang et al.'s mean rule (the holdout mean g); every other method the per-sample rule: every forget record
+at or below the holdout's 0.95 quantile of g.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from lightning_unlearn.modules import (
 )
 from lightning_unlearn.report import Report, memorization_report, plot_histograms, plot_tradeoff
 from lightning_unlearn.testbed import Testbed, build_testbed
+from lightning_unlearn.utility import evaluate_utility, require_lm_eval, write_record_tasks
+
+UTILITY_TASKS = ("testbed_fields", "testbed_perplexity")  # what write_record_tasks(prefix="testbed") writes
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ COLUMNS = {  # summary key -> table heading
     "holdout_nll_ratio": "holdout NLL",
     "retain_g": "retain g",
     "collateral": "collateral",
+    "mc_acc": "MC acc",
+    "byte_perplexity": "byte ppl",
     "loss_auc": "LOSS AUC",
     "miau_auc": "MIAU AUC",
 }
@@ -122,10 +129,12 @@ def measure(
     miau: NeighbourhoodAttack,
     threshold: float | str = "holdout_quantile",
     retain_before: dict[int, float] | None = None,
+    utility_tasks: Path | None = None,
 ) -> Report:
     """The demo's measures of one model: the report (per-sample rows and summary, retain g and collateral) and
     MIAU AUC; ``threshold``: the original model's level (default: this model's holdout 0.95 quantile of g);
-    ``retain_before``: the original model's retain g by sample, for ``collateral``."""
+    ``retain_before``: the original model's retain g by sample, for ``collateral``; ``utility_tasks``: the folder
+    of :data:`UTILITY_TASKS`, to run them (``summary["utility"]``, ``mc_acc`` and ``byte_perplexity``)."""
     report = memorization_report(
         model, datamodule, duplicates=testbed.duplicates, threshold=threshold, retain_before=retain_before
     )
@@ -135,6 +144,11 @@ def measure(
     )
     summary["loss_auc"] = summary["attack_auc"]["loss"]
     summary["outliers"] = summary["outliers_fixed_band"]["outliers"]
+    if utility_tasks is not None:
+        utility = evaluate_utility(model, testbed.tokenizer, UTILITY_TASKS, include_path=utility_tasks)
+        summary["utility"] = utility
+        summary["mc_acc"] = utility["testbed_fields"]["acc"]
+        summary["byte_perplexity"] = utility["testbed_perplexity"]["byte_perplexity"]
     return report
 
 
@@ -185,7 +199,10 @@ def run_demo(
     miau = NeighbourhoodAttack(num_neighbours=num_neighbours, seed=seed)
     original = testbed.model.eval()
     retain_before = score_memorization(original, datamodule.scoring_dataloader("retain"))
-    reports = {"original": measure(original, testbed, datamodule, miau, retain_before=retain_before)}
+    utility_tasks = _utility_tasks(output, testbed)
+    reports = {
+        "original": measure(original, testbed, datamodule, miau, "holdout_quantile", retain_before, utility_tasks)
+    }
     rows = {"original": {"method": "original model", "steps": 0, "seconds": 0.0, **reports["original"].summary}}
     before_nll, threshold = rows["original"]["holdout_nll"], rows["original"]["threshold"]
     rows["original"]["holdout_nll_ratio"] = 1.0
@@ -201,7 +218,7 @@ def run_demo(
             seconds = time.perf_counter() - start
         stopping = [cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping)]
         stopped = stopping[0].stopped_step if stopping else None
-        reports[name] = measure(module.model.eval(), testbed, datamodule, miau, threshold, retain_before)
+        reports[name] = measure(module.model.eval(), testbed, datamodule, miau, threshold, retain_before, utility_tasks)
         summary = reports[name].summary
         rows[name] = {
             "method": method.label,
@@ -211,11 +228,27 @@ def run_demo(
             **summary,
             "holdout_nll_ratio": summary["holdout_nll"] / before_nll,
         }
-    result = {"testbed": testbed.summary, "seed": seed, "threshold": threshold, "rows": rows}
+    result = {
+        "testbed": testbed.summary,
+        "base_model": testbed.config.base_model,
+        "seed": seed,
+        "threshold": threshold,
+        "rows": rows,
+    }
     _write(output, result, reports)
     print(table(rows))
     print(f"\nwritten to {output}/: summary.json, summary.md, per_sample.csv, forget_g.png, tradeoff.png")
     return result
+
+
+def _utility_tasks(output: Path, testbed: Testbed) -> Path | None:
+    """The demo's lm-eval tasks, written to ``output/utility_tasks``; None (with a note) without lm-eval."""
+    try:
+        require_lm_eval()
+    except ImportError as error:
+        print(f"note: no utility columns: {error}")
+        return None
+    return write_record_tasks(testbed.retain, output / "utility_tasks", prefix="testbed")
 
 
 @contextmanager
@@ -233,11 +266,12 @@ def _quiet() -> Iterator[None]:
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
-    """The demo's rows as a Markdown table."""
-    lines = ["| method | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    """The demo's rows as a Markdown table (the columns of :data:`COLUMNS` that every row has)."""
+    columns = [key for key in COLUMNS if all(key in row for row in rows.values())]
+    lines = ["| method | " + " | ".join(COLUMNS[k] for k in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in rows.values():
         cells = []
-        for key in COLUMNS:
+        for key in columns:
             value = row[key]
             if key == "holdout_nll_ratio":
                 cells.append(f"{row['holdout_nll']:.2f} ({value:.2f}x)")

@@ -200,9 +200,15 @@ def write_report(report: Report, folder: str | os.PathLike) -> dict[str, Path]:
 
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:
-    """The summary as a two-column Markdown table."""
+    """The summary as a two-column Markdown table (a mapping of mappings, such as ``utility``: a row each)."""
     lines = ["| measure | value |", "|---|---|"]
+    rows = []
     for key, value in summary.items():
+        if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
+            rows += [(f"{key} {inner}", v) for inner, v in value.items()]
+        else:
+            rows.append((key, value))
+    for key, value in rows:
         if isinstance(value, Mapping):
             value = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
         elif isinstance(value, float):

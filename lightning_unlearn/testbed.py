@@ -6,7 +6,10 @@
 - a training corpus: each forget record and each retain record repeated its own number of times (the
   ``duplicates`` cycle 1, 2, 4, 8, 16, 32), plus background records seen once, as in real pretraining data;
 - holdout records from the same generator, never trained on (they define the unseen-data threshold);
-- a byte-level BPE tokenizer trained on the corpus, and a GPT-Neo trained on it with Lightning.
+- a byte-level BPE tokenizer trained on the corpus, and a GPT-Neo trained on it with Lightning;
+- or, with ``base_model`` (a hub id or a local folder), that pretrained causal LM and its tokenizer, fine-tuned on
+  the same corpus: the records are injected into a model that already knows language, as in the paper's setting
+  (GPT-Neo 125M: ``build_testbed(base_model="EleutherAI/gpt-neo-125m")``).
 
 The result is cached under ``~/.cache/lightning_unlearn/testbed/<hash of every option>`` (or
 ``$LIGHTNING_UNLEARN_CACHE``, or ``cache_dir``), written atomically, so a second call loads in seconds.
@@ -34,7 +37,14 @@ from faker import Faker
 from lightning.pytorch.utilities import rank_zero_info
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoConfig,
+    GPTNeoForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from lightning_unlearn.data import PadCollator, TokenizedSplit, UnlearningDataModule
 from lightning_unlearn.files import atomic_folder
@@ -66,6 +76,11 @@ class TestbedConfig:
     learning_rate: float = 3e-3
     warmup_steps: int = 20
     gradient_clip: float = 1.0
+    base_model: str | None = None  # a pretrained causal LM to fine-tune instead of a GPT-Neo from scratch
+
+
+# A pretrained model is fine-tuned more gently than a small one is trained from scratch.
+BASE_MODEL_LEARNING_RATE = 1e-4
 
 
 # Options for tests and quick experiments: builds in seconds, memorization still spread out.
@@ -89,8 +104,8 @@ class Testbed:
 
     __test__ = False  # not a pytest class
 
-    model: GPTNeoForCausalLM
-    tokenizer: PreTrainedTokenizerFast
+    model: PreTrainedModel  # a GPT-Neo trained from scratch, or the fine-tuned base model
+    tokenizer: Any
     forget: list[str]
     retain: list[str]
     holdout: list[str]
@@ -105,7 +120,12 @@ class Testbed:
     def datamodule(self, **options: Any) -> UnlearningDataModule:
         """Its forget, retain and holdout records as an :class:`UnlearningDataModule`, one training batch covering
         the whole forget set (the paper's setting); ``options`` override any argument (``retain=None``, …)."""
-        defaults = {"retain": self.retain, "holdout": self.holdout, "batch_size": len(self.forget)}
+        defaults = {
+            "retain": self.retain,
+            "holdout": self.holdout,
+            "batch_size": len(self.forget),
+            "max_length": self.summary.get("max_length", self.config.max_length),
+        }
         return UnlearningDataModule(self.tokenizer, self.forget, **(defaults | options))
 
     def fresh_records(self, count: int, seed: int) -> list[str]:
@@ -141,10 +161,22 @@ class Testbed:
 
 
 def build_testbed(
-    seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = True, **size_options: Any
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    base_model: str | os.PathLike | None = None,
+    **size_options: Any,
 ) -> Testbed:
     """The testbed for ``seed`` and ``size_options`` (fields of :class:`TestbedConfig`): loaded from the cache, or
-    built (and cached) when missing. A corrupt cache entry is rebuilt with a warning."""
+    built (and cached) when missing. A corrupt cache entry is rebuilt with a warning.
+
+    ``base_model`` (a hub id or a local folder of a causal LM and its tokenizer) injects the records into that
+    pretrained model by fine-tuning (learning rate ``BASE_MODEL_LEARNING_RATE`` unless given; the model's own
+    context length caps ``max_length``; on a GPU when there is one) instead of training a GPT-Neo from scratch; the
+    size options of the small model (``vocab_size``, ``hidden_size``, …) then do not apply.
+    """
+    if base_model is not None:
+        size_options = {"learning_rate": BASE_MODEL_LEARNING_RATE} | size_options | {"base_model": str(base_model)}
     config = TestbedConfig(**{k: tuple(v) if k == "duplicates" else v for k, v in size_options.items()})
     _check(config)
     root = Path(cache_dir or os.environ.get("LIGHTNING_UNLEARN_CACHE") or Path.home() / ".cache/lightning_unlearn")
@@ -163,12 +195,26 @@ def build_testbed(
 
 
 def cache_key(config: TestbedConfig, seed: int) -> str:
-    """Hash of every option, the seed, the recipe version and the Faker version (it decides the texts)."""
+    """Hash of every option, the seed, the recipe version and the Faker version (it decides the texts); with a
+    base model, also of what identifies it (a local folder: its files' names, sizes and times)."""
+    options = dataclasses.asdict(config)
+    if config.base_model is None:
+        del options["base_model"]  # the default testbed's key is what it was before base models
+    else:
+        options["base_model"] = _identity(config.base_model)
     blob = json.dumps(
-        {"config": dataclasses.asdict(config), "seed": seed, "format": FORMAT_VERSION, "faker": version("faker")},
-        sort_keys=True,
+        {"config": options, "seed": seed, "format": FORMAT_VERSION, "faker": version("faker")}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _identity(base_model: str) -> Any:
+    """A hub id as it is; a local folder as its absolute path and each file's name, size and modification time."""
+    folder = Path(base_model)
+    if not folder.is_dir():
+        return base_model
+    files = [(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")]
+    return [str(folder.resolve()), sorted(files)]
 
 
 def describe(testbed: Testbed) -> str:
@@ -177,7 +223,8 @@ def describe(testbed: Testbed) -> str:
     return (
         f"testbed seed={testbed.seed}: {len(testbed.forget)} forget / {len(testbed.retain)} retain / "
         f"{len(testbed.holdout)} holdout records, corpus of {len(testbed.corpus)} ({s['corpus_tokens']} tokens), "
-        f"{s['parameters'] / 1e6:.2f}M-parameter GPT-Neo trained in {s['train_seconds']:.0f}s; "
+        f"{s['parameters'] / 1e6:.2f}M-parameter {testbed.config.base_model or 'GPT-Neo'} trained in "
+        f"{s['train_seconds']:.0f}s; "
         f"g forget min/median/max {s['forget_g_min']:.2f}/{s['forget_g_median']:.2f}/{s['forget_g_max']:.2f}, "
         f"retain mean {s['retain_g_mean']:.2f}, holdout mean {s['holdout_g_mean']:.2f}  [{testbed.path}]"
     )
@@ -222,6 +269,38 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFa
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, bos_token=EOS)
 
 
+def _small_model(tokenizer: PreTrainedTokenizerFast, c: TestbedConfig) -> GPTNeoForCausalLM:
+    return GPTNeoForCausalLM(
+        GPTNeoConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=c.hidden_size,
+            num_layers=c.num_layers,
+            num_heads=c.num_heads,
+            attention_types=[[["global"], c.num_layers]],
+            max_position_embeddings=c.max_length,
+            embed_dropout=0.0,
+            attention_dropout=0.0,
+            resid_dropout=0.0,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def _base_model(source: str) -> tuple[Any, PreTrainedModel]:
+    """A pretrained causal LM and its tokenizer (padding with end-of-text when it has no pad token)."""
+    from lightning_unlearn.data import load_tokenizer
+    from lightning_unlearn.modules.base import check_causal_lm, load_causal_lm
+
+    tokenizer = load_tokenizer(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = load_causal_lm(source, dtype=torch.float32)  # trained in float32, whatever it was saved in
+    check_causal_lm(model)
+    return tokenizer, model.train()  # from_pretrained gives eval mode; fine-tuning keeps the model's dropout
+
+
 class _CorpusLM(L.LightningModule):
     """Plain next-token training with linear warmup, then cosine decay to a tenth of the peak rate."""
 
@@ -259,27 +338,17 @@ def _build(folder: Path, config: TestbedConfig, seed: int, progress: bool) -> No
     corpus = [r for r, d in zip(forget, duplicates, strict=True) for _ in range(d)]
     corpus += [r for r, d in zip(retain, retain_duplicates, strict=True) for _ in range(d)]
     corpus += background
-    tokenizer = _train_tokenizer(forget + retain + background, c.vocab_size)
 
     L.seed_everything(seed, verbose=False)
-    model = GPTNeoForCausalLM(
-        GPTNeoConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=c.hidden_size,
-            num_layers=c.num_layers,
-            num_heads=c.num_heads,
-            attention_types=[[["global"], c.num_layers]],
-            max_position_embeddings=c.max_length,
-            embed_dropout=0.0,
-            attention_dropout=0.0,
-            resid_dropout=0.0,
-            bos_token_id=tokenizer.eos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    if c.base_model is None:
+        tokenizer = _train_tokenizer(forget + retain + background, c.vocab_size)
+        model = _small_model(tokenizer, c)
+        max_length = c.max_length
+    else:
+        tokenizer, model = _base_model(c.base_model)
+        max_length = min(c.max_length, getattr(model.config, "max_position_embeddings", None) or c.max_length)
     loader = DataLoader(
-        TokenizedSplit("corpus", corpus, tokenizer, c.max_length),
+        TokenizedSplit("corpus", corpus, tokenizer, max_length),
         batch_size=c.batch_size,
         shuffle=True,
         collate_fn=PadCollator(tokenizer.pad_token_id),
@@ -287,7 +356,7 @@ def _build(folder: Path, config: TestbedConfig, seed: int, progress: bool) -> No
     )
     trainer = L.Trainer(
         max_steps=c.steps,
-        accelerator="cpu",
+        accelerator="cpu" if c.base_model is None else "auto",
         devices=1,
         gradient_clip_val=c.gradient_clip,
         deterministic=True,
@@ -305,13 +374,14 @@ def _build(folder: Path, config: TestbedConfig, seed: int, progress: bool) -> No
         "train_seconds": train_seconds,
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus_tokens": sum(loader.dataset.lengths),
+        "max_length": max_length,
     }
     for name, texts in (("forget", forget), ("retain", retain), ("holdout", holdout)):
-        split = TokenizedSplit(name, texts, tokenizer, c.max_length)
+        split = TokenizedSplit(name, texts, tokenizer, max_length)
         g = list(score_memorization(model, DataLoader(split, batch_size=64, collate_fn=loader.collate_fn)).values())
         summary |= {f"{name}_g_mean": statistics.fmean(g), f"{name}_g_min": min(g), f"{name}_g_max": max(g)}
         summary |= {f"{name}_g_median": statistics.median(g), f"{name}_g_std": statistics.pstdev(g)}
-    model.save_pretrained(folder / "model")
+    model.cpu().save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "tokenizer")
     data = {
         "forget": forget,
@@ -328,7 +398,7 @@ def _build(folder: Path, config: TestbedConfig, seed: int, progress: bool) -> No
 def _load(entry: Path, config: TestbedConfig, seed: int) -> Testbed:
     data = json.loads((entry / "records.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(entry / "model")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(entry / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(entry / "tokenizer")
     return Testbed(
         model=model.eval(),
         tokenizer=tokenizer,

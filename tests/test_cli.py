@@ -67,6 +67,15 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     assert max(float(r["g_SGA"]) for r in table) == pytest.approx(rows["SGA"]["ma_max"], abs=1e-4)
     assert (out / "forget_g.png").read_bytes()[:4] == b"\x89PNG"
     assert "| method |" in (out / "summary.md").read_text()
+    # Utility by lm-eval on tasks written from the retain records, for every row.
+    assert "MC acc" in printed and "byte ppl" in printed
+    assert sorted(p.name for p in (out / "utility_tasks").glob("*.yaml")) == [
+        "testbed_fields.yaml",
+        "testbed_perplexity.yaml",
+    ]
+    for row in rows.values():
+        assert row["utility"]["testbed_fields"]["acc"] == row["mc_acc"] and 0 <= row["mc_acc"] <= 1
+        assert row["utility"]["testbed_perplexity"]["byte_perplexity"] == row["byte_perplexity"] > 1
 
 
 METHOD_CONFIGS = ["ga.yaml", "sga.yaml", "ta.yaml", "tau.yaml"]
@@ -162,6 +171,36 @@ def test_audit_tests_each_record_against_a_large_enough_holdout(small_testbed, e
     summary = json.loads(Path("report/summary.json").read_text())
     assert summary["flagged"] == sum(r["flagged"] == "True" for r in rows) > 0
     assert f"{summary['flagged']} flagged as more memorized than unseen data" in printed
+
+
+def test_demo_and_testbed_on_a_pretrained_base_model(exported, testbed_cache, tmp_path, capsys):
+    base = ["--base-model", "testbed/model", "--small", "--seed", "1", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["testbed", *base, "--output", "injected"]) == 0
+    assert "testbed/model trained in" in capsys.readouterr().out
+    assert AutoModelForCausalLM.from_pretrained("injected/model").num_parameters() > 0
+    assert main(["demo", *base, "--methods", "SGA", "--output", "demo"]) == 0  # the testbed from the cache
+    summary = json.loads(Path("demo/summary.json").read_text())
+    assert summary["base_model"] == "testbed/model" and summary["rows"]["SGA"]["rule_met"]
+
+
+def test_audit_adds_lm_eval_tasks(small_testbed, exported, capsys, monkeypatch):
+    from lightning_unlearn.utility import evaluate_utility, write_record_tasks
+
+    write_record_tasks(small_testbed.retain, "tasks")
+    args = ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--include-path", "tasks"]
+    assert main([*args, "--utility", "records_fields,records_perplexity", "--output", "report"]) == 0
+    printed = capsys.readouterr().out
+    expected = evaluate_utility(small_testbed.model, small_testbed.tokenizer, ["records_fields"], include_path="tasks")
+    assert f"utility records_fields: acc {expected['records_fields']['acc']:.4f}" in printed
+    summary = json.loads(Path("report/summary.json").read_text())
+    assert summary["utility"]["records_fields"] == pytest.approx(expected["records_fields"])
+    assert "word_perplexity" in summary["utility"]["records_perplexity"]
+    assert "| utility records_fields | acc " in Path("report/summary.md").read_text()
+    assert main([*args, "--utility", "records_feilds"]) == 2
+    assert "unknown lm-eval task 'records_feilds'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    assert main([*args, "--utility", "records_fields"]) == 2
+    assert "pip install 'lightning-unlearn[eval]'" in capsys.readouterr().err
 
 
 def test_audit_without_holdout_uses_the_given_threshold(exported, capsys):

@@ -8,14 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lightning_unlearn import UnlearningDataModule
 from lightning_unlearn import testbed as testbed_module
 from lightning_unlearn.memorization import score_memorization
-from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed, cache_key, describe
+from lightning_unlearn.testbed import SMALL_TESTBED, TestbedConfig, build_testbed, cache_key, describe
 
 
 def forget_and_holdout_scores(tb):
-    dm = UnlearningDataModule(tb.tokenizer, forget=tb.forget, holdout=tb.holdout)
+    dm = tb.datamodule(retain=None)
     forget = score_memorization(tb.model, dm.scoring_dataloader("forget"))
     holdout = score_memorization(tb.model, dm.scoring_dataloader("holdout"))
     return [forget[i] for i in range(len(tb.forget))], list(holdout.values())
@@ -111,3 +110,29 @@ def test_model_and_tokenizer_round_trip_through_save_pretrained(small_testbed, t
     assert tokenizer.pad_token_id == tokenizer.eos_token_id is not None
     with torch.no_grad():
         assert torch.equal(model(ids).logits, small_testbed.model(ids).logits)
+
+
+def test_a_pretrained_base_model_from_a_folder(small_testbed, tmp_path, monkeypatch):
+    """Records injected into an existing model (here: the small testbed's, pretrained on other records) by
+    fine-tuning, with its own tokenizer: memorization spreads with duplication, and the result is cached."""
+    base = small_testbed.export(tmp_path / "base") / "model"
+    options = SMALL_TESTBED | {"learning_rate": 3e-3}
+    tb = build_testbed(seed=1, cache_dir=tmp_path / "cache", progress=False, base_model=base, **options)
+    assert tb.config.base_model == str(base) and str(base) in describe(tb)
+    assert tb.tokenizer.get_vocab() == small_testbed.tokenizer.get_vocab()  # the base's own tokenizer
+    assert not set(tb.forget) & set(small_testbed.corpus)
+    forget, holdout = forget_and_holdout_scores(tb)
+    assert max(forget) - min(forget) >= 0.3
+    assert statistics.fmean(holdout) < 0.7
+    by_count = {d: statistics.fmean(g for g, dd in zip(forget, tb.duplicates, strict=True) if dd == d) for d in (1, 32)}
+    assert by_count[32] > by_count[1] + 0.3
+    monkeypatch.setattr(testbed_module, "_build", lambda *a: pytest.fail("rebuilt a cached testbed"))
+    again = build_testbed(seed=1, cache_dir=tmp_path / "cache", progress=False, base_model=base, **options)
+    assert again.path == tb.path
+    default = TestbedConfig(**{k: tuple(v) if k == "duplicates" else v for k, v in options.items()})
+    assert cache_key(default, 1) != tb.path.name  # the base model is part of the key
+
+
+def test_a_base_model_that_is_not_there_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot load a tokenizer"):
+        build_testbed(cache_dir=tmp_path, progress=False, base_model=tmp_path / "missing", **SMALL_TESTBED)
