@@ -241,3 +241,16 @@ def test_audit_refuses_a_model_without_a_causal_lm_head(exported):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "encoder is not a causal language model" in lines[0]
+
+
+def test_utility_examples_run(small_testbed, exported, capsys, caplog):
+    """examples/utility: the local task (from the working directory, as its YAML says) through the audit and
+    through fit with the UtilityEvaluation overlay."""
+    Path("examples").symlink_to(EXAMPLES)
+    args = ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl"]
+    assert main([*args, "--utility", "local_task", "--include-path", "examples/utility"]) == 0
+    assert "utility local_task: acc " in capsys.readouterr().out
+    overlay = ["--config", str(EXAMPLES / "sga.yaml"), "--config", str(EXAMPLES / "utility" / "sga_utility.yaml")]
+    with caplog.at_level("INFO"):
+        assert main(["fit", *overlay, "--data.batch_size=16", "--trainer.enable_progress_bar=false"]) == 0
+    assert "utility (lm-eval), start -> end: local_task/acc " in caplog.text

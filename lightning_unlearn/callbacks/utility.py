@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_unlearn.callbacks.monitor import get_model
 from lightning_unlearn.strategies import release_gathered_parameters
@@ -40,6 +41,8 @@ class UtilityEvaluation(Callback):
         batch_size: requests per forward pass.
         limit: at most this many documents per task (a fraction in (0, 1): that share of each).
         tokenizer: the model's tokenizer (default: the module's ``tokenizer``, else the datamodule's).
+        verbose: log each metric's start and end values when training ends.
+        include_defaults: also index lm-eval's built-in tasks (default: only when there is no ``include_path``).
     """
 
     def __init__(
@@ -50,6 +53,8 @@ class UtilityEvaluation(Callback):
         batch_size: int = 16,
         limit: int | float | None = None,
         tokenizer: Any = None,
+        verbose: bool = True,
+        include_defaults: bool | None = None,
     ) -> None:
         if every_n_train_steps is not None and every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be >= 1 or None, got {every_n_train_steps}")
@@ -57,10 +62,12 @@ class UtilityEvaluation(Callback):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         self.include_path = include_path
+        self.include_defaults = include_defaults
         self.every_n_train_steps = every_n_train_steps
         self.batch_size = batch_size
         self.limit = limit
         self.tokenizer = tokenizer
+        self.verbose = verbose
         self.results: dict[str, Any] = {}
         self._manager: Any = None
         self._last_step: int | None = None
@@ -72,7 +79,7 @@ class UtilityEvaluation(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         get_model(pl_module)
         if self._manager is None:  # every error a user can fix, before any work
-            self._manager = task_manager(self.include_path)
+            self._manager = task_manager(self.include_path, self.include_defaults)
             check_tasks(self.tasks, self._manager)
         if self.tokenizer is None:
             self.tokenizer = getattr(pl_module, "tokenizer", None) or getattr(trainer.datamodule, "tokenizer", None)
@@ -94,6 +101,15 @@ class UtilityEvaluation(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.results["end"] = self.evaluate(trainer, pl_module)
+        if self.verbose:
+            start = self.results.get("start", {})
+            changes = [
+                f"{task}/{metric} {start[task][metric]:.4f} -> {value:.4f}"
+                for task, values in self.results["end"].items()
+                for metric, value in values.items()
+                if metric in start.get(task, {})
+            ]
+            rank_zero_info("utility (lm-eval), start -> end: " + "; ".join(changes))
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Results:
         """Runs the tasks now (every process takes part), logs them, and returns their numbers (process 0's)."""
