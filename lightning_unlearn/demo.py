@@ -145,7 +145,7 @@ def measure(
     summary["loss_auc"] = summary["attack_auc"]["loss"]
     summary["outliers"] = summary["outliers_fixed_band"]["outliers"]
     if utility_tasks is not None:
-        utility = evaluate_utility(model, testbed.tokenizer, UTILITY_TASKS, include_path=utility_tasks)
+        utility = evaluate_utility(model, testbed.tokenizer, UTILITY_TASKS, include_path=utility_tasks, progress=False)
         summary["utility"] = utility
         summary["mc_acc"] = utility["testbed_fields"]["acc"]
         summary["byte_perplexity"] = utility["testbed_perplexity"]["byte_perplexity"]

@@ -15,13 +15,14 @@ relative ``data_files`` against the working directory, so the YAML it writes hol
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import logging
 import os
 import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,7 @@ def evaluate_utility(
     batch_size: int = 16,
     limit: int | float | None = None,
     manager: Any = None,
+    progress: bool = True,
 ) -> Results:
     """lm-eval's metrics of ``model`` on ``tasks``: ``{task: {metric: value}}`` (``acc``, ``acc_norm``,
     ``word_perplexity``, …; a metric under a filter other than lm-eval's ``none`` is named ``metric,filter``).
@@ -137,13 +139,15 @@ def evaluate_utility(
         batch_size: requests per forward pass.
         limit: at most this many documents per task (a fraction in (0, 1): that share).
         manager: an lm-eval ``TaskManager`` to reuse (default: :func:`task_manager` of ``include_path``).
+        progress: show lm-eval's and datasets' progress bars (False: nothing they write to stderr is shown).
     """
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
     manager = manager if manager is not None else task_manager(include_path)
     check_tasks(tasks, manager)
-    with preserved_random_state(), eval_mode(model), torch.no_grad(), _quiet_lm_eval():
+    quiet = nullcontext() if progress else redirect_stderr(io.StringIO())  # their bars write to sys.stderr
+    with preserved_random_state(), eval_mode(model), torch.no_grad(), _quiet_lm_eval(), quiet:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         output = lm_eval.simple_evaluate(
             model=lm,

@@ -92,6 +92,15 @@ def test_evaluation_leaves_random_state_and_mode_as_they_were(small_testbed, tas
     model.eval()
 
 
+def test_progress_false_shows_no_bars(small_testbed, tasks_folder, capsys):
+    evaluate_utility(small_testbed.model, small_testbed.tokenizer, TASKS, include_path=tasks_folder, limit=2)
+    assert "Running loglikelihood requests" in capsys.readouterr().err
+    evaluate_utility(
+        small_testbed.model, small_testbed.tokenizer, TASKS, include_path=tasks_folder, limit=2, progress=False
+    )
+    assert capsys.readouterr().err == ""
+
+
 def test_task_configs_as_dicts(small_testbed, tasks_folder):
     import yaml
 

@@ -43,6 +43,7 @@ class UtilityEvaluation(Callback):
         tokenizer: the model's tokenizer (default: the module's ``tokenizer``, else the datamodule's).
         verbose: log each metric's start and end values when training ends.
         include_defaults: also index lm-eval's built-in tasks (default: only when there is no ``include_path``).
+        progress: show lm-eval's progress bars (off: they would break the Trainer's).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class UtilityEvaluation(Callback):
         tokenizer: Any = None,
         verbose: bool = True,
         include_defaults: bool | None = None,
+        progress: bool = False,
     ) -> None:
         if every_n_train_steps is not None and every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be >= 1 or None, got {every_n_train_steps}")
@@ -63,6 +65,7 @@ class UtilityEvaluation(Callback):
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         self.include_path = include_path
         self.include_defaults = include_defaults
+        self.progress = progress
         self.every_n_train_steps = every_n_train_steps
         self.batch_size = batch_size
         self.limit = limit
@@ -121,6 +124,7 @@ class UtilityEvaluation(Callback):
                 batch_size=self.batch_size,
                 limit=self.limit,
                 manager=self._manager,
+                progress=self.progress,
             )
         release_gathered_parameters(trainer.strategy)
         metrics = {f"utility/{task}/{key}": value for task, values in results.items() for key, value in values.items()}
