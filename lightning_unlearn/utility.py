@@ -65,8 +65,12 @@ def task_manager(include_path: str | os.PathLike | None = None, include_defaults
     return TaskManager(include_path=None if include_path is None else str(include_path), include_defaults=defaults)
 
 
+LOCAL_DATASETS = ("json", "csv", "parquet", "text", "arrow")  # dataset_path values that read data_files
+
+
 def check_tasks(tasks: Sequence[Task], manager: Any) -> None:
-    """Raises a clear error unless every task name is known to ``manager`` (config dicts pass as they are)."""
+    """Raises a clear error unless every task name is known to ``manager`` and every local data file a task reads
+    exists (relative paths from the working directory, as lm-eval reads them)."""
     if isinstance(tasks, str) or not tasks:
         raise ValueError(f"tasks must be a non-empty list of lm-eval task names or config dicts, got {tasks!r}")
     known = set(manager.all_tasks)
@@ -74,6 +78,7 @@ def check_tasks(tasks: Sequence[Task], manager: Any) -> None:
         if isinstance(task, Mapping):
             if "task" not in task:
                 raise ValueError(f"a task config dict needs a 'task' name: {dict(task)}")
+            _check_data_files(task["task"], task)
             continue
         if task not in known:
             close = difflib.get_close_matches(task, known, n=3)
@@ -83,6 +88,22 @@ def check_tasks(tasks: Sequence[Task], manager: Any) -> None:
                 f"unknown lm-eval task {task!r} in {where}: {hint}give a task name found there, a config dict, or "
                 f"include_path=<folder of task YAML>"
             )
+        entry = manager.task_index[task]
+        _check_data_files(task, entry.cfg or {})
+
+
+def _check_data_files(name: str, config: Mapping[str, Any]) -> None:
+    if config.get("dataset_path") not in LOCAL_DATASETS:
+        return
+    files = (config.get("dataset_kwargs") or {}).get("data_files") or []
+    files = files.values() if isinstance(files, Mapping) else [files]
+    for entry in files:
+        for path in [entry] if isinstance(entry, str) else entry:
+            if not any(c in path for c in "*?[") and not Path(path).exists():
+                raise FileNotFoundError(
+                    f"task {name} reads {path}, which does not exist (lm-eval resolves a relative data_files path "
+                    f"against the working directory, {Path.cwd()}, not against the task's YAML: write it absolute)"
+                )
 
 
 def task_name(task: Task) -> str:

@@ -121,6 +121,11 @@ def test_bad_tasks_fail_with_the_fix(tasks_folder, tmp_path):
         check_tasks([{"dataset_path": "json"}], manager)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         task_manager(tmp_path / "missing")
+    moved = (tasks_folder / "records_fields.yaml").read_text().replace(str(tasks_folder), "data")
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "moved.yaml").write_text(moved.replace("task: records_fields", "task: moved"))
+    with pytest.raises(FileNotFoundError, match=r"task moved reads data/records_fields.jsonl, which does not exist"):
+        check_tasks(["moved"], task_manager(tmp_path / "moved"))  # relative: from the working directory
     with pytest.raises(ValueError, match="no records"):
         write_record_tasks([], tmp_path / "none")
     with pytest.raises(ValueError, match="four records"):
