@@ -84,6 +84,7 @@ def main() -> None:
         f"{args.length} tokens, n={args.n}, {torch.get_num_threads()} threads"
     )
     print(f"{'batch':<18} {'metric':<5} {'baseline s':>10} {'ours s':>8} {'speed-up':>9}  identical")
+    table = {}
     with torch.no_grad():
         for name, ids in make_batches(model, args.batch, args.length, args.vocab).items():
             mask = torch.ones_like(ids)
@@ -99,10 +100,15 @@ def main() -> None:
                 ("MA", base_ma, our_ma, base_ma_s, our_ma_s),
             ):
                 same = bool(torch.allclose(base, ours, atol=1e-6))
+                speed_up, identical = table.get(name, ({}, True))
+                table[name] = ({**speed_up, metric: base_s / ours_s}, identical and same)
                 print(
                     f"{name:<18} {metric:<5} {base_s:>10.3f} {ours_s:>8.3f} {base_s / ours_s:>8.1f}x  {same}"
                     f"  (mean {ours.mean():.3f})"
                 )
+    print(f"\n| batch | EL_{args.n} speed-up | MA speed-up | identical |\n|---|---|---|---|")
+    for name, (speed_up, identical) in table.items():
+        print(f"| {name} | {speed_up['EL']:.1f}x | {speed_up['MA']:.1f}x | {'yes' if identical else 'no'} |")
 
 
 if __name__ == "__main__":

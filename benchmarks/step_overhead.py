@@ -131,6 +131,17 @@ def main() -> None:
         "(what the reference itself costs: its forward pass, the swaps and the KL)"
     )
     print(f"reference memory: {weights / 2**20:.1f} MB of weights, {logits / 2**20:.1f} MB of logits during a step")
+    rows = [
+        ("bare PyTorch loop", bare, bare, "itself"),
+        ("GradientAscent", ga, bare, "bare loop"),
+        ("SelectiveGradientAscent", sga, ga, "GradientAscent"),
+        ("SGA + NLL retain", sga_nll, sga_retain, "SGA on the same data"),
+        ("SGA + KL retain", sga_kl, sga_retain, "SGA on the same data"),
+        ("SGA + KL retain, cache_reference", sga_kl_cached, sga_retain, "SGA on the same data"),
+    ]
+    print("\n| step | ms | ratio | to |\n|---|---|---|---|")
+    for name, seconds, baseline, against in rows:
+        print(f"| {name} | {seconds * 1000:.0f} | {seconds / baseline:.2f} | {against} |")
 
 
 if __name__ == "__main__":

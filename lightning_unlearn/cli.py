@@ -1,6 +1,7 @@
 """``lightning-unlearn``: the command line.
 
-    lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N] [--small] [--base-model ID_OR_DIR]
+    lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N | --seeds 0,1,2] [--small]
+                           [--base-model ID_OR_DIR]
     lightning-unlearn testbed [--output DIR] [--small] [--base-model ID_OR_DIR]
     lightning-unlearn fit --config FILE.yaml [--trainer.max_epochs=...] [--output DIR]
     lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--alpha 0.05] [--el] [--output DIR]
@@ -32,12 +33,19 @@ from lightning_unlearn import __version__
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from lightning_unlearn.demo import METHODS, check_methods, run_demo
+    from lightning_unlearn.demo import METHODS, check_methods, run_demo, run_seeds
     from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
 
     methods = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else list(METHODS)
     check_methods(methods)
     options = SMALL_TESTBED if args.small else {}
+    if args.seeds is not None:
+        try:
+            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+        run_seeds(args.output, methods, seeds, args.cache_dir, args.max_steps, base_model=args.base_model, **options)
+        return
     testbed = build_testbed(args.seed, args.cache_dir, progress=True, base_model=args.base_model, **options)
     run_demo(args.output, methods, args.seed, testbed=testbed, max_steps=args.max_steps)
 
@@ -150,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="unlearn the embedded testbed with each method and compare")
     demo.add_argument("--output", default="demo-output", help="folder for summary.json, per_sample.csv, the plots")
     demo.add_argument("--methods", help="comma-separated, from GA, SGA, SGA+KL, NPO+KL, TA, TAU (default: all)")
-    demo.add_argument("--seed", type=int, default=0)
+    seeding = demo.add_mutually_exclusive_group()
+    seeding.add_argument("--seed", type=int, default=0, help="one run on the testbed of this seed")
+    seeding.add_argument("--seeds", help="one run per seed, e.g. 0,1,2: the table gives the median [min, max]")
     demo.add_argument("--max-steps", type=int, default=400, help="optimizer steps at most per method")
     demo.add_argument("--small", action="store_true", help="the small testbed (builds in seconds; for a quick look)")
     demo.add_argument("--cache-dir", help="testbed cache (default: ~/.cache/lightning_unlearn)")

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -76,7 +77,7 @@ METHODS: dict[str, DemoMethod] = {
         per_sample_control,
     ),
     "TA": DemoMethod("TA, λ = −3", lambda model: TaskArithmetic(model, learning_rate=3e-4)),
-    "TAU": DemoMethod("TAU, λ = −1", lambda model: TAU(model, learning_rate=1e-4)),
+    "TAU": DemoMethod("TAU, λ searched in [−3, 0)", lambda model: TAU(model, learning_rate=1e-4)),
 }
 
 COLUMNS = {  # summary key -> table heading
@@ -249,6 +250,91 @@ def _utility_tasks(output: Path, testbed: Testbed) -> Path | None:
         print(f"note: no utility columns: {error}")
         return None
     return write_record_tasks(testbed.retain, output / "utility_tasks", prefix="testbed")
+
+
+def run_seeds(
+    output: str | os.PathLike = "demo-output",
+    methods: Sequence[str] = tuple(METHODS),
+    seeds: Sequence[int] = (0, 1, 2),
+    cache_dir: str | os.PathLike | None = None,
+    max_steps: int = 400,
+    num_neighbours: int = 10,
+    progress: bool = True,
+    **testbed_options: Any,
+) -> dict[str, Any]:
+    """Runs the demo once per seed and summarizes the runs; returns ``summary.json``'s content.
+
+    Each seed has its own testbed (records, tokenizer and model; built once, then cached; ``testbed_options`` go to
+    :func:`~lightning_unlearn.testbed.build_testbed`) and its own MIAU neighbours, so the spread over seeds is how
+    much a result depends on the data and the model rather than on one lucky run. Each run is written to
+    ``output/seed<N>/`` as :func:`run_demo` writes it; ``output/summary.json`` holds every seed's rows and, per
+    method and column, the median, min and max over seeds and how many seeds met the method's rule;
+    ``output/summary.md`` the table of medians and ranges.
+    """
+    check_methods(methods)
+    if not seeds:
+        raise ValueError("no seeds given")
+    output = Path(output)
+    per_seed = {}
+    for seed in seeds:
+        testbed = build_testbed(seed=seed, cache_dir=cache_dir, progress=progress, **testbed_options)
+        run = run_demo(
+            output / f"seed{seed}",
+            methods,
+            seed,
+            testbed,
+            max_steps=max_steps,
+            num_neighbours=num_neighbours,
+            progress=progress,
+        )
+        per_seed[seed] = run
+    result = {
+        "seeds": list(seeds),
+        "thresholds": {seed: run["threshold"] for seed, run in per_seed.items()},
+        "aggregate": aggregate({seed: run["rows"] for seed, run in per_seed.items()}),
+        "per_seed": {seed: run["rows"] for seed, run in per_seed.items()},
+    }
+    text = seeds_table(result["aggregate"])
+    write_text_atomically(output / "summary.json", json.dumps(result, indent=1))
+    write_text_atomically(
+        output / "summary.md", f"Median [min, max] over seeds {', '.join(map(str, seeds))}\n\n{text}\n"
+    )
+    print(f"\nmedian [min, max] over seeds {', '.join(map(str, seeds))}:\n{text}")
+    print(f"\nwritten to {output}/: summary.json, summary.md, and each seed's run in seed<N>/")
+    return result
+
+
+def aggregate(runs: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per method (the rows of each run, keyed alike): each numeric column's median, min and max over the runs,
+    and ``rule_met`` (how many runs met the rule) of ``runs`` (``{seed: rows}``)."""
+    first = next(iter(runs.values()))
+    summary: dict[str, dict[str, Any]] = {}
+    for name, row in first.items():
+        rows = [run[name] for run in runs.values()]
+        columns = {}
+        for key in [*COLUMNS, "holdout_nll", "threshold"]:
+            values = [r[key] for r in rows if isinstance(r.get(key), int | float) and not isinstance(r[key], bool)]
+            if len(values) == len(rows):
+                columns[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        met = sum(bool(r.get("rule_met", True)) for r in rows)
+        summary[name] = {"method": row["method"], "runs": len(rows), "rule_met": met, **columns}
+    return summary
+
+
+def seeds_table(summary: dict[str, dict[str, Any]]) -> str:
+    """The aggregate as a Markdown table: each cell the median [min, max]; ``met`` how many runs met the rule."""
+    columns = [key for key in COLUMNS if all(key in row for row in summary.values())]
+    lines = ["| method | met | " + " | ".join(COLUMNS[k] for k in columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for row in summary.values():
+        cells = [f"{row['rule_met']}/{row['runs']}"]
+        for key in columns:
+            spread = row[key]
+            digits = 0 if key in ("steps", "seconds") or all(float(v).is_integer() for v in spread.values()) else 3
+            suffix = "x" if key == "holdout_nll_ratio" else ""
+            median, low, high = (f"{spread[k]:.{2 if suffix else digits}f}" for k in ("median", "min", "max"))
+            cells.append(f"{median}{suffix} [{low}, {high}]" if low != high else f"{median}{suffix}")
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @contextmanager

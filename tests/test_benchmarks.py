@@ -39,6 +39,15 @@ def test_memorization_speed_runs_and_values_are_identical():
     assert all("True" in row for row in rows), out
 
 
+def load_script(name: str):
+    """A benchmark script as a module (registered, as its dataclasses need)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_on_small_testbed(testbed_cache, *args: str) -> str:
     """A benchmark script's output, run on the session's small testbed."""
     return subprocess.run(
@@ -77,9 +86,7 @@ def test_scaling_runs_both_refresh_policies(small_testbed, testbed_cache):
 
 
 def test_peak_tensor_memory_counts_each_storage_once_until_freed():
-    spec = importlib.util.spec_from_file_location("scaling", ROOT / "benchmarks" / "scaling.py")
-    scaling = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scaling)
+    scaling = load_script("scaling")
     with scaling.PeakTensorMemory() as memory:
         a = torch.zeros(1000, 1000)  # 4 MB
         b = a + 1
@@ -98,3 +105,35 @@ def test_utility_cost_traces_every_step_and_splits_the_whole_increase(small_test
     shares = [float(line.rsplit("|", 2)[1]) for line in out.splitlines() if line.startswith("| [")]
     assert shares and abs(sum(shares) - 1) < 0.02, out
     assert out.count("prediction entropy") == 2, out
+
+
+def test_every_readme_table_names_its_command():
+    """A README table is a measurement with a command in benchmarks/readme_tables.py, or declared not measured."""
+    checker = load_script("readme_tables")
+    headers = set(checker.tables((ROOT / "README.md").read_text()))
+    known = {checker.normalize(t.header) for t in checker.TABLES} | set(checker.NOT_MEASURED)
+    assert headers <= known, headers - known
+    assert {checker.normalize(t.header) for t in checker.TABLES} <= headers  # and no entry is stale
+    readme = (ROOT / "README.md").read_text()
+    for table in checker.TABLES:  # the command is named in the README
+        script = next(part for part in table.command if part.startswith("benchmarks/") or part == "demo")
+        assert (f"python {script}" if script != "demo" else "lightning-unlearn demo --seeds") in readme, script
+
+
+def test_readme_check_flags_numbers_outside_the_published_range():
+    checker = load_script("readme_tables")
+    table = checker.Table("t", "| method | steps | ratio | ms |", [], {"steps": ("abs", 2), "ratio": ("rel", 0.1)})
+    head = "| method | steps | ratio | ms |\n|---|---|---|---|\n"
+    readme = checker.tables(head + "| **SGA** | 30 [28, 33] | 1.61x | 400 |\n")
+    inside = head + "| SGA | 35 [30, 40] | 1.70x | 900 |\n"
+    assert checker.compare(table, readme, inside) == []  # 35 <= 33 + 2; 1.70 <= 1.61 * 1.1; ms not compared
+    outside = head + "| SGA | 36 | 1.78x | 400 |\n"
+    problems = checker.compare(table, readme, outside)
+    assert len(problems) == 2 and "SGA / steps: README 30 [28, 33], today 36" in problems[0]
+    assert "no table" in checker.compare(table, readme, "nothing printed")[0]
+
+
+def test_retain_weights_runs(small_testbed, testbed_cache):
+    out = run_on_small_testbed(testbed_cache, "benchmarks/retain_weights.py", "--small", "--max-steps", "2")
+    rows = [line for line in out.splitlines() if line.startswith("| SGA")]
+    assert len(rows) == 7 and all("(rule not met)" in row or re.search(r"\| \d+ \|", row) for row in rows), out

@@ -254,3 +254,24 @@ def test_utility_examples_run(small_testbed, exported, capsys, caplog):
     with caplog.at_level("INFO"):
         assert main(["fit", *overlay, "--data.batch_size=16", "--trainer.enable_progress_bar=false"]) == 0
     assert "utility (lm-eval), start -> end: local_task/acc " in caplog.text
+
+
+def test_demo_over_seeds_reports_median_and_range(testbed_cache, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    args = ["demo", "--small", "--cache-dir", str(testbed_cache), "--methods", "SGA", "--seeds", "0,1"]
+    assert main([*args, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and sorted(summary["per_seed"]) == ["0", "1"]
+    runs = [summary["per_seed"][seed]["SGA"] for seed in ("0", "1")]
+    sga = summary["aggregate"]["SGA"]
+    assert sga["runs"] == 2 and sga["rule_met"] == sum(run["rule_met"] for run in runs)
+    steps = sorted(run["steps"] for run in runs)
+    assert sga["steps"] == {"median": sum(steps) / 2, "min": steps[0], "max": steps[1]}
+    assert sga["holdout_nll_ratio"]["max"] == max(run["holdout_nll_ratio"] for run in runs)
+    assert summary["aggregate"]["original"]["holdout_nll_ratio"]["median"] == 1.0
+    assert (out / "seed1" / "per_sample.csv").is_file() and "| method | met |" in (out / "summary.md").read_text()
+    low, high = (f"{v:.2f}" for v in (sga["holdout_nll_ratio"]["min"], sga["holdout_nll_ratio"]["max"]))
+    assert f"| SGA | {sga['rule_met']}/2 |" in printed and f"x [{low}, {high}]" in printed
+    assert main(["demo", "--seeds", "0,one"]) == 2
+    assert "--seeds takes comma-separated integers" in capsys.readouterr().err

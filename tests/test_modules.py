@@ -204,6 +204,7 @@ def test_tau_switches_once_and_forgets(small_testbed):
     assert module.switch_step is not None and 0 < module.switch_step < trainer.global_step
     assert trainer.callback_metrics["tau/switch_step"] == module.switch_step
     assert max(final.values()) <= stopping.threshold_value
+    assert -3.0 <= module.scale < 0  # λ searched from -3 towards 0, the rule still met
 
 
 def test_task_arithmetic_needs_a_negative_scale(small_testbed):

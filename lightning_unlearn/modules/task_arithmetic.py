@@ -135,10 +135,17 @@ class TAU(TaskArithmetic):
     the SGA model as θ_base. The switch happens once; its step is ``switch_step`` and is logged as
     ``tau/switch_step``.
 
+    The TA phase edits with λ = ``scale`` (default −3) and, once the rule holds, bisects λ back towards 0
+    (``search_scale=True``): the result is the λ in [scale, 0) closest to 0 that meets the rule. The paper's λ = −1
+    (``scale=-1.0, search_scale=False``) can fall short for good: the descent phase's task vector stops growing once
+    the forget set is memorized again, so an edit too weak to reach the rule then never does (on the demo's testbed
+    of seed 1: 400 steps, 4 records above the threshold).
+
     Args:
         gamma, keep_top, mode: the SGA phase (see :class:`SelectiveGradientAscent`).
         switch_at: mean forget g, a fraction in [0, 1], at or below which TA takes over.
-        scale: λ of the TA phase (default −1).
+        scale: λ of the TA phase, negative.
+        search_scale: after the rule holds, the smallest |λ| that still meets it.
         **kwargs: :class:`TaskArithmetic` arguments.
     """
 
@@ -147,12 +154,13 @@ class TAU(TaskArithmetic):
         model: Any,
         gamma: float = 0.7,
         switch_at: float = 0.5,
-        scale: float = -1.0,
+        scale: float = -3.0,
+        search_scale: bool = True,
         keep_top: int = 1,
         mode: Literal["select", "proportional"] = "select",
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, scale=scale, **kwargs)
+        super().__init__(model, scale=scale, search_scale=search_scale, **kwargs)
         self.selective = SelectiveAscent(gamma=gamma, keep_top=keep_top, mode=mode)
         self.switch_at = switch_at
         self.switch_step: int | None = None

@@ -1,0 +1,227 @@
+"""Re-runs the commands behind the README's tables and prints every number that falls outside what it publishes.
+
+    python benchmarks/readme_tables.py              # the cheap tables (a few minutes on 2 cores)
+    python benchmarks/readme_tables.py --all        # also the demo over five seeds, the levels and the scaling runs
+    python benchmarks/readme_tables.py --only speed
+
+Run it before changing a README table, and after changing anything they measure. Each table of README.md is found
+by its header row; its command prints a Markdown table with the same header; rows are matched by their first cell.
+A published "median [min, max]" cell (the demo over seeds) holds when today's median lies within [min, max]
+widened by the column's tolerance; a single number holds when today's is within the tolerance of it (relative for
+ratios and speed-ups, absolute for fractions and counts). Columns without a tolerance (times in ms or seconds, which
+belong to the machine) are shown, not compared. Exits with status 1 when a number is outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One README table: its header row, the command that prints it, and each compared column's tolerance."""
+
+    name: str
+    header: str
+    command: list[str]
+    tolerance: dict[str, tuple[str, float]] = field(default_factory=dict)  # column -> ("rel" | "abs", amount)
+    slow: bool = False
+
+
+PYTHON = sys.executable
+DEMO_TOLERANCE = {
+    "met": ("abs", 0),
+    "steps": ("rel", 0.1),
+    "mean g": ("abs", 0.01),
+    "max g": ("abs", 0.01),
+    "above thr.": ("abs", 0),
+    "over-forgotten": ("abs", 1),
+    "c(D_f)": ("abs", 1),
+    "verbatim": ("abs", 1),
+    "holdout NLL": ("rel", 0.03),
+    "retain g": ("abs", 0.02),
+    "collateral": ("abs", 1),
+    "MC acc": ("abs", 0.04),
+    "byte ppl": ("rel", 0.05),
+    "LOSS AUC": ("abs", 0.03),
+    "MIAU AUC": ("abs", 0.05),
+}
+LEVELS_TOLERANCE = {
+    "count": ("abs", 0),
+    "above the mean": ("abs", 1),
+    "above the 0.95 quantile": ("abs", 1),
+    "flagged (BH p-values)": ("abs", 1),
+    "mean": ("abs", 0.005),
+    "0.95 quantile": ("abs", 0.01),
+    "steps": ("rel", 0.1),
+    "holdout NLL": ("rel", 0.03),
+    "retain g": ("abs", 0.02),
+    "LOSS AUC": ("abs", 0.03),
+    "over-forgotten": ("abs", 1),
+}
+TABLES = [
+    Table(
+        "speed",
+        "| batch | EL_10 speed-up | MA speed-up | identical |",
+        [PYTHON, "benchmarks/memorization_speed.py"],
+        {"EL_10 speed-up": ("rel", 0.4), "MA speed-up": ("rel", 0.4), "identical": ("abs", 0)},
+    ),
+    Table(
+        "step overhead",
+        "| step | ms | ratio | to |",
+        [PYTHON, "benchmarks/step_overhead.py"],
+        {"ratio": ("rel", 0.3)},
+    ),
+    Table(
+        "demo over seeds",
+        "| method | met | steps | seconds | mean g | max g | above thr. | over-forgotten | c(D_f) | verbatim | "
+        "holdout NLL | retain g | collateral | MC acc | byte ppl | LOSS AUC | MIAU AUC |",
+        [PYTHON, "-m", "lightning_unlearn.cli", "demo", "--seeds", "0,1,2,3,4", "--output", "{tmp}/demo"],
+        DEMO_TOLERANCE,
+        slow=True,
+    ),
+    Table(
+        "retain weights",
+        "| method (every record ≤ the holdout's 0.95 quantile) | steps | holdout NLL | retain g (kept) | collateral | "
+        "below the unseen 5th pct. | LOSS AUC |",
+        [PYTHON, "benchmarks/retain_weights.py"],
+        {
+            "steps": ("rel", 0.1),
+            "holdout NLL": ("rel", 0.03),
+            "retain g (kept)": ("abs", 0.02),
+            "collateral": ("abs", 1),
+            "below the unseen 5th pct.": ("abs", 1),
+            "LOSS AUC": ("abs", 0.03),
+        },
+        slow=True,
+    ),
+    *(
+        Table(f"forgetting levels {i}", header, [PYTHON, "benchmarks/forgetting_levels.py"], LEVELS_TOLERANCE, True)
+        for i, header in enumerate(
+            [
+                "| audited records | count | above the mean | above the 0.95 quantile | flagged (BH p-values) "
+                "| allowed |",
+                "| holdout records | mean | interval | 0.95 quantile | interval |",
+                "| method | level | steps | holdout NLL | retain g | LOSS AUC | over-forgotten |",
+            ],
+            start=1,
+        )
+    ),
+    Table(
+        "scaling",
+        "| records | scoring tokens/s | above_threshold: s/step | steps | s to rule | peak MB | rescan all: s/step | "
+        "steps | s to rule | peak MB | speed-up | max Δg |",
+        [PYTHON, "benchmarks/scaling.py"],
+        {"steps": ("abs", 1), "speed-up": ("rel", 0.3), "max Δg": ("abs", 0.001)},
+        slow=True,
+    ),
+]
+# README tables that are arithmetic or settings, not measurements: nothing to re-run.
+NOT_MEASURED = ["| example | for | per GPU, P parameters on N GPUs | CPU memory |"]
+
+
+def normalize(line: str) -> str:
+    return "| " + " | ".join(cell.strip() for cell in line.strip().strip("|").split("|")) + " |"
+
+
+def tables(text: str) -> dict[str, list[list[str]]]:
+    """Every Markdown table in ``text``: ``{header: rows}``, each row its cells (bold marks removed). A header
+    that occurs twice keeps its last table (a command's final summary follows its progress tables)."""
+    found: dict[str, list[list[str]]] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header, rows = normalize(lines[i]), []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([cell.strip().replace("**", "") for cell in lines[i].strip().strip("|").split("|")])
+                i += 1
+            found[header] = rows
+        else:
+            i += 1
+    return found
+
+
+def outside(published: str, today: str, tolerance: tuple[str, float]) -> bool:
+    """Whether today's cell falls outside the published one (see the module docstring)."""
+    numbers, now = [float(n.replace(",", "")) for n in NUMBER.findall(published)], NUMBER.findall(today)
+    if not numbers or not now:
+        return published != today
+    value = float(now[0].replace(",", ""))
+    kind, amount = tolerance
+    low, high = (numbers[1], numbers[2]) if "[" in published and len(numbers) >= 3 else (numbers[0], numbers[0])
+    slack_low = amount * abs(low) if kind == "rel" else amount
+    slack_high = amount * abs(high) if kind == "rel" else amount
+    return not (low - slack_low - 1e-9 <= value <= high + slack_high + 1e-9)
+
+
+def compare(table: Table, readme: dict[str, list[list[str]]], output: str) -> list[str]:
+    """The lines to print for ``table``: every compared cell outside, or what is missing."""
+    header = normalize(table.header)
+    if header not in readme:
+        return [f"{table.name}: no README table with the header {header}"]
+    today = tables(output).get(header)
+    if today is None:
+        return [f"{table.name}: the command printed no table with the header {header}"]
+    columns = header.strip("| ").split(" | ")
+    now = keyed(today)
+    problems = []
+    for key, row in keyed(readme[header]).items():
+        if key not in now:
+            problems.append(f"{table.name}: row {key!r} is not in today's table")
+            continue
+        for j, column in enumerate(columns[1:], start=1):
+            if column in table.tolerance and outside(row[j], now[key][j], table.tolerance[column]):
+                problems.append(f"{table.name}: {key} / {column}: README {row[j]}, today {now[key][j]}")
+    return problems
+
+
+def keyed(rows: list[list[str]]) -> dict[str, list[str]]:
+    """Rows by their first cell; where first cells repeat, by the first two (numbers left out of the second)."""
+    firsts = [row[0] for row in rows]
+    return {
+        row[0] if firsts.count(row[0]) == 1 else f"{row[0]} / {NUMBER.sub('', row[1]).strip()}": row for row in rows
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all", action="store_true", help="also the slow tables (about an hour on 2 cores)")
+    parser.add_argument("--only", help="comma-separated table names: " + ", ".join(t.name for t in TABLES))
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = parser.parse_args()
+    chosen = [t for t in TABLES if (args.all or not t.slow)]
+    if args.only:
+        names = {name.strip() for name in args.only.split(",")}
+        chosen = [t for t in TABLES if t.name in names or t.name.rstrip(" 0123456789") in names]
+    readme = tables(Path(args.readme).read_text())
+    outputs: dict[tuple[str, ...], str] = {}
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for table in chosen:
+            command = tuple(part.format(tmp=tmp) for part in table.command)
+            if command not in outputs:
+                print(f"running: {' '.join(command)}", flush=True)
+                run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+                if run.returncode:
+                    problems.append(f"{table.name}: {' '.join(command)} failed:\n{run.stderr[-2000:]}")
+                outputs[command] = run.stdout
+            found = compare(table, readme, outputs[command])
+            print(f"{table.name}: {'outside the README' if found else 'within the README'}")
+            problems += found
+    print("\n".join(problems) if problems else "every compared number is within the README's")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
