@@ -34,9 +34,11 @@ def test_memorization_speed_runs_and_values_are_identical():
         check=True,
         timeout=300,
     ).stdout
-    rows = [line for line in out.splitlines() if re.search(r" (EL|MA) ", line)]
+    rows = [line for line in out.splitlines() if re.search(r" (EL|MA) ", line) and not line.startswith("|")]
     assert len(rows) == 6, out
     assert all("True" in row for row in rows), out
+    table = [line for line in out.splitlines() if line.startswith("| ") and "speed-up" not in line]
+    assert len(table) == 3 and all(line.endswith("| yes |") for line in table), out  # the README's table
 
 
 def load_script(name: str):
