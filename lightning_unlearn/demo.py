@@ -306,7 +306,8 @@ def run_seeds(
 
 def aggregate(runs: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per method (the rows of each run, keyed alike): each numeric column's median, min and max over the runs,
-    and ``rule_met`` (how many runs met the rule) of ``runs`` (``{seed: rows}``)."""
+    and ``rule_met`` (how many runs met the rule; None for the original model, which has none) of ``runs``
+    (``{seed: rows}``)."""
     first = next(iter(runs.values()))
     summary: dict[str, dict[str, Any]] = {}
     for name, row in first.items():
@@ -316,7 +317,7 @@ def aggregate(runs: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[str,
             values = [r[key] for r in rows if isinstance(r.get(key), int | float) and not isinstance(r[key], bool)]
             if len(values) == len(rows):
                 columns[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-        met = sum(bool(r.get("rule_met", True)) for r in rows)
+        met = sum(bool(r["rule_met"]) for r in rows) if all("rule_met" in r for r in rows) else None
         summary[name] = {"method": row["method"], "runs": len(rows), "rule_met": met, **columns}
     return summary
 
@@ -326,7 +327,7 @@ def seeds_table(summary: dict[str, dict[str, Any]]) -> str:
     columns = [key for key in COLUMNS if all(key in row for row in summary.values())]
     lines = ["| method | met | " + " | ".join(COLUMNS[k] for k in columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for row in summary.values():
-        cells = [f"{row['rule_met']}/{row['runs']}"]
+        cells = [f"{row['rule_met']}/{row['runs']}" if row["rule_met"] is not None else "—"]  # the original: no rule
         for key in columns:
             spread = row[key]
             digits = 0 if key in ("steps", "seconds") or all(float(v).is_integer() for v in spread.values()) else 3

@@ -270,6 +270,7 @@ def test_demo_over_seeds_reports_median_and_range(testbed_cache, tmp_path, capsy
     assert sga["steps"] == {"median": sum(steps) / 2, "min": steps[0], "max": steps[1]}
     assert sga["holdout_nll_ratio"]["max"] == max(run["holdout_nll_ratio"] for run in runs)
     assert summary["aggregate"]["original"]["holdout_nll_ratio"]["median"] == 1.0
+    assert summary["aggregate"]["original"]["rule_met"] is None and "| original model | — |" in printed
     assert (out / "seed1" / "per_sample.csv").is_file() and "| method | met |" in (out / "summary.md").read_text()
     low, high = (f"{v:.2f}" for v in (sga["holdout_nll_ratio"]["min"], sga["holdout_nll_ratio"]["max"]))
     assert f"| SGA | {sga['rule_met']}/2 |" in printed and f"x [{low}, {high}]" in printed
