@@ -32,16 +32,21 @@ from typing import Any
 from lightning_unlearn import __version__
 
 
+def _names(text: str | None) -> list[str]:
+    """A comma-separated option as its non-empty, stripped items (none when not given)."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
 def _demo(args: argparse.Namespace) -> None:
     from lightning_unlearn.demo import METHODS, check_methods, run_demo, run_seeds
     from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
 
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else list(METHODS)
+    methods = _names(args.methods) or list(METHODS)
     check_methods(methods)
     options = SMALL_TESTBED if args.small else {}
     if args.seeds is not None:
         try:
-            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+            seeds = [int(seed) for seed in _names(args.seeds)]
         except ValueError:
             raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
         run_seeds(args.output, methods, seeds, args.cache_dir, args.max_steps, base_model=args.base_model, **options)
@@ -68,7 +73,7 @@ def _audit(args: argparse.Namespace) -> None:
     from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS
     from lightning_unlearn.utility import check_tasks, evaluate_utility, task_manager
 
-    tasks = [name.strip() for name in (args.utility or "").split(",") if name.strip()]
+    tasks = _names(args.utility)
     if tasks:  # an unknown task or a missing lm-eval fails before any model loads
         manager = task_manager(args.include_path)
         check_tasks(tasks, manager)

@@ -288,11 +288,12 @@ def run_seeds(
             progress=progress,
         )
         per_seed[seed] = run
+    rows = {seed: run["rows"] for seed, run in per_seed.items()}
     result = {
         "seeds": list(seeds),
         "thresholds": {seed: run["threshold"] for seed, run in per_seed.items()},
-        "aggregate": aggregate({seed: run["rows"] for seed, run in per_seed.items()}),
-        "per_seed": {seed: run["rows"] for seed, run in per_seed.items()},
+        "aggregate": aggregate(rows),
+        "per_seed": rows,
     }
     text = seeds_table(result["aggregate"])
     write_text_atomically(output / "summary.json", json.dumps(result, indent=1))

@@ -36,8 +36,17 @@ from lightning_unlearn.memorization import eval_mode
 INSTALL_HINT = "lm-evaluation-harness is not installed: pip install 'lightning-unlearn[eval]'"
 
 # The tasks of the paper's utility table (Jang et al.'s nine classification tasks), by their lm-eval names.
-PAPER_TASKS = ("lambada_openai", "piqa", "hellaswag", "arc_easy", "arc_challenge", "copa", "winogrande", "mathqa",
-               "pubmedqa")
+PAPER_TASKS = (
+    "lambada_openai",
+    "piqa",
+    "hellaswag",
+    "arc_easy",
+    "arc_challenge",
+    "copa",
+    "winogrande",
+    "mathqa",
+    "pubmedqa",
+)
 
 Task = str | Mapping[str, Any]
 Results = dict[str, dict[str, float]]
@@ -82,7 +91,7 @@ def check_tasks(tasks: Sequence[Task], manager: Any) -> None:
             continue
         if task not in known:
             close = difflib.get_close_matches(task, known, n=3)
-            where = "its include_path" if not manager.include_path else f"{manager.include_path}"
+            where = manager.include_path or "lm-eval's built-in tasks"
             hint = f"did you mean {', '.join(close)}? " if close else ""
             raise ValueError(
                 f"unknown lm-eval task {task!r} in {where}: {hint}give a task name found there, a config dict, or "
@@ -223,18 +232,15 @@ def write_record_tasks(
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    parts = [re.match(r"(.*Account:) (\S+)(.*)", text, re.DOTALL) for text in records]
-    accounts = [m.group(2) for m in parts if m]
+    parts = [m for m in (re.match(r"(.*Account:) (\S+)(.*)", text, re.DOTALL) for text in records) if m]
+    accounts = sorted({m.group(2) for m in parts})
+    if len(accounts) < 4:
+        raise ValueError("the multiple-choice task needs at least four records with distinct 'Account:' fields")
     choices = []
     for m in parts:
-        if m is None or len(set(accounts)) < 4:
-            continue
-        distractors = rng.sample(sorted(set(accounts) - {m.group(2)}), 3)
-        options = [m.group(2), *distractors]
+        options = [m.group(2), *rng.sample([a for a in accounts if a != m.group(2)], 3)]
         rng.shuffle(options)
         choices.append({"context": m.group(1), "choices": options, "answer": options.index(m.group(2))})
-    if not choices:
-        raise ValueError("the multiple-choice task needs at least four records with distinct 'Account:' fields")
     data = {"fields": choices, "perplexity": [{"text": text} for text in records]}
     configs = {
         "fields": {
