@@ -11,7 +11,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed,eval]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed,eval,gguf]"
 	touch $(STAMP)
 
 demo: $(STAMP)

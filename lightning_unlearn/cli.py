@@ -27,7 +27,6 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 from lightning_unlearn import __version__
 
@@ -129,18 +128,8 @@ def _audit(args: argparse.Namespace) -> None:
 
 def _fit(argv: list[str] | None) -> None:
     """LightningCLI's ``fit`` on ``argv`` (None: the command line itself)."""
-    from lightning.pytorch.cli import LightningCLI
-
     from lightning_unlearn import UnlearningDataModule, UnlearningModule
-
-    class UnlearningCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_argument("--output", default=None, help="save the unlearned model here (save_pretrained)")
-
-        def after_fit(self) -> None:
-            output = self.config["fit"]["output"]
-            if output:
-                self.model.save_pretrained(Path(output))
+    from lightning_unlearn.lightning_cli import UnlearningCLI
 
     UnlearningCLI(
         UnlearningModule,

@@ -15,6 +15,8 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_unlearn.extras import require_gguf
+
 SplitSource = Union[Sequence[str], str, Path, "datasets.Dataset"]  # noqa: F821
 SPLITS = ("forget", "retain", "holdout")
 _SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
@@ -25,6 +27,8 @@ def load_tokenizer(source: str | os.PathLike, gguf_file: str | None = None) -> A
     there is none."""
     from transformers import AutoTokenizer
 
+    if gguf_file:
+        require_gguf()
     try:
         return AutoTokenizer.from_pretrained(str(source), **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as error:
@@ -134,6 +138,56 @@ class PadCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "sample_id": sample_id}
 
 
+class UnlearningLoader(CombinedLoader):
+    """The training loader: ``{"forget": batch, "retain": batch}`` per step (the shorter split cycled).
+
+    Under gradient accumulation (``window`` = the Trainer's ``accumulate_grad_batches`` > 1) it reads the ``window``
+    micro-batches that make one optimizer step ahead and gives each split's batch a ``window_ids`` entry
+    (``Tensor[W]``: the ``sample_id`` of every sample in that step's micro-batches), so that per-sample weights and
+    their normalization are those of one big batch. Windows start with each epoch, as Lightning's do.
+
+    ``batch_sampler`` is the forget loader's, from which a DeepSpeed strategy without a
+    ``train_micro_batch_size_per_gpu`` takes its batch size.
+    """
+
+    def __init__(self, iterables: dict[str, DataLoader], window: int = 1) -> None:
+        super().__init__(iterables, mode="max_size_cycle")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self._ahead: list[Any] = []
+
+    @property
+    def batch_sampler(self) -> Any:
+        return getattr(self.flattened[0], "batch_sampler", None)
+
+    def __iter__(self) -> UnlearningLoader:
+        self._ahead = []
+        return super().__iter__()
+
+    def __next__(self) -> Any:
+        if self.window == 1:
+            return super().__next__()
+        if not self._ahead:
+            while len(self._ahead) < self.window:
+                try:
+                    self._ahead.append(super().__next__())
+                except StopIteration:
+                    break
+            if not self._ahead:
+                raise StopIteration
+            batches = [batch for batch, _, _ in self._ahead]
+            for name in batches[0]:
+                window_ids = torch.cat([batch[name]["sample_id"] for batch in batches])
+                for batch in batches:
+                    batch[name]["window_ids"] = window_ids
+        return self._ahead.pop(0)
+
+    def reset(self) -> None:
+        self._ahead = []
+        super().reset()
+
+
 class UnlearningDataModule(L.LightningDataModule):
     """Forget, retain and holdout texts, tokenized, as Lightning dataloaders.
 
@@ -141,7 +195,8 @@ class UnlearningDataModule(L.LightningDataModule):
     text per line) or a ``datasets.Dataset``. Sample ``i`` of a split has ``sample_id == i`` for the whole run.
 
     Training batches are ``{"forget": batch, "retain": batch}`` (retain only when given; the shorter split is
-    cycled). :meth:`scoring_dataloader` gives any split unshuffled, in length-sorted batches, for scoring.
+    cycled; see :class:`UnlearningLoader`). :meth:`scoring_dataloader` gives any split unshuffled, in
+    length-sorted batches, for scoring.
 
     Args:
         tokenizer: a Hugging Face tokenizer, or a hub id / local folder to load one from; without a pad token,
@@ -231,7 +286,7 @@ class UnlearningDataModule(L.LightningDataModule):
                         f"vocabulary has {vocabulary} entries. Use the model's own tokenizer."
                     )
 
-    def train_dataloader(self) -> CombinedLoader:
+    def train_dataloader(self) -> UnlearningLoader:
         loaders = {
             name: DataLoader(
                 self.split(name),
@@ -243,7 +298,8 @@ class UnlearningDataModule(L.LightningDataModule):
             for name in ("forget", "retain")
             if self.has_split(name)
         }
-        return CombinedLoader(loaders, mode="max_size_cycle")
+        window = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        return UnlearningLoader(loaders, window=window)
 
     def scoring_dataloader(
         self, name: str = "forget", batch_size: int | None = None, sample_ids: Sequence[int] | None = None

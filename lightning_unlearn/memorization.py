@@ -86,6 +86,29 @@ def score_log_likelihood(model: torch.nn.Module, input_ids: Tensor, attention_ma
     return sequence_log_likelihood(sequence_nll(logits, input_ids, attention_mask), attention_mask)
 
 
+@contextmanager
+def float32_logits(model: torch.nn.Module) -> Iterator[None]:
+    """Under mixed-precision autocast, the model's output layer runs in float32 inside, so its logits are float32:
+    argmax ties of half-precision logits cannot flip a record's g between batches or processes. The layer's
+    weights must be float32 (as under ``"bf16-mixed"`` and ``"16-mixed"``); nothing changes without autocast or
+    without an output layer."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    device = head.weight.device.type if isinstance(head, torch.nn.Linear) else None
+    if device is None or not torch.is_autocast_enabled(device) or head.weight.dtype != torch.float32:
+        yield
+        return
+
+    def forward(hidden: Tensor) -> Tensor:
+        with torch.autocast(device_type=device, enabled=False):
+            return F.linear(hidden.float(), head.weight, head.bias)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
+
+
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -318,7 +341,7 @@ def score_memorization(
     """
     device = _device(model)
     scores: dict[int, float] = {}
-    with eval_mode(model):
+    with eval_mode(model), float32_logits(model):
         for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
             input_ids = batch["input_ids"].to(device)
             attention_mask = batch["attention_mask"].to(device)

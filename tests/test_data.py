@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_unlearn import UnlearningDataModule
-from lightning_unlearn.data import load_texts
+from lightning_unlearn.data import UnlearningLoader, load_texts
 from tests.conftest import TEXTS
 
 
@@ -95,6 +95,25 @@ def test_datamodule_batches_carry_stable_sample_ids(tokenizer):
             assert forget_batch["attention_mask"][row, length:].sum() == 0  # right padding
         seen += forget_batch["sample_id"].tolist()
     assert sorted(seen) == list(range(12))
+
+
+def test_accumulation_windows_carry_every_micro_batch_ids(tokenizer):
+    """Under accumulate_grad_batches=3 each batch names the samples of its optimizer step's micro-batches; windows
+    restart with each epoch (the last one short, as Lightning's last step of an epoch)."""
+    dm = UnlearningDataModule(tokenizer, forget=TEXTS * 4, retain=TEXTS, batch_size=2)  # 8 forget batches
+    dm.setup("fit")
+    loader = UnlearningLoader(dm.train_dataloader().iterables, window=3)
+    assert loader.batch_sampler.batch_size == 2  # the forget loader's, for DeepSpeed's batch-size guess
+    for _ in range(2):  # two epochs
+        batches = [batch for batch, _, _ in loader]
+        assert len(batches) == 8
+        for start in range(0, 8, 3):
+            window = batches[start : start + 3]
+            for name in ("forget", "retain"):
+                expected = torch.cat([batch[name]["sample_id"] for batch in window])
+                assert all(torch.equal(batch[name]["window_ids"], expected) for batch in window)
+        assert len(batches[-1]["forget"]["window_ids"]) == 4  # the short last window: two batches
+    assert "window_ids" not in next(iter(dm.train_dataloader()))[0]["forget"]  # no accumulation, no window
 
 
 def test_scoring_loader_is_deterministic_complete_and_length_sorted(tokenizer):

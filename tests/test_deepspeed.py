@@ -4,7 +4,9 @@ every forget record at or below the threshold, and the saved folder loads in pla
 from __future__ import annotations
 
 import copy
+import csv
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -20,6 +22,7 @@ METHODS = {**DISTRIBUTED_METHODS, "TA": (lambda model: TaskArithmetic(model, lea
 
 pytest.importorskip("deepspeed")
 
+EXAMPLES = Path(__file__).parents[1] / "examples"
 PREFIX = 24  # tokens of each record that the extraction-likelihood check decodes (decoding under ZeRO-3 is slow)
 
 
@@ -38,6 +41,7 @@ class SaveAndReport(L.Callback):
         monitor = find(trainer, MemorizationMonitor)
         stopping = find(trainer, MemorizationEarlyStopping)
         report = {"stopped_step": stopping.stopped_step, "threshold": stopping.threshold_value}
+        report["micro_batch"] = trainer.strategy.config["train_micro_batch_size_per_gpu"]
         report["retain_loss"] = float(trainer.callback_metrics.get("train/retain_loss", -1.0))
         report["el"] = dict(zip(batch["sample_id"].tolist(), el.tolist(), strict=True))
         with open(f"{self.folder}/rank{trainer.global_rank}.json", "w") as f:
@@ -105,3 +109,93 @@ def test_config_checks_its_arguments():
         deepspeed_config(4)
     with pytest.raises(ValueError, match="offload_parameters needs ZeRO stage 3"):
         deepspeed_config(2, offload_parameters=True)
+
+
+@pytest.fixture
+def cpu_deepspeed_names():
+    """Lightning's DeepSpeed names (``"deepspeed_stage_2"``, …) resolved to the CPU strategy of these tests."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from tests.deepspeed_cpu import CPUDeepSpeedStrategy
+
+    saved = {name: StrategyRegistry[name] for name in ("deepspeed_stage_2", "deepspeed_stage_3")}
+    for stage in (2, 3):
+        StrategyRegistry.register(f"deepspeed_stage_{stage}", CPUDeepSpeedStrategy, stage=stage, override=True)
+    yield
+    StrategyRegistry.update(saved)
+
+
+def test_deepspeed_by_name_takes_its_batch_size_from_the_forget_loader(
+    small_testbed, one_process, cpu_deepspeed_names, tmp_path
+):
+    """``strategy="deepspeed_stage_2"`` (``DeepSpeedStrategy(stage=2)``, no config) guesses the batch size from the
+    train loader: our combined loader answers with the forget loader's."""
+    tb = small_testbed
+    trainer = make_trainer(devices=2, strategy="deepspeed_stage_2", callbacks=[SaveAndReport(tmp_path)])
+    trainer.fit(METHODS["SGA"][0](copy.deepcopy(tb.model)), unlearning_data(tb, batch_size=len(tb.forget) // 2))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["micro_batch"] == len(tb.forget) // 2
+    assert ranks[0]["scores"] == ranks[1]["scores"]
+    assert abs(ranks[0]["stopped_step"] - one_process("SGA")["stopped_step"]) <= 2
+    assert max(ranks[0]["scores"]) <= ranks[0]["threshold"]
+
+
+def test_cli_fit_with_a_deepspeed_strategy_name(small_testbed, cpu_deepspeed_names, tmp_path, monkeypatch):
+    """``lightning-unlearn fit --trainer.strategy deepspeed_stage_3`` on two processes: the per-sample rule holds at
+    the end, as the default logger's metrics.csv shows."""
+    from lightning_unlearn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    small_testbed.export(tmp_path / "testbed")
+    args = ["--trainer.strategy=deepspeed_stage_3", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    args += ["--model.init_args.learning_rate=3e-4", "--data.batch_size=8", "--trainer.enable_progress_bar=false"]
+    args += ["--trainer.enable_model_summary=false"]
+    assert main(["fit", "--config", str(EXAMPLES / "sga.yaml"), *args]) == 0
+    rows = list(csv.DictReader((tmp_path / "lightning_logs" / "version_0" / "metrics.csv").open()))
+    last = [row for row in rows if row["forget/ma_max"]][-1]
+    threshold = next(float(row["holdout/threshold"]) for row in rows if row["holdout/threshold"])
+    assert float(last["forget/ma_max"]) <= threshold
+
+
+class Scores(L.Callback):
+    """On every process after fit: the stop step and the per-sample scores."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def on_fit_end(self, trainer, pl_module):
+        stopping = find(trainer, MemorizationEarlyStopping)
+        report = {"stopped_step": stopping.stopped_step, "scores": find(trainer, MemorizationMonitor).values.tolist()}
+        with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as f:
+            json.dump(report, f)
+
+
+@pytest.mark.parametrize(("stage", "method"), [(2, "SGA"), (3, "SGA"), (3, "TA")])
+def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path, stage, method):
+    """A run checkpointed every step; another resumed from its step-3 checkpoint ends at the same step with the
+    same per-sample scores: the per-sample weights, scores and threshold travel in DeepSpeed's client state, and
+    under ZeRO-3 each process's shard of TA's θ_base in its own file."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.deepspeed_cpu import CPUDeepSpeedStrategy
+
+    tb = small_testbed
+    half = len(tb.forget) // 2
+
+    def fit(name, callbacks, ckpt_path=None):
+        strategy = CPUDeepSpeedStrategy(config=deepspeed_config(stage=stage, micro_batch_size=half, bucket_size=10**6))
+        callbacks = [*callbacks, Scores(tmp_path / name)]
+        trainer = make_trainer(devices=2, strategy=strategy, callbacks=callbacks, enable_checkpointing=True)
+        trainer.fit(
+            METHODS["SGA"][0](copy.deepcopy(tb.model)), unlearning_data(tb, batch_size=half), ckpt_path=ckpt_path
+        )
+        return [json.loads((tmp_path / f"{name}.rank{r}.json").read_text()) for r in range(2)]
+
+    every_step = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1, save_top_k=-1)
+    whole = fit("whole", [every_step])
+    assert whole[0]["stopped_step"] > 4
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*step=3.ckpt")
+    resumed = fit("resumed", [], ckpt_path=checkpoint)
+    assert resumed[0] == resumed[1]
+    assert resumed[0]["stopped_step"] == whole[0]["stopped_step"]
+    assert resumed[0]["scores"] == pytest.approx(whole[0]["scores"], abs=1e-6)

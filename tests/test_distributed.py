@@ -29,13 +29,16 @@ class Report(L.Callback):
             json.dump(report, f)
 
 
-def run(tb, folder, devices, method="SGA"):
+def run(tb, folder, devices, method="SGA", accumulate=1):
     folder.mkdir()
     make, callbacks = DISTRIBUTED_METHODS[method]
     module = make(copy.deepcopy(tb.model))
-    datamodule = unlearning_data(tb, batch_size=len(tb.forget) // devices)
+    datamodule = unlearning_data(tb, batch_size=len(tb.forget) // devices // accumulate)
     strategy = "ddp_spawn" if devices > 1 else "auto"
-    make_trainer(devices=devices, strategy=strategy, callbacks=[*callbacks(), Report(folder)]).fit(module, datamodule)
+    trainer = make_trainer(
+        devices=devices, strategy=strategy, accumulate_grad_batches=accumulate, callbacks=[*callbacks(), Report(folder)]
+    )
+    trainer.fit(module, datamodule)
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(devices)]
 
 
@@ -50,6 +53,17 @@ def test_two_processes_match_one(small_testbed, tmp_path, method, steps, max_dif
     assert abs(ranks[0]["stopped_step"] - single["stopped_step"]) <= steps
     difference = [abs(a - b) for a, b in zip(ranks[0]["scores"], single["scores"], strict=True)]
     assert max(difference) <= max_difference and sum(difference) / len(difference) <= 0.01
+
+
+def test_two_processes_accumulating_two_micro_batches_match_one_big_batch(small_testbed, tmp_path):
+    """Selection and normalization span every micro-batch of every process: 2 processes × 2 micro-batches of 4
+    records take the steps of one batch of 16."""
+    (single,) = run(small_testbed, tmp_path / "one", devices=1)
+    ranks = run(small_testbed, tmp_path / "two", devices=2, accumulate=2)
+    assert ranks[0] == ranks[1]
+    assert abs(ranks[0]["stopped_step"] - single["stopped_step"]) <= 1
+    difference = [abs(a - b) for a, b in zip(ranks[0]["scores"], single["scores"], strict=True)]
+    assert max(difference) <= 0.02
 
 
 def test_each_rank_scores_its_share_one_batch_at_a_time():

@@ -160,7 +160,7 @@ class MemorizationMonitor(Callback):
     ) -> None:
         """Scores the whole watched set now, or only ``sample_ids`` (every process takes part)."""
         loader = self.dataloader
-        if sample_ids is not None:
+        if sample_ids is not None and self._datamodule is not None:  # else: the whole given dataloader
             loader = self._datamodule.scoring_dataloader(self.split, sample_ids=sample_ids.tolist())
         with getattr(pl_module, "scoring_context", nullcontext)():  # e.g. task arithmetic scores its edit
             ids, values = score_on_all_ranks(
@@ -175,9 +175,12 @@ class MemorizationMonitor(Callback):
         if log:
             self.log_summary(pl_module)
 
-    def refresh_stale(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Re-scores every sample whose score is older than the current step (no pass when there is none)."""
+    def refresh_stale(self, trainer: L.Trainer, pl_module: L.LightningModule, sample_ids: Tensor | None = None) -> None:
+        """Re-scores every sample (or every one of ``sample_ids``, the same on every process) whose score is older
+        than the current step (no pass when there is none)."""
         stale = (self.scored_at != trainer.global_step).nonzero().flatten()
+        if sample_ids is not None:
+            stale = stale[torch.isin(stale, sample_ids)]
         if len(stale):
             self.refresh(trainer, pl_module, log=False, sample_ids=stale)
 
@@ -185,8 +188,8 @@ class MemorizationMonitor(Callback):
         """Takes the g of a training batch (this process's share), gathered over processes; returns all ids."""
         ids, values = gather_scores(trainer.strategy, sample_id, g.detach().float())
         self._store(ids.cpu(), values.cpu(), trainer.global_step)
-        if len(ids) == int((~self.values.isnan()).sum()):  # this forward alone scored every sample
-            self._loop_covered_step = trainer.global_step
+        if len(ids) == int((~self.values.isnan()).sum()) and trainer.accumulate_grad_batches == 1:
+            self._loop_covered_step = trainer.global_step  # this forward alone scored every sample
         self.log_summary(pl_module)
         return ids
 
@@ -197,7 +200,7 @@ class MemorizationMonitor(Callback):
     def _store(self, ids: Tensor, values: Tensor, step: int) -> None:
         size = int(ids.max()) + 1 if len(ids) else 0
         if size > len(self.values):
-            grown = torch.full((size,), float("nan"))
+            grown = torch.full((size,), float("nan"), dtype=torch.float32)  # also under bf16-true
             grown[: len(self.values)] = self.values
             self.values = grown
             grown_at = torch.full((size,), -1, dtype=torch.long)

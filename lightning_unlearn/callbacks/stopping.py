@@ -7,7 +7,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor, get_model, has_split
 from lightning_unlearn.distributed import score_on_all_ranks
@@ -75,6 +75,7 @@ class MemorizationEarlyStopping(Callback):
         self.interval: tuple[float, float] | None = None  # bootstrap interval of a holdout threshold
         self.holdout_size: int | None = None  # holdout records measured (None: not measured yet)
         self.stopped_step: int | None = None
+        self.rule_met: bool | None = None  # set when training ends: whether the rule held for the final weights
 
     @property
     def state_key(self) -> str:
@@ -127,6 +128,25 @@ class MemorizationEarlyStopping(Callback):
         find_monitor(trainer).refresh_if_due(trainer, pl_module)
         self.check(trainer)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Whether the rule held when training ended (``rule_met``); a warning when it did not (``max_steps`` or
+        ``max_epochs`` ran out first), with the step, the records above the threshold and the max g."""
+        if self.threshold_value is None:
+            return
+        monitor = find_monitor(trainer)
+        monitor.refresh_stale(trainer, pl_module)  # the scores of the final weights (nothing when already fresh)
+        self.rule_met, value = self.holds(trainer)
+        if self.rule_met and self.stopped_step is None:
+            self.stopped_step = trainer.global_step
+        if not self.rule_met:
+            g = monitor.values[~monitor.values.isnan()]
+            rank_zero_warn(
+                f"MemorizationEarlyStopping: training ended after {trainer.global_step} steps without meeting the "
+                f"rule: {int((g > self.threshold_value).sum())} of {len(g)} forget records above the threshold "
+                f"{self.threshold_value:.4f}, {self.criterion} g {value:.4f}. Train longer (max_steps/max_epochs) or "
+                "with a larger learning rate."
+            )
+
     def check(self, trainer: L.Trainer) -> bool:
         """Whether the rule holds for the current weights; if so, asks the trainer to stop."""
         if trainer.should_stop and self.stopped_step is not None:  # decided already (before a skipped step)
@@ -163,6 +183,7 @@ class MemorizationEarlyStopping(Callback):
             "interval": self.interval,
             "holdout_size": self.holdout_size,
             "stopped_step": self.stopped_step,
+            "rule_met": self.rule_met,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -171,3 +192,4 @@ class MemorizationEarlyStopping(Callback):
         self.interval = state_dict.get("interval")
         self.holdout_size = state_dict.get("holdout_size", 0)  # 0: measured before, size unknown
         self.stopped_step = state_dict["stopped_step"]
+        self.rule_met = state_dict.get("rule_met")

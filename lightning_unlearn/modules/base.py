@@ -10,13 +10,16 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
+from lightning_unlearn.distributed import gather_scores
+from lightning_unlearn.extras import require_gguf
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.losses import token_kl
-from lightning_unlearn.memorization import memorization_accuracy, sequence_nll
+from lightning_unlearn.memorization import float32_logits, memorization_accuracy, sequence_nll
 from lightning_unlearn.reference import ReferenceWeights
 from lightning_unlearn.strategies import (
     full_state_dict,
@@ -30,9 +33,17 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 
 
 def load_causal_lm(source: str | os.PathLike, gguf_file: str | None = None, **kwargs: Any) -> PreTrainedModel:
-    """A causal LM from a hub id or a local folder (``gguf_file``: a GGUF file inside it); clear errors otherwise."""
+    """A causal LM from a hub id or a local folder (``gguf_file``: a GGUF file inside it, unpacked into ordinary
+    dense weights, which train and save as a plain Hugging Face folder); clear errors otherwise."""
     if gguf_file is not None:
+        require_gguf()
         kwargs["gguf_file"] = gguf_file
+        try:  # transformers >= 5.x can keep GGUF weights in quantized blocks, which do not train
+            from transformers import GgufConfig
+
+            kwargs.setdefault("quantization_config", GgufConfig(dequantize=True))
+        except ImportError:  # older releases always unpack them
+            pass
     try:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ValueError as error:
@@ -112,6 +123,8 @@ class UnlearningModule(L.LightningModule):
             raise ValueError(f"retain_loss must be None, 'nll' or 'kl', got {retain_loss!r}")
         if not retain_weight >= 0:
             raise ValueError(f"retain_weight must be >= 0, got {retain_weight}")
+        if gguf_file is not None:
+            require_gguf()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, torch.nn.Module) else None)
         if isinstance(model, torch.nn.Module):
             check_causal_lm(model)
@@ -122,6 +135,8 @@ class UnlearningModule(L.LightningModule):
             self.model_source = str(model)
         self.forget_weights = torch.ones(0)  # Tensor[N]: weight of each forget sample_id (1 when never set)
         self._rule_holds = False  # set by training_step: the stop rule holds, take no optimizer step
+        self._window: dict[str, Any] = {}  # the optimizer step's stop decision and normalizers (_start_window)
+        self._warned_window = False
         self.reference: ReferenceWeights | None = None  # the weights at fit start, for retain_loss="kl"
         self._reference_state: dict[str, Any] | None = None  # restored from a checkpoint, placed at train start
         self._reference_cache: dict[int, Tensor] = {}  # sample_id -> Tensor[L, V] reference logits, on the CPU
@@ -172,7 +187,7 @@ class UnlearningModule(L.LightningModule):
             )
         datamodule.check_fits(self.model)
         if len(self.forget_weights) == 0:
-            self.forget_weights = torch.ones(len(datamodule.split("forget")))
+            self.forget_weights = torch.ones(len(datamodule.split("forget")), dtype=torch.float32)
 
     # --- per-sample weights ----------------------------------------------------------------------------------
 
@@ -180,7 +195,7 @@ class UnlearningModule(L.LightningModule):
         """Sets the weights (``Tensor[B]``, >= 0) of forget samples ``sample_id`` (``Tensor[B]``)."""
         sample_id = sample_id.cpu()
         if len(sample_id) and int(sample_id.max()) >= len(self.forget_weights):
-            grown = torch.ones(int(sample_id.max()) + 1)
+            grown = torch.ones(int(sample_id.max()) + 1, dtype=torch.float32)
             grown[: len(self.forget_weights)] = self.forget_weights
             self.forget_weights = grown
         self.forget_weights[sample_id] = weights.detach().float().cpu()
@@ -189,7 +204,7 @@ class UnlearningModule(L.LightningModule):
         """``Tensor[B]`` weights of forget samples ``sample_id`` (1 for a sample never weighted)."""
         ids = sample_id.cpu()
         known = ids < len(self.forget_weights)
-        weights = torch.ones(len(ids))
+        weights = torch.ones(len(ids), dtype=torch.float32)  # float32 under bf16-true too
         weights[known] = self.forget_weights[ids[known]]
         return weights.to(sample_id.device)
 
@@ -230,36 +245,73 @@ class UnlearningModule(L.LightningModule):
         forget = batch["forget"]
         ids = forget["sample_id"]
         retain = self._retain_batch(batch) if self.needs_retain else None
-        logits = self.model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
-        self._rule_holds = self._before_step(
-            ids, memorization_accuracy(logits.detach(), forget["input_ids"], forget["attention_mask"])
-        )
+        logits = self._logits(forget)
+        g = memorization_accuracy(logits.detach(), forget["input_ids"], forget["attention_mask"])
+        accumulation = self.trainer.accumulate_grad_batches
+        window_ids = forget.get("window_ids") if accumulation > 1 else None
+        if window_ids is None or batch_idx % accumulation == 0:  # the first micro-batch of an optimizer step
+            self._window = self._start_window(ids, g, window_ids, retain)
+        elif self._scores_in_loop():
+            for monitor in self._monitors("forget"):  # the weights are the window's: the scores come for free
+                monitor.record(self.trainer, self, ids, g)
+        self._rule_holds = self._window["holds"]
         if self._rule_holds:  # the stop rule holds for these weights: a zero loss, and optimizer_step takes no step
             return logits.sum() * 0.0
         nll = sequence_nll(logits, forget["input_ids"], forget["attention_mask"])
         weights = self.forget_weights_for(ids).to(nll.dtype)
-        world = self.trainer.world_size
-        total_weight = self._global_sum(weights.sum()).clamp_min(1e-12)
-        loss = world * (weights * self.forget_loss(forget, logits, nll)).sum() / total_weight
+        # Each micro-batch's share of the window's weighted mean; Lightning divides every loss by the accumulation.
+        scale = self.trainer.world_size * (accumulation if window_ids is not None else 1)
+        loss = scale * (weights * self.forget_loss(forget, logits, nll)).sum() / self._window["forget_weight"]
         metrics = {"train/forget_nll": nll.detach().mean()}
         if retain is not None:
-            retain_logits = self.model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
+            with float32_logits(self.model):
+                retain_logits = self.model(
+                    input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]
+                ).logits
             retain_nll = sequence_nll(retain_logits, retain["input_ids"], retain["attention_mask"])
             for monitor in self._monitors("retain"):  # the retain forward scores its batch for free
                 g_retain = memorization_accuracy(retain_logits.detach(), retain["input_ids"], retain["attention_mask"])
                 monitor.record(self.trainer, self, retain["sample_id"], g_retain)
             retain_term = self.retain_loss(retain, retain_logits, retain_nll)
-            count = self._global_sum(torch.tensor(float(len(retain_nll)), device=loss.device))
-            loss = loss + world * self.hparams.get("retain_weight", 1.0) * retain_term.sum() / count
+            loss = (
+                loss + scale * self.hparams.get("retain_weight", 1.0) * retain_term.sum() / self._window["retain_count"]
+            )
             metrics["train/retain_nll"] = retain_nll.detach().mean()
             metrics["train/retain_loss"] = retain_term.detach().mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at step {self.global_step}: lower the learning rate or check the data"
             )
+        world = self.trainer.world_size
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=world > 1, batch_size=len(ids))
         self.log("train/selected", self._global_sum((weights > 0).sum().float()), on_step=True, batch_size=len(ids))
         return loss
+
+    def _logits(self, batch: dict[str, Tensor]) -> Tensor:
+        """``Tensor[B, T, V]`` logits of a batch (float32 under mixed precision, see :func:`float32_logits`)."""
+        with float32_logits(self.model):
+            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def _start_window(
+        self, sample_id: Tensor, g: Tensor, window_ids: Tensor | None, retain: dict[str, Tensor] | None
+    ) -> dict[str, Any]:
+        """At an optimizer step's first micro-batch: the stop rule and the per-sample weights of the step's samples
+        (``window_ids``, every micro-batch's; this micro-batch alone without them), and the normalizers of one big
+        batch: the forget weights' and the retain samples' global sums."""
+        if window_ids is None and self.trainer.accumulate_grad_batches > 1 and not self._warned_window:
+            self._warned_window = True
+            rank_zero_warn(
+                "gradient accumulation without UnlearningDataModule's loader: per-sample selection and normalization "
+                "are per micro-batch, not per optimizer step"
+            )
+        holds = self._before_step(sample_id, g, window_ids)
+        step_ids = sample_id if window_ids is None else window_ids
+        window = {"holds": holds, "forget_weight": self._global_sum(self.forget_weights_for(step_ids).sum())}
+        window["forget_weight"] = window["forget_weight"].to(g.device).clamp_min(1e-12)
+        if retain is not None:
+            size = len(retain.get("window_ids", retain["sample_id"]) if window_ids is not None else retain["sample_id"])
+            window["retain_count"] = self._global_sum(torch.tensor(float(size), dtype=torch.float32, device=g.device))
+        return window
 
     def _retain_batch(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         """The step's retain batch, with the reference's logits on it for a KL retain term (computed first: the
@@ -299,11 +351,24 @@ class UnlearningModule(L.LightningModule):
     def _monitors(self, split: str) -> list[MemorizationMonitor]:
         return [cb for cb in self.trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == split]
 
-    def _before_step(self, sample_id: Tensor, g: Tensor) -> bool:
-        """Score-in-the-loop: hands the batch's fresh g to the callbacks; True when training must stop now."""
+    def _scores_in_loop(self) -> bool:
+        """Whether the training forward's g is the g the monitors watch (not for task arithmetic, which scores
+        its edit)."""
+        return True
+
+    def _before_step(self, sample_id: Tensor, g: Tensor, window_ids: Tensor | None = None) -> bool:
+        """Score-in-the-loop: hands the batch's fresh g to the callbacks; True when training must stop now. Under
+        gradient accumulation ``window_ids`` are the optimizer step's samples (this process's): those not scored at
+        the current weights yet are scored now, and the selection applies to all of them, as in one big batch."""
+        if not self._scores_in_loop():
+            return False
         callbacks = self.trainer.callbacks
         for monitor in self._monitors("forget"):  # SelectiveAscent and the stopping rule require one
             batch_ids = monitor.record(self.trainer, self, sample_id, g)  # every process's ids
+            if window_ids is not None:
+                no_values = torch.zeros(len(window_ids), dtype=torch.float32)
+                batch_ids, _ = gather_scores(self.trainer.strategy, window_ids, no_values)
+                monitor.refresh_stale(self.trainer, self, sample_ids=batch_ids.cpu())
             if any(cb.check(self.trainer) for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)):
                 return True
             for selective in (cb for cb in callbacks if isinstance(cb, SelectiveAscent)):

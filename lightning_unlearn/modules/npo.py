@@ -44,7 +44,7 @@ class NPO(UnlearningModule):
         ids, values = score_on_all_ranks(
             self.model, datamodule.scoring_dataloader("forget"), self.trainer.strategy, measure=score_log_likelihood
         )
-        reference = torch.full((int(ids.max()) + 1,), float("nan"))
+        reference = torch.full((int(ids.max()) + 1,), float("nan"), dtype=torch.float32)
         reference[ids] = values
         self.reference_log_likelihood = reference
 

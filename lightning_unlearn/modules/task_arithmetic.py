@@ -75,7 +75,7 @@ class TaskArithmetic(UnlearningModule):
     def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
         return nll  # descent: the task vector points towards the forget set
 
-    def _before_step(self, sample_id: Tensor, g: Tensor) -> bool:
+    def _scores_in_loop(self) -> bool:
         return False  # the training forward scores θ, not the edit: the monitor scores the edit after each step
 
     @contextmanager
@@ -174,10 +174,13 @@ class TAU(TaskArithmetic):
     def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
         return nll if self.switch_step is not None else -nll
 
-    def _before_step(self, sample_id: Tensor, g: Tensor) -> bool:
+    def _scores_in_loop(self) -> bool:
+        return self.switch_step is None  # the SGA phase scores its model; the TA phase, its edit
+
+    def _before_step(self, sample_id: Tensor, g: Tensor, window_ids: Tensor | None = None) -> bool:
         if self.switch_step is not None:
             return False
-        if UnlearningModule._before_step(self, sample_id, g):
+        if super()._before_step(sample_id, g, window_ids):
             return True
         monitor = find_monitor(self.trainer)
         if monitor.is_current(self.global_step) and monitor.summary()["ma_mean"] <= self.switch_at:

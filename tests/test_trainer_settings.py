@@ -1,0 +1,138 @@
+"""The Trainer settings users already have: gradient accumulation, mixed precision, the default logger, and a
+stop rule that max_steps cut short."""
+
+from __future__ import annotations
+
+import copy
+import csv
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_unlearn import GradientAscent, SelectiveGradientAscent, TaskArithmetic
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+from tests.conftest import find, make_trainer, unlearning_data
+
+METHODS = {
+    "GA": (
+        lambda model: GradientAscent(model, learning_rate=3e-4),
+        lambda: [MemorizationMonitor(), MemorizationEarlyStopping(criterion="mean", threshold="holdout")],
+    ),
+    "SGA": (lambda model: SelectiveGradientAscent(model, learning_rate=3e-4), list),
+    "TA": (lambda model: TaskArithmetic(model, learning_rate=1e-3), list),
+}
+
+
+def unlearn(tb, method, batch_size, **trainer_options):
+    """``method`` on the small testbed: its stop step and final per-sample g (``Tensor[N]``)."""
+    make, callbacks = METHODS[method]
+    L.seed_everything(0, verbose=False)
+    trainer = make_trainer(callbacks=callbacks(), **trainer_options)
+    trainer.fit(make(copy.deepcopy(tb.model)), unlearning_data(tb, batch_size=batch_size))
+    return find(trainer, MemorizationEarlyStopping).stopped_step, find(trainer, MemorizationMonitor).values
+
+
+@pytest.mark.parametrize("method", ["GA", "SGA", "TA"])
+def test_gradient_accumulation_equals_one_big_batch(small_testbed, method):
+    size = len(small_testbed.forget)
+    big_steps, big_g = unlearn(small_testbed, method, batch_size=size)
+    steps, g = unlearn(small_testbed, method, batch_size=size // 2, accumulate_grad_batches=2)
+    assert big_steps is not None and abs(steps - big_steps) <= 2
+    assert (g - big_g).abs().max() <= 0.05
+
+
+def test_selection_and_normalization_span_the_accumulated_micro_batches(small_testbed):
+    """keep_top records per optimizer step, not per micro-batch, and the step's mean over the selected records of
+    every micro-batch: the weights and the normalizer of one big batch."""
+
+    def first_step(batch_size, accumulate):
+        normalizers = []
+
+        class Spy(L.Callback):
+            def on_before_backward(self, trainer, pl_module, loss):
+                normalizers.append(float(pl_module._window["forget_weight"]))
+
+        module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), gamma=0.99, keep_top=4)
+        trainer = make_trainer(max_steps=1, accumulate_grad_batches=accumulate, callbacks=[Spy()])
+        trainer.fit(module, unlearning_data(small_testbed, batch_size=batch_size))
+        return module.forget_weights, normalizers
+
+    size = len(small_testbed.forget)
+    weights, (normalizer,) = first_step(size, 1)
+    accumulated, normalizers = first_step(size // 2, 2)
+    assert float(weights.sum()) == 4.0 and torch.equal(accumulated, weights)
+    assert normalizers == [normalizer, normalizer]
+
+
+def test_bf16_mixed_scores_from_float32_logits_and_reaches_the_rule(small_testbed):
+    first_step = {}
+
+    class Spy(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss):
+            monitor = find(trainer, MemorizationMonitor)
+            first_step.setdefault("g", monitor.values.clone())
+            first_step.setdefault("start", monitor.start_values.clone())
+
+    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4)
+    head = module.model.get_output_embeddings()
+    dtypes = set()
+    head.register_forward_hook(lambda layer, inputs, output: dtypes.add(output.dtype))
+    trainer = make_trainer(precision="bf16-mixed", callbacks=[Spy()])
+    trainer.fit(module, unlearning_data(small_testbed))
+    assert dtypes == {torch.float32}  # in the training forward (autocast) and the scoring passes alike
+    stopping = find(trainer, MemorizationEarlyStopping)
+    assert stopping.rule_met and stopping.stopped_step is not None
+    # g of the original model from the bf16 training forward against the float32 scoring pass at train start
+    assert (first_step["g"] - first_step["start"]).abs().max() <= 0.02
+
+
+def test_bf16_true_reaches_the_rule(small_testbed):
+    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4)
+    trainer = make_trainer(precision="bf16-true")
+    trainer.fit(module, unlearning_data(small_testbed))
+    assert module.model.dtype == torch.bfloat16
+    assert find(trainer, MemorizationEarlyStopping).rule_met
+
+
+def test_task_arithmetic_keeps_float32_task_vectors_under_bf16_mixed(small_testbed):
+    dtypes = set()
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            dtypes.update(tensor.dtype for tensor in pl_module.base.values())
+
+    module = TaskArithmetic(copy.deepcopy(small_testbed.model), learning_rate=1e-3)
+    trainer = make_trainer(precision="bf16-mixed", callbacks=[Spy()])
+    trainer.fit(module, unlearning_data(small_testbed))
+    assert dtypes == {torch.float32}
+    assert find(trainer, MemorizationEarlyStopping).rule_met
+
+
+def test_every_logged_metric_reaches_the_default_logger_with_a_step(small_testbed, tmp_path):
+    """The Trainer's default logger (CSV without TensorBoard installed) gets every metric, each row with a step
+    (every step: unlearning runs are tens of steps, shorter than the default log_every_n_steps=50)."""
+    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4, retain_loss="kl")
+    callbacks = [MemorizationMonitor(split="retain")]
+    trainer = make_trainer(logger=True, default_root_dir=tmp_path, log_every_n_steps=1, callbacks=callbacks)
+    trainer.fit(module, unlearning_data(small_testbed))
+    log_dir = trainer.logger.log_dir
+    with open(f"{log_dir}/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = set(trainer.callback_metrics)
+    expected = {"forget/ma_max", "holdout/threshold", "retain/collateral", "train/retain_loss", "train/selected"}
+    assert expected <= logged
+    assert logged <= set(rows[0]), logged - set(rows[0])
+    assert all(row["step"] != "" for row in rows)
+    steps = [int(row["step"]) for row in rows if row["forget/ma_max"]]
+    assert steps == sorted(steps) and steps[-1] >= find(trainer, MemorizationEarlyStopping).stopped_step - 1
+
+
+def test_a_rule_not_met_when_training_ends_is_said_out_loud(small_testbed):
+    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4)
+    trainer = make_trainer(max_steps=2)
+    with pytest.warns(UserWarning, match=r"ended after 2 steps without meeting the rule: \d+ of 16 forget records"):
+        trainer.fit(module, unlearning_data(small_testbed))
+    stopping = find(trainer, MemorizationEarlyStopping)
+    assert stopping.rule_met is False and stopping.stopped_step is None
+    assert stopping.state_dict()["rule_met"] is False
