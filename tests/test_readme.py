@@ -40,6 +40,7 @@ def test_python_blocks_run_in_order(workdir):
     threshold = namespace["stopping"].threshold_value
     assert max(namespace["monitor"].scores.values()) <= threshold  # the callbacks' own stop rule held
     assert Path("unlearned/sga-python/model.safetensors").is_file() and Path("report/summary.json").is_file()
+    assert Path("sga_run.png").is_file()  # the plot of a CSV-logged run
 
 
 def parses(args: list[str], capsys) -> str:

@@ -34,7 +34,9 @@ class MemorizationEarlyStopping(Callback):
     mean of unseen data has about half of them above it). A float is taken as is. The level is logged as
     ``holdout/threshold`` with a 95% bootstrap interval (``holdout/threshold_low``, ``holdout/threshold_high``:
     how much it would move with another holdout of the same size), and the holdout's ``floor_quantile`` as
-    ``holdout/floor``: the monitor counts forget records below it as over-forgotten.
+    ``holdout/floor``: the monitor counts forget records below it as over-forgotten; the holdout's mean g is logged as
+    ``holdout/ma_mean``. When training ends without the rule holding (``max_steps`` reached first), ``rule_met`` is
+    False and a warning says how far it was.
 
     Decisions use the :class:`MemorizationMonitor`'s scores, only when every score is fresh (belongs to the current
     weights; with its ``refresh="above_threshold"`` policy, the older scores are re-scored first), and are the same
@@ -74,6 +76,7 @@ class MemorizationEarlyStopping(Callback):
         self.floor: float | None = None  # the holdout's floor_quantile, when there is a holdout
         self.interval: tuple[float, float] | None = None  # bootstrap interval of a holdout threshold
         self.holdout_size: int | None = None  # holdout records measured (None: not measured yet)
+        self.holdout_mean: float | None = None  # the holdout's mean g, logged as holdout/ma_mean
         self.stopped_step: int | None = None
         self.rule_met: bool | None = None  # set when training ends: whether the rule held for the final weights
 
@@ -102,8 +105,8 @@ class MemorizationEarlyStopping(Callback):
             logged |= {"holdout/threshold_low": self.interval[0], "holdout/threshold_high": self.interval[1]}
         if self.floor is not None:
             logged["holdout/floor"] = self.floor
-        if self.threshold == "holdout":
-            logged["holdout/ma_mean"] = self.threshold_value
+        if self.holdout_mean is not None:
+            logged["holdout/ma_mean"] = self.holdout_mean
         pl_module.log_dict(logged, on_step=False, on_epoch=True, batch_size=1)
         if self.verbose and self.interval is not None:
             low, high = self.interval
@@ -118,6 +121,7 @@ class MemorizationEarlyStopping(Callback):
     def _set_levels(self, holdout_g: torch.Tensor) -> None:
         """The threshold (for a holdout threshold), its bootstrap interval and the floor from the holdout's g."""
         self.holdout_size = len(holdout_g)
+        self.holdout_mean = holdout_g.mean().item()
         self.floor = holdout_level(holdout_g, "quantile", self.floor_quantile)
         if self.threshold in HOLDOUT_THRESHOLDS:
             kind = HOLDOUT_THRESHOLDS[self.threshold]
@@ -182,6 +186,7 @@ class MemorizationEarlyStopping(Callback):
             "floor": self.floor,
             "interval": self.interval,
             "holdout_size": self.holdout_size,
+            "holdout_mean": self.holdout_mean,
             "stopped_step": self.stopped_step,
             "rule_met": self.rule_met,
         }
@@ -191,5 +196,6 @@ class MemorizationEarlyStopping(Callback):
         self.floor = state_dict.get("floor")
         self.interval = state_dict.get("interval")
         self.holdout_size = state_dict.get("holdout_size", 0)  # 0: measured before, size unknown
+        self.holdout_mean = state_dict.get("holdout_mean")
         self.stopped_step = state_dict["stopped_step"]
         self.rule_met = state_dict.get("rule_met")
