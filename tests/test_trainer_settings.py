@@ -136,3 +136,17 @@ def test_a_rule_not_met_when_training_ends_is_said_out_loud(small_testbed):
     stopping = find(trainer, MemorizationEarlyStopping)
     assert stopping.rule_met is False and stopping.stopped_step is None
     assert stopping.state_dict()["rule_met"] is False
+
+
+def test_16_mixed_with_a_loss_scaler_steps_through_our_optimizer_step(small_testbed):
+    """The paper's fp16: Lightning's loss scaler (CPU has one too) unscales, steps and updates inside our
+    optimizer_step, and SGA still meets its rule."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4)
+    trainer = make_trainer(plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    trainer.fit(module, unlearning_data(small_testbed))
+    stopping = find(trainer, MemorizationEarlyStopping)
+    assert stopping.rule_met and stopping.stopped_step > 1
+    assert scaler.get_scale() > 2.0**10  # updated after every step it took (growth_interval=1)
