@@ -82,6 +82,12 @@ TABLES = [
         {"ratio": ("rel", 0.3)},
     ),
     Table(
+        "large-vocabulary memory",
+        "| weights | bare loop MB | GA MB | GA / bare | SGA MB | SGA / bare |",
+        [PYTHON, "benchmarks/step_overhead.py"],
+        {"GA / bare": ("rel", 0.05), "SGA / bare": ("rel", 0.05)},
+    ),
+    Table(
         "demo over seeds",
         "| method | met | steps | seconds | mean g | max g | above thr. | over-forgotten | c(D_f) | verbatim | "
         "holdout NLL | retain g | collateral | MC acc | byte ppl | LOSS AUC | MIAU AUC |",

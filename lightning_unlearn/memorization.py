@@ -60,16 +60,96 @@ def memorization_accuracy(logits: Tensor, input_ids: Tensor, attention_mask: Ten
     return hits.sum(1).float() / counted.sum(1).float()
 
 
+IGNORE_INDEX = -100  # the target of a position that does not count (cross-entropy's default ignore_index)
+CHUNK_ELEMENTS = 1 << 24  # logits per float32 chunk of half-precision logits: 64 MB, whatever the vocabulary
+
+
+def next_token_targets(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """``Tensor[B, T]``: at position t, x_{t+1} when its prediction counts (:func:`predicted_positions`), else
+    ``IGNORE_INDEX`` (padding, and the last position, which predicts nothing). Aligned with the logits, so they
+    need no shift (a shifted slice of the logits would be a non-contiguous view)."""
+    targets = input_ids[:, 1:].masked_fill(~predicted_positions(attention_mask), IGNORE_INDEX)
+    return F.pad(targets, (0, 1), value=IGNORE_INDEX)
+
+
+class _Float32CrossEntropy(torch.autograd.Function):
+    """Token NLL (``Tensor[N]``, float32) and, with ``argmax``, the argmax token (``LongTensor[N]``, not
+    differentiable; else empty) of half-precision logits (``Tensor[N, V]``), ``rows`` at a time in float32: no
+    float32 copy of the whole logits, forward or backward (which recomputes each chunk's softmax and writes the
+    gradient in the logits' dtype)."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, logits: Tensor, targets: Tensor, rows: int, argmax: bool
+    ) -> tuple[Tensor, Tensor]:
+        nll = torch.empty(len(logits), dtype=torch.float32, device=logits.device)
+        predicted = torch.empty(len(logits) if argmax else 0, dtype=torch.long, device=logits.device)
+        for start in range(0, len(logits), rows):
+            chunk = slice(start, start + rows)
+            nll[chunk] = F.cross_entropy(logits[chunk].float(), targets[chunk], reduction="none")
+            if argmax:
+                predicted[chunk] = logits[chunk].argmax(-1)
+        ctx.save_for_backward(logits, targets)
+        ctx.mark_non_differentiable(predicted)
+        ctx.rows = rows
+        return nll, predicted
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_nll: Tensor, grad_predicted: Tensor | None
+    ) -> tuple[Tensor, None, None, None]:
+        logits, targets = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for start in range(0, len(logits), ctx.rows):
+            chunk = slice(start, start + ctx.rows)
+            target = targets[chunk]
+            counted = target != IGNORE_INDEX
+            probabilities = logits[chunk].float().softmax(-1)  # d nll / d logits = softmax − one-hot(target)
+            rows = counted.nonzero().flatten()
+            probabilities[rows, target[rows]] -= 1.0
+            probabilities *= torch.where(counted, grad_nll[chunk], 0.0)[:, None]  # ignored: 0, even under a NaN
+            grad[chunk] = probabilities
+        return grad, None, None, None
+
+
+def token_nll(logits: Tensor, targets: Tensor, argmax: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Next-token NLL (nats) at every position, ``Tensor[B, T]`` (0 where the target is ``IGNORE_INDEX``), and
+    with ``argmax`` the argmax token there (``LongTensor[B, T]``, no gradient; else None), from ``logits``
+    ``Tensor[B, T, V]`` and aligned ``targets`` (:func:`next_token_targets`).
+
+    One flattened cross-entropy, as a model's own loss computes it, with float32 accumulation (float64 for float64
+    logits). Half-precision logits go through in float32 chunks of about ``CHUNK_ELEMENTS`` logits (the rows per
+    chunk follow from the vocabulary), which yield the NLL and the argmax in one pass over them.
+    """
+    batch, width, vocabulary = logits.shape
+    flat, flat_targets = logits.reshape(batch * width, vocabulary), targets.reshape(-1)
+    if logits.dtype in (torch.float32, torch.float64):
+        nll = F.cross_entropy(flat, flat_targets, reduction="none")
+        return nll.view(batch, width), logits.detach().argmax(-1) if argmax else None
+    rows = max(1, CHUNK_ELEMENTS // vocabulary)
+    nll, predicted = _Float32CrossEntropy.apply(flat, flat_targets, rows, argmax)
+    return nll.view(batch, width), predicted.view(batch, width) if argmax else None
+
+
+def nll_and_accuracy(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`sequence_nll` (differentiable) and :func:`memorization_accuracy` (float32, no gradient) of each
+    sample, ``Tensor[B]`` each, from one pass over the logits (``Tensor[B, T, V]``)."""
+    targets = next_token_targets(input_ids, attention_mask)
+    nll, predicted = token_nll(logits, targets, argmax=True)
+    counted = predicted_positions(attention_mask).sum(1)
+    hits = (predicted == targets).sum(1)  # an ignored target (-100) is never a token id
+    return nll.sum(1) / counted, hits.float() / counted.float()
+
+
 def sequence_nll(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Mean next-token negative log-likelihood (nats per token) of each sample: ``Tensor[B]`` (float32; float64
     for float64 logits).
 
-    Differentiable, so it serves as the per-sample training loss too. Padding never counts.
+    Differentiable, so it serves as the per-sample training loss too. Padding never counts. It costs what a
+    model's own loss costs (:func:`token_nll`: flattened, no float32 copy of half-precision logits).
     """
-    counted = predicted_positions(attention_mask).float()
-    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64
-    nll = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
-    return (nll * counted).sum(1) / counted.sum(1)
+    counted = predicted_positions(attention_mask).sum(1)
+    return token_nll(logits, next_token_targets(input_ids, attention_mask))[0].sum(1) / counted
 
 
 def sequence_log_likelihood(nll: Tensor, attention_mask: Tensor) -> Tensor:

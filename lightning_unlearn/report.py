@@ -29,9 +29,8 @@ from lightning_unlearn.files import atomic_file, write_text_atomically
 from lightning_unlearn.memorization import (
     eval_mode,
     extraction_likelihood,
-    memorization_accuracy,
+    nll_and_accuracy,
     score_memorization,
-    sequence_nll,
     verbatim_extraction,
 )
 from lightning_unlearn.thresholds import (
@@ -61,7 +60,8 @@ def _measure_split(model: torch.nn.Module, loader: Any, el_n: int | None, verbat
         for batch in loader:
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits
-            columns = {"g": memorization_accuracy(logits, ids, mask), "nll": sequence_nll(logits, ids, mask)}
+            nll, g = nll_and_accuracy(logits, ids, mask)
+            columns = {"g": g, "nll": nll}
             for name, attack in ATTACKS.items():
                 columns[f"{name}_score"] = attack(model, ids, mask)
             if el_n is not None:

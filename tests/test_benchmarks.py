@@ -42,7 +42,9 @@ def test_memorization_speed_runs_and_values_are_identical():
 
 
 def load_script(name: str):
-    """A benchmark script as a module (registered, as its dataclasses need)."""
+    """A benchmark script as a module (registered, as its dataclasses need; its sibling modules importable)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -64,8 +66,11 @@ def run_on_small_testbed(testbed_cache, *args: str) -> str:
 
 
 def test_step_overhead_runs(small_testbed, testbed_cache):
-    out = run_on_small_testbed(testbed_cache, "benchmarks/step_overhead.py", "--small", "--steps", "4", "--warmup", "1")
+    args = ["--small", "--steps", "4", "--warmup", "1", "--vocabulary", "8192"]
+    out = run_on_small_testbed(testbed_cache, "benchmarks/step_overhead.py", *args)
     assert re.search(r"GA / bare = \d+\.\d+", out) and re.search(r"SGA / GA  = \d+\.\d+", out), out
+    memory = [line for line in out.splitlines() if line.startswith(("| float32 |", "| bfloat16 |"))]
+    assert len(memory) == 2, out
     assert len(re.findall(r"SGA\+KL / SGA = \d+\.\d+", out)) == 2 and re.search(r"reference memory: \d+\.\d MB", out), (
         out
     )
@@ -88,8 +93,8 @@ def test_scaling_runs_both_refresh_policies(small_testbed, testbed_cache):
 
 
 def test_peak_tensor_memory_counts_each_storage_once_until_freed():
-    scaling = load_script("scaling")
-    with scaling.PeakTensorMemory() as memory:
+    peak_memory = load_script("peak_memory")
+    with peak_memory.PeakTensorMemory() as memory:
         a = torch.zeros(1000, 1000)  # 4 MB
         b = a + 1
         view = b.view(-1)  # shares b's storage

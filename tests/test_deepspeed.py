@@ -119,8 +119,15 @@ def cpu_deepspeed_names():
     from tests.deepspeed_cpu import CPUDeepSpeedStrategy
 
     saved = {name: StrategyRegistry[name] for name in ("deepspeed_stage_2", "deepspeed_stage_3")}
-    for stage in (2, 3):
-        StrategyRegistry.register(f"deepspeed_stage_{stage}", CPUDeepSpeedStrategy, stage=stage, override=True)
+    for stage in (2, 3):  # with small buckets: Lightning's 2e8-element ones take long to allocate on a CPU
+        StrategyRegistry.register(
+            f"deepspeed_stage_{stage}",
+            CPUDeepSpeedStrategy,
+            stage=stage,
+            allgather_bucket_size=10**6,
+            reduce_bucket_size=10**6,
+            override=True,
+        )
     yield
     StrategyRegistry.update(saved)
 
@@ -170,9 +177,9 @@ class Scores(L.Callback):
             json.dump(report, f)
 
 
-@pytest.mark.parametrize(("stage", "method"), [(2, "SGA"), (3, "SGA"), (3, "TA")])
+@pytest.mark.parametrize(("stage", "method"), [(2, "SGA"), (3, "TA")])
 def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path, stage, method):
-    """A run checkpointed every step; another resumed from its step-3 checkpoint ends at the same step with the
+    """A run checkpointed every third step; another resumed from its step-3 checkpoint ends at the same step with the
     same per-sample scores: the per-sample weights, scores and threshold travel in DeepSpeed's client state, and
     under ZeRO-3 each process's shard of TA's θ_base in its own file."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -191,8 +198,8 @@ def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path,
         )
         return [json.loads((tmp_path / f"{name}.rank{r}.json").read_text()) for r in range(2)]
 
-    every_step = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1, save_top_k=-1)
-    whole = fit("whole", [every_step])
+    every_third_step = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=3, save_top_k=-1)
+    whole = fit("whole", [every_third_step])
     assert whole[0]["stopped_step"] > 4
     (checkpoint,) = (tmp_path / "checkpoints").glob("*step=3.ckpt")
     resumed = fit("resumed", [], ckpt_path=checkpoint)

@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_unlearn import memorization
 from lightning_unlearn.memorization import (
     extraction_likelihood,
     memorization_accuracy,
+    nll_and_accuracy,
     score_memorization,
     sequence_nll,
     verbatim_extraction,
@@ -95,6 +97,77 @@ def test_sequence_nll_hand_computed():
     expected_0 = (-math.log(0.5) - math.log(0.5)) / 2  # p(x_1=1)=0.5, p(x_2=2)=0.5
     expected_1 = -math.log(0.5)  # p(x_1=0)=0.5; the padded position does not count
     assert sequence_nll(logits, ids, mask).tolist() == pytest.approx([expected_0, expected_1], rel=1e-5)
+
+
+def transposed_float32_nll(logits, input_ids, attention_mask):
+    """The former sequence_nll, the reference: a float32 copy of the shifted logits, transposed to (B, V, T)."""
+    counted = memorization.predicted_positions(attention_mask).float()
+    shifted = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    nll = F.cross_entropy(shifted.transpose(1, 2), input_ids[:, 1:], reduction="none")
+    return (nll * counted).sum(1) / counted.sum(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("chunk_rows", [None, 5])
+def test_flattened_nll_and_accuracy_equal_the_reference(dtype, chunk_rows, monkeypatch):
+    """Values and gradients of the flattened, chunked path equal the float32 copy's (NLL within 1e-5 relative, g
+    exactly), with padding, samples of one token, and chunks that split samples (5 rows of 7 positions)."""
+    vocabulary = 50
+    if chunk_rows is not None:
+        monkeypatch.setattr(memorization, "CHUNK_ELEMENTS", chunk_rows * vocabulary)
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(4, 7, vocabulary)).to(dtype)
+    logits[0, 2, 7] = logits[0, 2].max()  # a tie in the argmax, decided alike
+    input_ids = torch.randint(0, vocabulary, (4, 7))
+    attention_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5, [1] + [0] * 6])
+    expected_nll = transposed_float32_nll(logits, input_ids, attention_mask)
+    expected_g = memorization_accuracy(logits, input_ids, attention_mask)
+
+    nll, g = nll_and_accuracy(logits, input_ids, attention_mask)
+    assert nll.dtype == expected_nll.dtype and g.dtype == torch.float32
+    assert torch.allclose(nll[:3], expected_nll[:3], rtol=1e-5, atol=0) and nll[3].isnan() and g[3].isnan()
+    assert torch.equal(g[:3], expected_g[:3])
+    assert torch.equal(sequence_nll(logits, input_ids, attention_mask)[:3], nll[:3])
+
+    weights = torch.tensor([0.5, -1.0, 2.0], dtype=nll.dtype)
+    grads = []
+    for compute in (transposed_float32_nll, sequence_nll):
+        leaf = logits.clone().requires_grad_(True)
+        (compute(leaf, input_ids, attention_mask)[:3] * weights).sum().backward()
+        grads.append(leaf.grad)
+    assert grads[1].dtype == dtype
+    tolerance = {torch.bfloat16: 1e-2, torch.float16: 1e-3}.get(dtype, 1e-6)
+    # (the reference's gradient is NaN on the one-token sample: 0 · (1/0); ours is 0 there)
+    assert torch.allclose(grads[1][:3].float(), grads[0][:3].float(), rtol=tolerance, atol=tolerance * 1e-2)
+    assert torch.equal(grads[1][3], torch.zeros_like(grads[1][3]))
+
+
+def test_half_precision_nll_never_copies_all_logits_to_float32(monkeypatch):
+    """Chunk by chunk: no operation of the NLL, forward or backward, makes a float32 tensor larger than one chunk
+    (every op's outputs are watched, so a .to(), .float() or an upcast inside an op would show)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    vocabulary, rows = 64, 3
+    monkeypatch.setattr(memorization, "CHUNK_ELEMENTS", rows * vocabulary)
+    logits = torch.randn(2, 12, vocabulary, dtype=torch.bfloat16, requires_grad=True)
+    input_ids = torch.randint(0, vocabulary, (2, 12))
+    largest = [0]
+
+    class Float32Outputs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float32:
+                    largest[0] = max(largest[0], tensor.numel())
+            return out
+
+    with Float32Outputs():
+        sequence_nll(logits, input_ids, torch.ones_like(input_ids)).sum().backward()
+    assert 0 < largest[0] <= rows * vocabulary < logits.numel()
+    assert logits.grad.dtype == torch.bfloat16
+    with Float32Outputs():  # the former implementation does copy them all
+        transposed_float32_nll(logits.detach(), input_ids, torch.ones_like(input_ids))
+    assert largest[0] >= 2 * 11 * vocabulary
 
 
 @pytest.mark.parametrize("n", [3, 10])

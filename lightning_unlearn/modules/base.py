@@ -19,7 +19,7 @@ from lightning_unlearn.distributed import gather_scores
 from lightning_unlearn.extras import require_gguf
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.losses import token_kl
-from lightning_unlearn.memorization import float32_logits, memorization_accuracy, sequence_nll
+from lightning_unlearn.memorization import float32_logits, nll_and_accuracy, sequence_nll
 from lightning_unlearn.reference import ReferenceWeights
 from lightning_unlearn.strategies import (
     full_state_dict,
@@ -246,36 +246,36 @@ class UnlearningModule(L.LightningModule):
         ids = forget["sample_id"]
         retain = self._retain_batch(batch) if self.needs_retain else None
         logits = self._logits(forget)
-        g = memorization_accuracy(logits.detach(), forget["input_ids"], forget["attention_mask"])
+        if self._scores_in_loop() and self._monitors("forget"):  # the callbacks take each sample's g as it comes
+            nll, g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"])
+        else:
+            nll, g = sequence_nll(logits, forget["input_ids"], forget["attention_mask"]), None
         accumulation = self.trainer.accumulate_grad_batches
         window_ids = forget.get("window_ids") if accumulation > 1 else None
         if window_ids is None or batch_idx % accumulation == 0:  # the first micro-batch of an optimizer step
             self._window = self._start_window(ids, g, window_ids, retain)
-        elif self._scores_in_loop():
+        elif g is not None:
             for monitor in self._monitors("forget"):  # the weights are the window's: the scores come for free
                 monitor.record(self.trainer, self, ids, g)
         self._rule_holds = self._window["holds"]
         if self._rule_holds:  # the stop rule holds for these weights: a zero loss, and optimizer_step takes no step
             return logits.sum() * 0.0
-        nll = sequence_nll(logits, forget["input_ids"], forget["attention_mask"])
         weights = self.forget_weights_for(ids).to(nll.dtype)
         # Each micro-batch's share of the window's weighted mean; Lightning divides every loss by the accumulation.
         scale = self.trainer.world_size * (accumulation if window_ids is not None else 1)
         loss = scale * (weights * self.forget_loss(forget, logits, nll)).sum() / self._window["forget_weight"]
         metrics = {"train/forget_nll": nll.detach().mean()}
         if retain is not None:
-            with float32_logits(self.model):
-                retain_logits = self.model(
-                    input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]
-                ).logits
-            retain_nll = sequence_nll(retain_logits, retain["input_ids"], retain["attention_mask"])
-            for monitor in self._monitors("retain"):  # the retain forward scores its batch for free
-                g_retain = memorization_accuracy(retain_logits.detach(), retain["input_ids"], retain["attention_mask"])
-                monitor.record(self.trainer, self, retain["sample_id"], g_retain)
+            retain_logits = self._logits(retain)
+            if self._monitors("retain"):  # the retain forward scores its batch for free
+                retain_nll, g_retain = nll_and_accuracy(retain_logits, retain["input_ids"], retain["attention_mask"])
+                for monitor in self._monitors("retain"):
+                    monitor.record(self.trainer, self, retain["sample_id"], g_retain)
+            else:
+                retain_nll = sequence_nll(retain_logits, retain["input_ids"], retain["attention_mask"])
             retain_term = self.retain_loss(retain, retain_logits, retain_nll)
-            loss = (
-                loss + scale * self.hparams.get("retain_weight", 1.0) * retain_term.sum() / self._window["retain_count"]
-            )
+            retain_weight = self.hparams.get("retain_weight", 1.0)
+            loss = loss + scale * retain_weight * retain_term.sum() / self._window["retain_count"]
             metrics["train/retain_nll"] = retain_nll.detach().mean()
             metrics["train/retain_loss"] = retain_term.detach().mean()
         if not torch.isfinite(loss):
@@ -293,7 +293,7 @@ class UnlearningModule(L.LightningModule):
             return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def _start_window(
-        self, sample_id: Tensor, g: Tensor, window_ids: Tensor | None, retain: dict[str, Tensor] | None
+        self, sample_id: Tensor, g: Tensor | None, window_ids: Tensor | None, retain: dict[str, Tensor] | None
     ) -> dict[str, Any]:
         """At an optimizer step's first micro-batch: the stop rule and the per-sample weights of the step's samples
         (``window_ids``, every micro-batch's; this micro-batch alone without them), and the normalizers of one big
@@ -307,10 +307,11 @@ class UnlearningModule(L.LightningModule):
         holds = self._before_step(sample_id, g, window_ids)
         step_ids = sample_id if window_ids is None else window_ids
         window = {"holds": holds, "forget_weight": self._global_sum(self.forget_weights_for(step_ids).sum())}
-        window["forget_weight"] = window["forget_weight"].to(g.device).clamp_min(1e-12)
+        window["forget_weight"] = window["forget_weight"].to(sample_id.device).clamp_min(1e-12)
         if retain is not None:
-            size = len(retain.get("window_ids", retain["sample_id"]) if window_ids is not None else retain["sample_id"])
-            window["retain_count"] = self._global_sum(torch.tensor(float(size), dtype=torch.float32, device=g.device))
+            step_retain = retain.get("window_ids", retain["sample_id"])  # window_ids come with the forget split's
+            size = torch.tensor(float(len(step_retain)), dtype=torch.float32, device=sample_id.device)
+            window["retain_count"] = self._global_sum(size)
         return window
 
     def _retain_batch(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -356,11 +357,11 @@ class UnlearningModule(L.LightningModule):
         its edit)."""
         return True
 
-    def _before_step(self, sample_id: Tensor, g: Tensor, window_ids: Tensor | None = None) -> bool:
+    def _before_step(self, sample_id: Tensor, g: Tensor | None, window_ids: Tensor | None = None) -> bool:
         """Score-in-the-loop: hands the batch's fresh g to the callbacks; True when training must stop now. Under
         gradient accumulation ``window_ids`` are the optimizer step's samples (this process's): those not scored at
         the current weights yet are scored now, and the selection applies to all of them, as in one big batch."""
-        if not self._scores_in_loop():
+        if g is None:  # no monitor takes the training forward's scores (or task arithmetic: they are not its edit's)
             return False
         callbacks = self.trainer.callbacks
         for monitor in self._monitors("forget"):  # SelectiveAscent and the stopping rule require one

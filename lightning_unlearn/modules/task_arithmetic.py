@@ -177,7 +177,7 @@ class TAU(TaskArithmetic):
     def _scores_in_loop(self) -> bool:
         return self.switch_step is None  # the SGA phase scores its model; the TA phase, its edit
 
-    def _before_step(self, sample_id: Tensor, g: Tensor, window_ids: Tensor | None = None) -> bool:
+    def _before_step(self, sample_id: Tensor, g: Tensor | None, window_ids: Tensor | None = None) -> bool:
         if self.switch_step is not None:
             return False
         if super()._before_step(sample_id, g, window_ids):

@@ -1,0 +1,37 @@
+"""Peak tensor memory on the CPU: what the benchmarks report where there is no CUDA allocator to ask."""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+
+class PeakTensorMemory(TorchDispatchMode):
+    """Bytes of tensor storage allocated inside the context and still alive: ``live`` now, ``peak`` at most.
+
+    The CPU counterpart of ``torch.cuda.max_memory_allocated``: every operator's outputs are counted once per
+    storage (views share theirs) until the storage is freed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._counted = WeakIdKeyDictionary()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage() not in self._counted:
+                storage = tensor.untyped_storage()
+                self._counted[storage] = size = storage.nbytes()
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, size)
+        return out
+
+    def _free(self, size: int) -> None:
+        self.live -= size
