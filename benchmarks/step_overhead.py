@@ -73,19 +73,24 @@ def bare_loop(model: torch.nn.Module, loader: torch.utils.data.DataLoader, steps
     return statistics.median(times)
 
 
-def lightning_steps(module: L.LightningModule, datamodule: UnlearningDataModule, steps: int, warmup: int) -> float:
-    timer = StepTimer(warmup)
-    trainer = L.Trainer(
+def quiet_trainer(max_steps: int, callback: L.Callback) -> L.Trainer:
+    """A one-process CPU Trainer for ``max_steps`` steps, with ``callback`` and nothing else."""
+    return L.Trainer(
         accelerator="cpu",
         devices=1,
-        max_steps=steps,
+        max_steps=max_steps,
         max_epochs=-1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[callback],
     )
+
+
+def lightning_steps(module: L.LightningModule, datamodule: UnlearningDataModule, steps: int, warmup: int) -> float:
+    timer = StepTimer(warmup)
+    trainer = quiet_trainer(steps, timer)
     trainer.fit(module, datamodule)
     assert trainer.global_step == steps, "the run stopped early: the timing would be off"
     return statistics.median(timer.times)
@@ -121,16 +126,7 @@ def large_vocabulary_memory(testbed: object, vocabulary: int, dtype: torch.dtype
         ("SGA", SelectiveGradientAscent(copy.deepcopy(model), gamma=0.0, threshold=-1.0)),
     ):
         step = StepPeak()
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_steps=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[step],
-        )
-        trainer.fit(module, datamodule)
+        quiet_trainer(1, step).fit(module, datamodule)
         peaks[name] = step.peak / 2**20
     return peaks
 
