@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_unlearn import GradientAscent, SelectiveGradientAscent, TaskArithmetic
+from lightning_unlearn import GradientAscent, SelectiveGradientAscent, TaskArithmetic, UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from tests.conftest import find, make_trainer, unlearning_data
 
@@ -150,3 +150,19 @@ def test_16_mixed_with_a_loss_scaler_steps_through_our_optimizer_step(small_test
     stopping = find(trainer, MemorizationEarlyStopping)
     assert stopping.rule_met and stopping.stopped_step > 1
     assert scaler.get_scale() > 2.0**10  # updated after every step it took (growth_interval=1)
+
+
+def test_accumulation_with_a_loader_of_ones_own_warns_that_selection_is_per_micro_batch(small_testbed):
+    from lightning.pytorch.utilities import CombinedLoader
+
+    class PlainLoader(UnlearningDataModule):  # batches without the optimizer step's sample ids
+        def train_dataloader(self):
+            return CombinedLoader(super().train_dataloader().iterables, mode="max_size_cycle")
+
+    tb = small_testbed
+    datamodule = PlainLoader(tb.tokenizer, tb.forget, holdout=tb.holdout, batch_size=len(tb.forget) // 2)
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4)
+    trainer = make_trainer(max_steps=2, accumulate_grad_batches=2)
+    with pytest.warns(UserWarning, match="per micro-batch, not per optimizer step") as warned:
+        trainer.fit(module, datamodule)
+    assert sum("per micro-batch" in str(w.message) for w in warned) == 1  # once
