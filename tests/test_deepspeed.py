@@ -192,10 +192,11 @@ def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path,
     def fit(name, callbacks, ckpt_path=None):
         strategy = CPUDeepSpeedStrategy(config=deepspeed_config(stage=stage, micro_batch_size=half, bucket_size=10**6))
         callbacks = [*callbacks, Scores(tmp_path / name)]
-        trainer = make_trainer(devices=2, strategy=strategy, callbacks=callbacks, enable_checkpointing=True)
-        trainer.fit(
-            METHODS["SGA"][0](copy.deepcopy(tb.model)), unlearning_data(tb, batch_size=half), ckpt_path=ckpt_path
+        trainer = make_trainer(
+            devices=2, strategy=strategy, callbacks=callbacks, enable_checkpointing=True, default_root_dir=tmp_path
         )
+        module = METHODS[method][0](copy.deepcopy(tb.model))
+        trainer.fit(module, unlearning_data(tb, batch_size=half), ckpt_path=ckpt_path)
         return [json.loads((tmp_path / f"{name}.rank{r}.json").read_text()) for r in range(2)]
 
     every_third_step = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=3, save_top_k=-1)
