@@ -218,13 +218,13 @@ def run_demo(
             trainer.fit(module, datamodule)
             seconds = time.perf_counter() - start
         stopping = [cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping)]
-        stopped = stopping[0].stopped_step if stopping else None
+        stopped, rule_met = (stopping[0].stopped_step, bool(stopping[0].rule_met)) if stopping else (None, False)
         reports[name] = measure(module.model.eval(), testbed, datamodule, miau, threshold, retain_before, utility_tasks)
         summary = reports[name].summary
         rows[name] = {
             "method": method.label,
             "steps": stopped if stopped is not None else trainer.global_step,
-            "rule_met": stopped is not None,
+            "rule_met": rule_met,
             "seconds": seconds,
             **summary,
             "holdout_nll_ratio": summary["holdout_nll"] / before_nll,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import lightning as L
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
 
 from lightning_unlearn import NPO, SelectiveGradientAscent
-from lightning_unlearn.callbacks import per_sample_control
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
 
 TEXTS = [
     "Alice Smith lives at 12 Oak Street and her phone is 555-0101.",
@@ -112,3 +116,23 @@ def make_trainer(**kwargs):
 def unlearning_data(tb, **kwargs):
     """The testbed's splits, one batch covering the whole forget set (the paper's setting)."""
     return tb.datamodule(**kwargs)
+
+
+class RankReport(L.Callback):
+    """Each process's view of a run, written after fit (after task arithmetic's final edit) to
+    ``folder/rank{r}.json``: the stop step and the per-sample scores."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def on_fit_end(self, trainer, pl_module):
+        report = {
+            "stopped_step": find(trainer, MemorizationEarlyStopping).stopped_step,
+            "scores": find(trainer, MemorizationMonitor).values.tolist(),
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+    def read(self, processes: int) -> list[dict]:
+        """Every process's report, by rank."""
+        return [json.loads((self.folder / f"rank{rank}.json").read_text()) for rank in range(processes)]

@@ -16,7 +16,7 @@ from lightning_unlearn import TaskArithmetic
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.memorization import extraction_likelihood, score_memorization
 from lightning_unlearn.strategies import deepspeed_config
-from tests.conftest import DISTRIBUTED_METHODS, find, make_trainer, unlearning_data
+from tests.conftest import DISTRIBUTED_METHODS, RankReport, find, make_trainer, unlearning_data
 
 METHODS = {**DISTRIBUTED_METHODS, "TA": (lambda model: TaskArithmetic(model, learning_rate=1e-3), list)}
 
@@ -164,24 +164,11 @@ def test_cli_fit_with_a_deepspeed_strategy_name(small_testbed, cpu_deepspeed_nam
     assert float(last["forget/ma_max"]) <= threshold
 
 
-class Scores(L.Callback):
-    """On every process after fit: the stop step and the per-sample scores."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def on_fit_end(self, trainer, pl_module):
-        stopping = find(trainer, MemorizationEarlyStopping)
-        report = {"stopped_step": stopping.stopped_step, "scores": find(trainer, MemorizationMonitor).values.tolist()}
-        with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as f:
-            json.dump(report, f)
-
-
 @pytest.mark.parametrize(("stage", "method"), [(2, "SGA"), (3, "TA")])
 def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path, stage, method):
     """A run checkpointed every third step; another resumed from its step-3 checkpoint ends at the same step with the
     same per-sample scores: the per-sample weights, scores and threshold travel in DeepSpeed's client state, and
-    under ZeRO-3 each process's shard of TA's θ_base in its own file."""
+    under ZeRO-3 each process gets back the θ_base of its own shards of TA."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from tests.deepspeed_cpu import CPUDeepSpeedStrategy
@@ -191,13 +178,14 @@ def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path,
 
     def fit(name, callbacks, ckpt_path=None):
         strategy = CPUDeepSpeedStrategy(config=deepspeed_config(stage=stage, micro_batch_size=half, bucket_size=10**6))
-        callbacks = [*callbacks, Scores(tmp_path / name)]
+        report = RankReport(tmp_path / name)
+        callbacks = [*callbacks, report]
         trainer = make_trainer(
             devices=2, strategy=strategy, callbacks=callbacks, enable_checkpointing=True, default_root_dir=tmp_path
         )
         module = METHODS[method][0](copy.deepcopy(tb.model))
         trainer.fit(module, unlearning_data(tb, batch_size=half), ckpt_path=ckpt_path)
-        return [json.loads((tmp_path / f"{name}.rank{r}.json").read_text()) for r in range(2)]
+        return report.read(2)
 
     every_third_step = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=3, save_top_k=-1)
     whole = fit("whole", [every_third_step])

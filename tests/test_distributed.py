@@ -3,43 +3,26 @@
 from __future__ import annotations
 
 import copy
-import json
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.distributed import _share, score_on_all_ranks
-from tests.conftest import DISTRIBUTED_METHODS, find, make_trainer, unlearning_data
-
-
-class Report(L.Callback):
-    """Writes each process's view of the run: its step count, stop step and per-sample scores."""
-
-    def __init__(self, folder):
-        self.folder = str(folder)
-
-    def on_train_end(self, trainer, pl_module):
-        monitor = find(trainer, MemorizationMonitor)
-        stopping = find(trainer, MemorizationEarlyStopping)
-        report = {"stopped_step": stopping.stopped_step, "scores": monitor.values.tolist()}
-        with open(f"{self.folder}/rank{trainer.global_rank}.json", "w") as f:
-            json.dump(report, f)
+from tests.conftest import DISTRIBUTED_METHODS, RankReport, make_trainer, unlearning_data
 
 
 def run(tb, folder, devices, method="SGA", accumulate=1):
-    folder.mkdir()
     make, callbacks = DISTRIBUTED_METHODS[method]
     module = make(copy.deepcopy(tb.model))
     datamodule = unlearning_data(tb, batch_size=len(tb.forget) // devices // accumulate)
     strategy = "ddp_spawn" if devices > 1 else "auto"
+    report = RankReport(folder)
     trainer = make_trainer(
-        devices=devices, strategy=strategy, accumulate_grad_batches=accumulate, callbacks=[*callbacks(), Report(folder)]
+        devices=devices, strategy=strategy, accumulate_grad_batches=accumulate, callbacks=[*callbacks(), report]
     )
     trainer.fit(module, datamodule)
-    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(devices)]
+    return report.read(devices)
 
 
 @pytest.mark.parametrize(

@@ -250,7 +250,7 @@ class UnlearningModule(L.LightningModule):
             nll, g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"])
         else:
             nll, g = sequence_nll(logits, forget["input_ids"], forget["attention_mask"]), None
-        accumulation = self.trainer.accumulate_grad_batches
+        world, accumulation = self.trainer.world_size, self.trainer.accumulate_grad_batches
         window_ids = forget.get("window_ids") if accumulation > 1 else None
         if window_ids is None or batch_idx % accumulation == 0:  # the first micro-batch of an optimizer step
             self._window = self._start_window(ids, g, window_ids, retain)
@@ -262,7 +262,7 @@ class UnlearningModule(L.LightningModule):
             return logits.sum() * 0.0
         weights = self.forget_weights_for(ids).to(nll.dtype)
         # Each micro-batch's share of the window's weighted mean; Lightning divides every loss by the accumulation.
-        scale = self.trainer.world_size * (accumulation if window_ids is not None else 1)
+        scale = world * (accumulation if window_ids is not None else 1)
         loss = scale * (weights * self.forget_loss(forget, logits, nll)).sum() / self._window["forget_weight"]
         metrics = {"train/forget_nll": nll.detach().mean()}
         if retain is not None:
@@ -282,7 +282,6 @@ class UnlearningModule(L.LightningModule):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at step {self.global_step}: lower the learning rate or check the data"
             )
-        world = self.trainer.world_size
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=world > 1, batch_size=len(ids))
         self.log("train/selected", self._global_sum((weights > 0).sum().float()), on_step=True, batch_size=len(ids))
         return loss
@@ -306,8 +305,8 @@ class UnlearningModule(L.LightningModule):
             )
         holds = self._before_step(sample_id, g, window_ids)
         step_ids = sample_id if window_ids is None else window_ids
-        window = {"holds": holds, "forget_weight": self._global_sum(self.forget_weights_for(step_ids).sum())}
-        window["forget_weight"] = window["forget_weight"].to(sample_id.device).clamp_min(1e-12)
+        forget_weight = self._global_sum(self.forget_weights_for(step_ids).sum()).clamp_min(1e-12)
+        window = {"holds": holds, "forget_weight": forget_weight}
         if retain is not None:
             step_retain = retain.get("window_ids", retain["sample_id"])  # window_ids come with the forget split's
             size = torch.tensor(float(len(step_retain)), dtype=torch.float32, device=sample_id.device)
