@@ -11,7 +11,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # none yet, or one cut short
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed,eval,gguf]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed,eval,gguf,peft]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -16,3 +16,8 @@ def require_extra(extra: str, modules: tuple[str, ...], purpose: str) -> None:
 def require_gguf() -> None:
     """Loading a GGUF file (``gguf_file=``) needs the ``gguf`` and ``accelerate`` packages: the ``[gguf]`` extra."""
     require_extra("gguf", ("gguf", "accelerate"), "loading a GGUF file (gguf_file=)")
+
+
+def require_peft() -> None:
+    """Adapters (``peft=``) need the ``peft`` package: the ``[peft]`` extra."""
+    require_extra("peft", ("peft",), "training an adapter (peft=)")

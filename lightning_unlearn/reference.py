@@ -1,10 +1,11 @@
 """The reference model of a KL retain term: the model as it was before unlearning, without a second model.
 
-:class:`ReferenceWeights` keeps a copy of this process's parameter data (under ZeRO-3 its shards, sharded exactly
-like the trained model; otherwise the whole parameters), on the parameters' own device by default. For a reference
+:class:`ReferenceWeights` keeps a copy of this process's data of the parameters that train (under ZeRO-3 their
+shards, sharded exactly like the trained model; otherwise the whole parameters; with an adapter, only the
+adapter's: the frozen base is its own reference), on the parameters' own device by default. For a reference
 forward pass it swaps the copy into the model in place, runs the pass, and swaps back, bit for bit: the same
 forward, so every process runs the same collectives under ZeRO-3 and nothing can hang, and no second module with
-its own hooks, wrappers or optimizer states. Memory: one copy of the (local) parameters plus, transiently, the
+its own hooks, wrappers or optimizer states. Memory: one copy of the (local) trainable parameters plus, transiently, the
 largest single parameter. Time: one no-grad forward pass and two in-place copies of the parameters.
 """
 
@@ -22,7 +23,7 @@ from lightning_unlearn.strategies import has_sharded_parameters, local_shards
 
 
 class ReferenceWeights:
-    """A frozen copy of ``model``'s parameters as they are now (this process's shards under ZeRO-3).
+    """A frozen copy of ``model``'s trainable parameters as they are now (this process's shards under ZeRO-3).
 
     Args:
         model: the Hugging Face model (already set up by the strategy, so that ZeRO-3 shards exist).
@@ -42,12 +43,12 @@ class ReferenceWeights:
         self.release = release or (lambda: None)
         self.sharded = has_sharded_parameters(model)
         self.weights: dict[str, Tensor] = {
-            name: data.detach().to(device or data.device, copy=True) for name, data in local_shards(model)
+            name: data.detach().to(device or data.device, copy=True) for name, data in _trainable_shards(model)
         }
 
     @torch.no_grad()
     def _swap(self, model: torch.nn.Module) -> None:
-        for name, data in local_shards(model):
+        for name, data in _trainable_shards(model):
             reference = self.weights[name]
             current = data.clone()
             data.copy_(reference)
@@ -93,7 +94,7 @@ class ReferenceWeights:
             )
         reference = cls.__new__(cls)
         reference.sharded, reference.release = False, release or (lambda: None)
-        parameters = dict(local_shards(model))
+        parameters = dict(_trainable_shards(model))
         missing = set(parameters) - set(state["weights"])
         if missing:
             raise KeyError(f"the checkpoint's reference model lacks {len(missing)} parameters, e.g. {min(missing)}")
@@ -101,3 +102,9 @@ class ReferenceWeights:
             name: state["weights"][name].to(data.device, data.dtype, copy=True) for name, data in parameters.items()
         }
         return reference
+
+
+def _trainable_shards(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """:func:`local_shards` of the parameters that train (the frozen ones are their own reference)."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return ((name, data) for name, data in local_shards(model) if name in trainable)

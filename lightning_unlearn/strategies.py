@@ -8,7 +8,7 @@ ZeRO-3 (one process, DDP, ZeRO-1/2) both are the ordinary parameters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -135,23 +135,43 @@ def equal_forward_passes(model: torch.nn.Module, planned: int) -> Iterator[None]
             model(input_ids=token)
 
 
-def full_state_dict(model: torch.nn.Module, rank: int = 0) -> dict[str, Tensor] | None:
-    """The whole ``model``'s parameters and buffers on the CPU, gathered one parameter at a time under ZeRO-3.
+@contextmanager
+def gathered(parameters: Iterable[Tensor]) -> Iterator[None]:
+    """Inside: the whole of every parameter in ``parameters``, gathered from all processes under ZeRO-3 (read
+    only: changes are dropped at the exit). Enter it on every process (the gather is collective). Nothing happens
+    to parameters that are not sharded."""
+    sharded = [p for p in parameters if is_sharded(p)]
+    if not sharded:
+        yield
+        return
+    import deepspeed  # installed wherever a parameter is sharded
+
+    with deepspeed.zero.GatheredParameters(sharded, modifier_rank=None):
+        yield
+
+
+def is_rank(rank: int) -> bool:
+    """Whether this process is ``rank`` (always, without a process group)."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == rank
+
+
+def full_state_dict(
+    model: torch.nn.Module, rank: int = 0, names: Collection[str] | None = None
+) -> dict[str, Tensor] | None:
+    """The whole ``model``'s parameters and buffers on the CPU, gathered one parameter at a time under ZeRO-3
+    (only the parameters in ``names``, and no buffers, when given).
 
     Call it on every process (the gather is collective); ``rank``'s process gets the dict, the others ``None``.
     """
-    here = not torch.distributed.is_initialized() or torch.distributed.get_rank() == rank
+    here = is_rank(rank)
     state: dict[str, Tensor] = {}
     for name, p in model.named_parameters():
-        if is_sharded(p):
-            import deepspeed  # installed wherever a parameter is sharded
-
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                if here:
-                    state[name] = p.data.detach().to("cpu", copy=True)
-        elif here:
-            state[name] = p.data.detach().to("cpu", copy=True)
-    if here:
+        if names is not None and name not in names:
+            continue
+        with gathered([p]):
+            if here:
+                state[name] = p.data.detach().to("cpu", copy=True)
+    if here and names is None:
         persistent = set(model.state_dict())  # without buffers that are not saved (e.g. attention masks)
         for name, buffer in model.named_buffers():
             if name in persistent:

@@ -1,14 +1,15 @@
 """Task vectors (Ilharco et al.): τ = θ_tuned − θ_base, and edits θ = θ_base + λ·τ, on named parameters.
 
-Work on any set of named parameters: a whole model, or only a PEFT/LoRA model's trainable adapter weights
-(pass ``trainable_only=True``). Vectors live on the CPU, so an edit never keeps a second model on the accelerator.
-Under DeepSpeed ZeRO-3 every function works on this process's parameter shards (each process keeps its own base
-and edits its own shards in place), see :func:`lightning_unlearn.strategies.local_shards`.
+Work on any set of named parameters: a whole model, or some of its parameters (``names``: e.g. a LoRA adapter's B
+factors, see :func:`lightning_unlearn.adapters.task_vector_names`). Vectors live on the CPU, so an edit never keeps
+a second model on the accelerator. Under DeepSpeed ZeRO-3 every function works on this process's parameter shards
+(each process keeps its own base and edits its own shards in place), see
+:func:`lightning_unlearn.strategies.local_shards`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -17,10 +18,14 @@ from torch import Tensor
 from lightning_unlearn.strategies import local_shards
 
 
-def snapshot(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, Tensor]:
-    """A CPU copy of ``model``'s parameters by name (only those with ``requires_grad`` when ``trainable_only``)."""
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad or not trainable_only}
-    return {name: data.detach().to("cpu", copy=True) for name, data in local_shards(model) if name in trainable}
+def snapshot(model: torch.nn.Module, names: Collection[str] | None = None) -> dict[str, Tensor]:
+    """A CPU copy of ``model``'s parameters by name (only those in ``names`` when given)."""
+    wanted = set(names) if names is not None else None
+    return {
+        name: data.detach().to("cpu", copy=True)
+        for name, data in local_shards(model)
+        if wanted is None or name in wanted
+    }
 
 
 def task_vector(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -51,11 +56,10 @@ def load_parameters(model: torch.nn.Module, values: Mapping[str, Tensor]) -> Non
 
 
 @contextmanager
-def edited(
-    model: torch.nn.Module, base: Mapping[str, Tensor], scale: float, trainable_only: bool = False
-) -> Iterator[None]:
-    """Inside: ``model`` is base + scale · (its weights − base). After: its weights exactly as before."""
-    current = snapshot(model, trainable_only)
+def edited(model: torch.nn.Module, base: Mapping[str, Tensor], scale: float) -> Iterator[None]:
+    """Inside: ``model``'s parameters named in ``base`` are base + scale · (their weights − base), the others
+    untouched. After: its weights exactly as before."""
+    current = snapshot(model, names=base.keys())
     apply_task_vector(model, task_vector(base, current), scale, base)
     try:
         yield

@@ -37,13 +37,14 @@ def test_only_trainable_parameters_like_a_lora_adapter():
     model = make_model(seed=0)
     for name, p in model.named_parameters():
         p.requires_grad_("attn" in name)  # stands in for adapter weights
-    base = snapshot(model, trainable_only=True)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    base = snapshot(model, names=trainable)
     assert base and all("attn" in name for name in base)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01)
-    apply_task_vector(model, task_vector(base, snapshot(model, trainable_only=True)), -1.0, base)
+    apply_task_vector(model, task_vector(base, snapshot(model, names=trainable)), -1.0, base)
     for name, p in model.named_parameters():
         if name in base:
             assert torch.allclose(p, base[name] - 0.01, atol=1e-6)

@@ -6,7 +6,7 @@ import os
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
@@ -14,9 +14,18 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from lightning_unlearn.adapters import (
+    adapter_state_dict,
+    add_adapter,
+    config_from_plain,
+    is_adapted,
+    merged_state_dict,
+    plain_config,
+    trainable_state,
+)
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
 from lightning_unlearn.distributed import gather_scores
-from lightning_unlearn.extras import require_gguf
+from lightning_unlearn.extras import require_gguf, require_peft
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.losses import token_kl
 from lightning_unlearn.memorization import float32_logits, nll_and_accuracy, sequence_nll
@@ -27,6 +36,9 @@ from lightning_unlearn.strategies import (
     offloads_optimizer,
     release_gathered_parameters,
 )
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 # Expected here, not a problem: the model trains in eval mode (no dropout).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -55,8 +67,10 @@ def load_causal_lm(source: str | os.PathLike, gguf_file: str | None = None, **kw
 
 
 def check_causal_lm(model: torch.nn.Module) -> None:
-    """Raises a clear error unless ``model`` is a Hugging Face model with a language-modelling head."""
-    head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    """Raises a clear error unless ``model`` is a Hugging Face model with a language-modelling head (or a
+    ``peft.PeftModel`` around one)."""
+    base = model.get_base_model() if is_adapted(model) else model
+    head = base.get_output_embeddings() if isinstance(base, PreTrainedModel) else None
     if head is None:
         raise TypeError(
             f"{type(model).__name__} has no causal-LM head: pass a model loaded with AutoModelForCausalLM "
@@ -101,6 +115,11 @@ class UnlearningModule(L.LightningModule):
             first step instead of running the reference forward again (the reference never changes): the KL term
             then costs no extra forward pass once every retain sample has been seen. Memory: retain tokens ×
             vocabulary × 4 bytes, so for retain sets that are small next to that (the testbed's: 24 MB).
+        peft: an adapter config (``peft.LoraConfig`` or any ``PeftConfig``; the ``[peft]`` extra): the model is
+            wrapped with a fresh adapter in ``configure_model`` and only the adapter trains. The base's weights
+            stay frozen and out of checkpoints (a resumed run loads the base from its source again);
+            ``save_pretrained`` merges the adapter or writes it alone. A model given as an instance is wrapped in
+            place (peft's ``get_peft_model``). A ``peft.PeftModel`` given as ``model`` trains as it is.
     """
 
     def __init__(
@@ -117,6 +136,7 @@ class UnlearningModule(L.LightningModule):
         retain_loss: Literal["nll", "kl"] | None = None,
         retain_weight: float = 1.0,
         cache_reference: bool = False,
+        peft: PeftConfig | None = None,
     ) -> None:
         super().__init__()
         if retain_loss not in RETAIN_LOSSES:
@@ -125,7 +145,10 @@ class UnlearningModule(L.LightningModule):
             raise ValueError(f"retain_weight must be >= 0, got {retain_weight}")
         if gguf_file is not None:
             require_gguf()
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, torch.nn.Module) else None)
+        if peft is not None:
+            require_peft()
+        self.save_hyperparameters(ignore=["model", "peft"] if isinstance(model, torch.nn.Module) else ["peft"])
+        self.hparams["peft"] = plain_config(peft) if peft is not None else None  # plain values for checkpoints
         if isinstance(model, torch.nn.Module):
             check_causal_lm(model)
             self.model: PreTrainedModel | None = model
@@ -140,6 +163,8 @@ class UnlearningModule(L.LightningModule):
         self.reference: ReferenceWeights | None = None  # the weights at fit start, for retain_loss="kl"
         self._reference_state: dict[str, Any] | None = None  # restored from a checkpoint, placed at train start
         self._reference_cache: dict[int, Tensor] = {}  # sample_id -> Tensor[L, V] reference logits, on the CPU
+        if peft is not None or is_adapted(model):
+            self.strict_loading = False  # checkpoints hold the adapter, not the frozen base (on_save_checkpoint)
 
     @property
     def needs_retain(self) -> bool:
@@ -149,9 +174,13 @@ class UnlearningModule(L.LightningModule):
     # --- model -----------------------------------------------------------------------------------------------
 
     def configure_model(self) -> None:
+        """Loads the model when given by name, and wraps it with the ``peft`` adapter (once: Lightning calls this
+        for every stage)."""
         if self.model is None:
             self.model = load_causal_lm(self.model_source, self.hparams.gguf_file, **(self.hparams.model_kwargs or {}))
             check_causal_lm(self.model)
+        if self.hparams.get("peft") is not None and not is_adapted(self.model):
+            self.model = add_adapter(self.model, config_from_plain(self.hparams.peft))
 
     def memorization_monitors(self) -> list[MemorizationMonitor]:
         """The monitors that methods bring through ``configure_callbacks``: the forget-set monitor with this module's
@@ -176,6 +205,8 @@ class UnlearningModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.configure_model()
+        if is_adapted(self.model) and hasattr(self.trainer.strategy, "exclude_frozen_parameters"):
+            self.trainer.strategy.exclude_frozen_parameters = True  # DeepSpeed's checkpoints: the adapter only
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is None or not hasattr(datamodule, "split"):
             return
@@ -392,34 +423,65 @@ class UnlearningModule(L.LightningModule):
         if self._trainer is not None and offloads_optimizer(self.trainer.strategy):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-            return DeepSpeedCPUAdam(self.model.parameters(), adamw_mode=False, **options)
-        return torch.optim.Adam(self.model.parameters(), **options)
+            return DeepSpeedCPUAdam(self.trainable_parameters(), adamw_mode=False, **options)
+        return torch.optim.Adam(self.trainable_parameters(), **options)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters that train (with an adapter: the adapter's)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     # --- checkpoints and saving ------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if is_adapted(self.model) and "state_dict" in checkpoint:  # the base is loaded again from its source
+            checkpoint["state_dict"] = trainable_state(checkpoint["state_dict"], self.model)
         checkpoint["forget_weights"] = self.forget_weights.clone()
         if self.reference is not None:
             checkpoint["reference_weights"] = self.reference.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model is not None and is_adapted(self.model) and "state_dict" in checkpoint:
+            expected = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+            missing = sorted(expected - set(checkpoint["state_dict"]))
+            if missing:
+                raise KeyError(
+                    f"the checkpoint lacks {len(missing)} adapter parameters, e.g. {missing[0]}: was it written with "
+                    "the same peft config?"
+                )
         self.forget_weights = checkpoint.get("forget_weights", torch.ones(0)).clone()
         self._reference_state = checkpoint.get("reference_weights")
         self.reference = None
 
-    def save_pretrained(self, path: str | os.PathLike, tokenizer: Any = None) -> None:
-        """Writes the model (and ``tokenizer``, default: the datamodule's) to a folder that
-        ``AutoModelForCausalLM.from_pretrained`` loads. Call it on every process (under ZeRO-3 the shards are
-        gathered one parameter at a time); the folder appears whole or not at all (written aside, then renamed)."""
+    def save_pretrained(self, path: str | os.PathLike, tokenizer: Any = None, merge: bool = True) -> None:
+        """Writes the model (and ``tokenizer``, default: the datamodule's) to a folder. Call it on every process
+        (under ZeRO-3 the shards are gathered one parameter at a time); the folder appears whole or not at all
+        (written aside, then renamed).
+
+        Args:
+            path: the folder.
+            tokenizer: saved with the model.
+            merge: with an adapter: ``True`` writes a plain Hugging Face folder with the adapter merged into the
+                base's weights (``AutoModelForCausalLM.from_pretrained`` loads it, no peft needed; the model in
+                memory is not changed); ``False`` writes the adapter alone, which
+                ``peft.PeftModel.from_pretrained(base, path)`` loads onto the base. Without an adapter the folder
+                is always a plain one.
+        """
         path = Path(path)
         if tokenizer is None and self._trainer is not None and self.trainer.datamodule is not None:
             tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         model = self.get_model()
-        # Under ZeRO-3 every process takes part in gathering the shards, one parameter at a time.
-        state = full_state_dict(model) if has_sharded_parameters(model) else None
+        if not is_adapted(model):
+            if not merge:
+                raise ValueError("merge=False writes an adapter, and this model has none (pass peft= to train one)")
+            # Under ZeRO-3 every process takes part in gathering the shards, one parameter at a time.
+            target, state = model, full_state_dict(model) if has_sharded_parameters(model) else None
+        elif merge:
+            target, state = model.get_base_model(), merged_state_dict(model)
+        else:
+            target, state = model, adapter_state_dict(model)
         if self.global_rank == 0:
             with atomic_folder(path) as staging:
-                model.save_pretrained(staging, state_dict=state)
+                target.save_pretrained(staging, state_dict=state)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging)
         if self._trainer is not None:

@@ -11,11 +11,21 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from lightning_unlearn.adapters import (
+    add_frozen_adapter,
+    check_plain_lora,
+    check_task_arithmetic,
+    is_adapted,
+    move_adapter,
+    task_vector_names,
+)
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
 from lightning_unlearn.callbacks.stopping import find_monitor
 from lightning_unlearn.modules.base import UnlearningModule
 from lightning_unlearn.strategies import release_gathered_parameters
-from lightning_unlearn.task_vectors import apply_task_vector, edited, snapshot, task_vector
+from lightning_unlearn.task_vectors import apply_task_vector, edited, load_parameters, snapshot, task_vector
+
+ASCENT_ADAPTER = "ascent"  # TAU with an adapter: the selective-ascent phase's adapter, frozen at the switch
 
 
 class TaskArithmetic(UnlearningModule):
@@ -24,6 +34,10 @@ class TaskArithmetic(UnlearningModule):
 
     θ_base is a CPU copy; scoring applies the edit in place, scores, and restores the weights bit for bit. After
     ``fit``, ``.model`` *is* the edited model (``save_pretrained`` saves the edit) and ``.scale`` the λ used.
+
+    With a LoRA adapter (``peft=``) the task vector is the adapter's update ΔW = (α/r)·B·A, and the edit
+    θ_base + λ·ΔW is B scaled by λ (B starts at 0; A is kept): θ_base and the edit touch the adapter's B factors
+    only, never the base model.
     With ``search_scale=True``, λ is then bisected in [scale, 0) to the value closest to 0 for which the rule
     still holds (scoring passes only, no training), since a smaller |λ| costs less utility.
 
@@ -70,7 +84,8 @@ class TaskArithmetic(UnlearningModule):
     def on_train_start(self) -> None:
         super().on_train_start()
         if self.base is None:  # not restored from a checkpoint
-            self.base = snapshot(self.model)
+            check_task_arithmetic(self.model)
+            self.base = snapshot(self.model, names=task_vector_names(self.model))
 
     def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
         return nll  # descent: the task vector points towards the forget set
@@ -99,7 +114,8 @@ class TaskArithmetic(UnlearningModule):
             return
         if self.search_scale:
             self._search_scale()
-        apply_task_vector(self.model, task_vector(self.base, snapshot(self.model)), self.scale, self.base)
+        tuned = snapshot(self.model, names=self.base.keys())
+        apply_task_vector(self.model, task_vector(self.base, tuned), self.scale, self.base)
         self.base = None  # the model is the edit now
         rank_zero_info(f"{type(self).__name__}: the model is θ_base + {self.scale:.4g}·τ")
 
@@ -141,6 +157,14 @@ class TAU(TaskArithmetic):
     the forget set is memorized again, so an edit too weak to reach the rule then never does (on the demo's testbed
     of seed 1: 400 steps, 4 records above the threshold).
 
+    With a LoRA adapter (``peft=``), the SGA phase trains the adapter; at the switch its weights move to a second,
+    frozen adapter (``"ascent"``, active alongside from the start, zero until then), and the TA phase trains the
+    first one again from B = 0: θ_base is the SGA model (base + ascent adapter), the task vector the first
+    adapter's update, and the edit exact (see :class:`TaskArithmetic`). ``save_pretrained(merge=True)`` merges
+    both; ``merge=False`` writes both, ``"ascent"`` in a subfolder of that name: load it onto the base with
+    ``PeftModel.from_pretrained(base, path)``, ``.load_adapter(path / "ascent", "ascent")`` and
+    ``.base_model.set_adapter(["default", "ascent"])``.
+
     Args:
         gamma, keep_top, mode: the SGA phase (see :class:`SelectiveGradientAscent`).
         switch_at: mean forget g, a fraction in [0, 1], at or below which TA takes over.
@@ -168,6 +192,12 @@ class TAU(TaskArithmetic):
     def configure_callbacks(self) -> list[Callback]:
         return [*self.memorization_monitors(), self.selective, self.stopping]
 
+    def configure_model(self) -> None:
+        super().configure_model()
+        if is_adapted(self.model) and ASCENT_ADAPTER not in self.model.peft_config:
+            check_plain_lora(self.model, "TAU on an adapter")
+            add_frozen_adapter(self.model, ASCENT_ADAPTER)
+
     def on_train_start(self) -> None:
         pass  # θ_base is the SGA model, taken at the switch
 
@@ -189,7 +219,9 @@ class TAU(TaskArithmetic):
 
     def _switch(self, trainer: L.Trainer) -> None:
         self.switch_step = self.global_step
-        self.base = snapshot(self.model)
+        if is_adapted(self.model):  # the SGA model is base + "ascent"; the TA phase trains the first adapter anew
+            move_adapter(self.model, self.model.active_adapters[0], ASCENT_ADAPTER)
+        self.base = snapshot(self.model, names=task_vector_names(self.model))
         self.forget_weights.fill_(1.0)
         for optimizer in trainer.optimizers:  # a fresh Adam for the descent phase
             optimizer.state.clear()
@@ -199,7 +231,15 @@ class TAU(TaskArithmetic):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["task_arithmetic"]["switch_step"] = self.switch_step
+        if is_adapted(self.model):  # frozen, so not in the state dict
+            checkpoint["task_arithmetic"]["ascent"] = snapshot(self.model, names=self._ascent_names())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.switch_step = checkpoint.get("task_arithmetic", {}).get("switch_step")
+        state = checkpoint.get("task_arithmetic", {})
+        self.switch_step = state.get("switch_step")
+        if "ascent" in state:
+            load_parameters(self.model, state["ascent"])
+
+    def _ascent_names(self) -> list[str]:
+        return [name for name, _ in self.model.named_parameters() if f".{ASCENT_ADAPTER}." in name]
