@@ -224,8 +224,6 @@ def move_adapter(model: PeftModel, source: str, target: str) -> None:
                 data.zero_()
 
 
-def trainable_state(state_dict: dict[str, Any], module: torch.nn.Module, prefix: str = "model.") -> dict[str, Any]:
-    """``state_dict`` (a LightningModule's) without the frozen parameters of ``module`` (its attribute under
-    ``prefix``): what a checkpoint of an adapter run needs, since the base is loaded again from its source."""
-    frozen = {f"{prefix}{name}" for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
-    return {key: value for key, value in state_dict.items() if key not in frozen}
+def frozen_keys(module: torch.nn.Module, prefix: str = "") -> set[str]:
+    """The ``state_dict`` keys of ``module``'s frozen parameters (tied copies too), under ``prefix``."""
+    return {f"{prefix}{name}" for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}

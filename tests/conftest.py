@@ -69,6 +69,16 @@ DISTRIBUTED_METHODS = {
 }
 
 
+GPT_NEO_LAYERS = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]  # every linear layer of GPT-Neo
+
+
+def lora(targets: list[str] = GPT_NEO_LAYERS, r: int = 8, **kwargs):
+    """A ``peft.LoraConfig`` (α = 2r, no dropout) for the test models."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets, **kwargs)
+
+
 @pytest.fixture
 def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()

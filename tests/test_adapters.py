@@ -30,15 +30,9 @@ from lightning_unlearn.adapters import (
 )
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
 from lightning_unlearn.memorization import score_memorization
-from tests.conftest import find, make_model, make_trainer, unlearning_data
+from tests.conftest import find, lora, make_model, make_trainer, unlearning_data
 
 peft = pytest.importorskip("peft")
-
-EVERY_LAYER = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]  # GPT-Neo's linear layers
-
-
-def lora(targets: list[str] = EVERY_LAYER, r: int = 8, **kwargs) -> peft.LoraConfig:
-    return peft.LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets, **kwargs)
 
 
 def logits(model, tb) -> torch.Tensor:

@@ -82,7 +82,8 @@ METHOD_CONFIGS = ["ga.yaml", "sga.yaml", "ta.yaml", "tau.yaml"]
 
 
 def test_every_example_is_tested():
-    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(METHOD_CONFIGS + list(DEEPSPEED_SETTINGS))
+    tested = [*METHOD_CONFIGS, *DEEPSPEED_SETTINGS, "lora.yaml"]
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(tested)
 
 
 DEEPSPEED_SETTINGS = {  # each example's DeepSpeed JSON is deepspeed_config with these arguments
@@ -130,6 +131,27 @@ def test_fit_runs_every_example_config(config, small_testbed, exported):
         holdout = UnlearningDataModule(str(saved), small_testbed.holdout).scoring_dataloader("forget")
         threshold = holdout_level(torch.tensor(list(score_memorization(small_testbed.model, holdout).values())))
         assert max(g.values()) <= threshold + 1e-6
+
+
+def test_lora_example_unlearns_through_an_adapter(small_testbed, exported):
+    """The LoRA overlay on SGA: the peft config comes from YAML, the rule holds, and ``--output`` is a plain folder
+    with the adapter merged."""
+    pytest.importorskip("peft")
+    overlay = ["--config", str(EXAMPLES / "sga.yaml"), "--config", str(EXAMPLES / "lora.yaml")]
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    assert main(["fit", *overlay, "--data.batch_size=16", *quiet, "--output=unlearned/lora"]) == 0
+    with Path("lightning_logs/version_0/metrics.csv").open() as log:
+        rows = list(csv.DictReader(log))
+    last = [row for row in rows if row["forget/ma_max"]][-1]
+    threshold = next(float(row["holdout/threshold"]) for row in rows if row["holdout/threshold"])
+    assert float(last["forget/ma_max"]) <= threshold
+    assert not list(Path("unlearned/lora").glob("adapter_*"))
+    model = AutoModelForCausalLM.from_pretrained("unlearned/lora")
+    from lightning_unlearn import UnlearningDataModule
+
+    forget = UnlearningDataModule("unlearned/lora", small_testbed.forget).scoring_dataloader("forget")
+    g = score_memorization(model, forget)
+    assert max(g.values()) <= threshold + 1e-6
 
 
 def test_fit_errors_come_from_lightning_cli(tmp_path):

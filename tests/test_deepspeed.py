@@ -10,15 +10,23 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
-from lightning_unlearn import TaskArithmetic
+from lightning_unlearn import TAU, SelectiveGradientAscent, TaskArithmetic
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.memorization import extraction_likelihood, score_memorization
 from lightning_unlearn.strategies import deepspeed_config
-from tests.conftest import DISTRIBUTED_METHODS, RankReport, find, make_trainer, unlearning_data
+from tests.conftest import DISTRIBUTED_METHODS, RankReport, find, lora, make_trainer, unlearning_data
 
-METHODS = {**DISTRIBUTED_METHODS, "TA": (lambda model: TaskArithmetic(model, learning_rate=1e-3), list)}
+METHODS = {
+    **DISTRIBUTED_METHODS,
+    "TA": (lambda model: TaskArithmetic(model, learning_rate=1e-3), list),
+    "SGA + LoRA": (
+        lambda model: SelectiveGradientAscent(model, learning_rate=1e-3, peft=lora(["q_proj", "v_proj"])),
+        list,
+    ),
+}
 
 pytest.importorskip("deepspeed")
 
@@ -164,11 +172,12 @@ def test_cli_fit_with_a_deepspeed_strategy_name(small_testbed, cpu_deepspeed_nam
     assert float(last["forget/ma_max"]) <= threshold
 
 
-@pytest.mark.parametrize(("stage", "method"), [(2, "SGA"), (3, "TA")])
+@pytest.mark.parametrize(("stage", "method"), [(2, "SGA + LoRA"), (3, "TA")])
 def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path, stage, method):
     """A run checkpointed every third step; another resumed from its step-3 checkpoint ends at the same step with the
     same per-sample scores: the per-sample weights, scores and threshold travel in DeepSpeed's client state, and
-    under ZeRO-3 each process gets back the θ_base of its own shards of TA."""
+    under ZeRO-3 each process gets back the θ_base of its own shards of TA. With LoRA, DeepSpeed's checkpoint holds
+    the adapter's weights alone (the frozen base is loaded again from its source)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from tests.deepspeed_cpu import CPUDeepSpeedStrategy
@@ -191,7 +200,56 @@ def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path,
     whole = fit("whole", [every_third_step])
     assert whole[0]["stopped_step"] > 4
     (checkpoint,) = (tmp_path / "checkpoints").glob("*step=3.ckpt")
+    if "LoRA" in method:
+        (states,) = checkpoint.rglob("mp_rank_00_model_states.pt")
+        saved = torch.load(states, weights_only=False)
+        assert saved["module"] and all(".lora_A." in name or ".lora_B." in name for name in saved["module"])
+        assert not saved["frozen_param_fragments"]  # nor the base's shards
     resumed = fit("resumed", [], ckpt_path=checkpoint)
     assert resumed[0] == resumed[1]
     assert resumed[0]["stopped_step"] == whole[0]["stopped_step"]
     assert resumed[0]["scores"] == pytest.approx(whole[0]["scores"], abs=1e-6)
+
+
+class SaveBothForms(L.Callback):
+    """On every process, after fit: the merged folder, the adapter folder, and the run's view."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def on_fit_end(self, trainer, pl_module):
+        pl_module.save_pretrained(self.folder / "merged")
+        pl_module.save_pretrained(self.folder / "adapter", merge=False)
+        RankReport(self.folder).on_fit_end(trainer, pl_module)
+
+
+@pytest.mark.parametrize(("stage", "method"), [(2, SelectiveGradientAscent), (3, TAU)])
+def test_zero_trains_a_lora_adapter_and_saves_it_gathered(small_testbed, tmp_path, stage, method):
+    """LoRA under ZeRO-2 and ZeRO-3 (TAU: both adapters, the move at the switch and the edit on shards): the rule
+    holds, the merged folder loads in plain transformers and is the result, and the adapter folder is not the
+    empty shards (it gives the same model)."""
+    peft = pytest.importorskip("peft")
+    from tests.deepspeed_cpu import CPUDeepSpeedStrategy
+
+    tb = small_testbed
+    half = len(tb.forget) // 2
+    strategy = CPUDeepSpeedStrategy(config=deepspeed_config(stage=stage, micro_batch_size=half, bucket_size=10**6))
+    module = method(copy.deepcopy(tb.model), learning_rate=1e-3, peft=lora())
+    trainer = make_trainer(devices=2, strategy=strategy, callbacks=[SaveBothForms(tmp_path)])
+    trainer.fit(module, unlearning_data(tb, batch_size=half))
+
+    ranks = RankReport(tmp_path).read(2)
+    assert ranks[0] == ranks[1] and ranks[0]["stopped_step"] is not None
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    scoring = unlearning_data(tb).scoring_dataloader("forget")
+    g = score_memorization(merged, scoring)
+    assert [g[i] for i in sorted(g)] == pytest.approx(ranks[0]["scores"], abs=1e-5)
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(tb.model), tmp_path / "adapter")
+    if method is TAU:
+        loaded.load_adapter(tmp_path / "adapter" / "ascent", "ascent")
+        loaded.base_model.set_adapter(["default", "ascent"])
+    batch = next(iter(scoring))
+    with torch.no_grad():
+        expected = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        adapted = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(adapted, expected, atol=1e-5)

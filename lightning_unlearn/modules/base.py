@@ -18,10 +18,10 @@ from lightning_unlearn.adapters import (
     adapter_state_dict,
     add_adapter,
     config_from_plain,
+    frozen_keys,
     is_adapted,
     merged_state_dict,
     plain_config,
-    trainable_state,
 )
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
 from lightning_unlearn.distributed import gather_scores
@@ -206,7 +206,7 @@ class UnlearningModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         self.configure_model()
         if is_adapted(self.model) and hasattr(self.trainer.strategy, "exclude_frozen_parameters"):
-            self.trainer.strategy.exclude_frozen_parameters = True  # DeepSpeed's checkpoints: the adapter only
+            self.trainer.strategy.exclude_frozen_parameters = True  # DeepSpeed's checkpoints: without the base
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is None or not hasattr(datamodule, "split"):
             return
@@ -432,9 +432,17 @@ class UnlearningModule(L.LightningModule):
 
     # --- checkpoints and saving ------------------------------------------------------------------------------
 
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The module's state; with an adapter, without the frozen base's parameters: checkpoints (Lightning's, and
+        DeepSpeed's, whose exclusion of frozen parameters misses tied ones) hold what trains, and a resumed run
+        loads the base again from its source."""
+        state = super().state_dict(*args, **kwargs)
+        if self.model is not None and is_adapted(self.model):
+            for key in frozen_keys(self.model, prefix=f"{kwargs.get('prefix', '')}model."):
+                state.pop(key, None)
+        return state
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if is_adapted(self.model) and "state_dict" in checkpoint:  # the base is loaded again from its source
-            checkpoint["state_dict"] = trainable_state(checkpoint["state_dict"], self.model)
         checkpoint["forget_weights"] = self.forget_weights.clone()
         if self.reference is not None:
             checkpoint["reference_weights"] = self.reference.state_dict()
