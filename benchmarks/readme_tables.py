@@ -123,6 +123,20 @@ TABLES = [
         )
     ),
     Table(
+        "adapter memory",
+        "| model | training | parameters | trainable | weights MB | peak MB of a step | checkpoint MB |",
+        [PYTHON, "benchmarks/adapters.py"],
+        {"weights MB": ("rel", 0.01), "peak MB of a step": ("rel", 0.1), "checkpoint MB": ("rel", 0.01)},
+        slow=True,
+    ),
+    Table(
+        "adapter unlearning",
+        "| method | met | steps | holdout NLL | retain g |",
+        [PYTHON, "benchmarks/adapters.py"],
+        {"met": ("abs", 0), "steps": ("rel", 0.1), "holdout NLL": ("rel", 0.03), "retain g": ("abs", 0.02)},
+        slow=True,
+    ),
+    Table(
         "scaling",
         "| records | scoring tokens/s | above_threshold: s/step | steps | s to rule | peak MB | rescan all: s/step | "
         "steps | s to rule | peak MB | speed-up | max Δg |",
@@ -136,6 +150,7 @@ TABLES = [
 NOT_MEASURED = [
     "| example | for | per GPU, P parameters on N GPUs | CPU memory |",
     "| setting | what holds (tested) |",
+    "| model | full fine-tuning (16 B per parameter) | LoRA trainable | LoRA: base + adapter |",
 ]
 
 

@@ -183,7 +183,7 @@ def merged_state_dict(model: PeftModel, rank: int = 0) -> dict[str, Tensor] | No
                 state[key] = merged.to(state[key].dtype)
     if not here:
         return None
-    return {_base_name(key): value for key, value in state.items() if _is_base_key(key, model.active_adapter)}
+    return {_base_name(key): value for key, value in state.items() if _is_base_key(key, model.active_adapters[0])}
 
 
 def _is_base_key(key: str, active: str) -> bool:

@@ -79,12 +79,17 @@ def test_every_method_trains_the_adapter_alone(small_testbed, method):
 
 
 def test_a_merge_is_the_base_plus_every_lora_update(tiny_model):
-    model = add_adapter(tiny_model, lora(["q_proj", "c_fc"], init_lora_weights=False))  # B random: a real update
+    config = lora(["q_proj", "c_fc"], init_lora_weights=False, modules_to_save=["ln_f"])  # B random: a real update
+    model = add_adapter(tiny_model, config)
+    with torch.no_grad():
+        model.base_model.model.transformer.ln_f.modules_to_save["default"].weight.mul_(2.0)  # the trained copy
     state = merged_state_dict(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     expected = copy.deepcopy(model).merge_and_unload().state_dict()  # peft's own merge, on a copy
     assert set(state) == set(expected) - {"lm_head.weight"}  # tied to the embeddings: saved once
     assert all(torch.allclose(state[key], expected[key], atol=1e-6) for key in state)
+    final_norm = model.base_model.model.transformer.ln_f
+    assert torch.equal(state["transformer.ln_f.weight"], 2 * final_norm.original_module.weight)  # peft's trained copy
     assert not torch.equal(
         state["transformer.h.0.mlp.c_fc.weight"], tiny_model.transformer.h[0].mlp.c_fc.base_layer.weight
     )
@@ -245,3 +250,21 @@ def test_bad_adapter_input_gets_a_clear_error(small_testbed, tmp_path, monkeypat
     monkeypatch.setattr(extras.importlib.util, "find_spec", lambda name: None if name == "peft" else real(name))
     with pytest.raises(ImportError, match=r"pip install 'lightning-unlearn\[peft\]'"):
         SelectiveGradientAscent(make_model(), peft=lora())
+
+
+def test_lm_eval_scores_the_adapted_model(small_testbed, tmp_path):
+    """lm-evaluation-harness takes the peft model as it is: the same numbers as the merged plain model's."""
+    pytest.importorskip("lm_eval")
+    from lightning_unlearn.utility import evaluate_utility, write_record_tasks
+
+    tb = small_testbed
+    tasks = write_record_tasks(tb.retain, tmp_path / "tasks")
+    model = add_adapter(copy.deepcopy(tb.model), lora(init_lora_weights=False))  # B random: a real update
+    merged = copy.deepcopy(tb.model)
+    assert merged.load_state_dict(merged_state_dict(model), strict=False).missing_keys == ["lm_head.weight"]  # tied
+    names = ["records_fields", "records_perplexity"]
+    adapted = evaluate_utility(model, tb.tokenizer, names, include_path=tasks, limit=4, progress=False)
+    plain = evaluate_utility(merged, tb.tokenizer, names, include_path=tasks, limit=4, progress=False)
+    assert adapted.keys() == plain.keys()
+    assert all(adapted[task] == pytest.approx(plain[task], rel=1e-5) for task in names)
+    assert isinstance(model, peft.PeftModel) and model.training is False

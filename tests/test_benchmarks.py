@@ -144,3 +144,14 @@ def test_retain_weights_runs(small_testbed, testbed_cache):
     out = run_on_small_testbed(testbed_cache, "benchmarks/retain_weights.py", "--small", "--max-steps", "2")
     rows = [line for line in out.splitlines() if line.startswith("| SGA")]
     assert len(rows) == 7 and all("(rule not met)" in row or re.search(r"\| \d+ \|", row) for row in rows), out
+
+
+def test_adapters_compares_lora_with_full_fine_tuning(small_testbed, testbed_cache):
+    args = ["--small", "--seeds", "0", "--max-steps", "2", "--skip-125m"]
+    out = run_on_small_testbed(testbed_cache, "benchmarks/adapters.py", *args)
+    memory = [line for line in out.splitlines() if line.startswith("| testbed GPT-Neo |")]
+    assert len(memory) == 2 and "| LoRA r = 8 |" in memory[1], out
+    full, lora = (float(row.split("|")[-2]) for row in memory)  # checkpoint MB
+    assert lora < 0.1 * full, out
+    runs = [line for line in out.splitlines() if line.startswith(("| SGA", "| TA"))]
+    assert len(runs) == 6 and all(re.search(r"\| 0/1 \| 2 \[2, 2\] \|", row) for row in runs), out

@@ -164,7 +164,7 @@ class UnlearningModule(L.LightningModule):
         self._reference_state: dict[str, Any] | None = None  # restored from a checkpoint, placed at train start
         self._reference_cache: dict[int, Tensor] = {}  # sample_id -> Tensor[L, V] reference logits, on the CPU
         if peft is not None or is_adapted(model):
-            self.strict_loading = False  # checkpoints hold the adapter, not the frozen base (on_save_checkpoint)
+            self.strict_loading = False  # checkpoints hold the adapter, not the frozen base (state_dict)
 
     @property
     def needs_retain(self) -> bool:
