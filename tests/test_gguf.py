@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from lightning_unlearn import SelectiveGradientAscent, UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.data import load_tokenizer
-from tests.conftest import find, make_trainer
+from tests.conftest import find, lora, make_trainer
 
 gguf = pytest.importorskip("gguf")
 
@@ -91,6 +91,19 @@ def test_a_gguf_model_loads_exactly_and_is_unlearned_by_name(small_testbed, gguf
     assert stopping.rule_met  # and forgot them
     module.save_pretrained(tmp_path / "unlearned")
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "unlearned"), LlamaForCausalLM)
+
+
+def test_a_gguf_base_takes_an_adapter_and_merges_into_a_plain_folder(gguf_folder, tmp_path):
+    """GGUF weights are unpacked into dense ones, so they are no quantized base: merge=True works."""
+    pytest.importorskip("peft")
+    folder, _ = gguf_folder
+    config = lora(["q_proj", "v_proj"], init_lora_weights=False)  # B random: a real update
+    module = SelectiveGradientAscent(str(folder), gguf_file="model.gguf", peft=config)
+    module.save_pretrained(tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = torch.randint(0, merged.config.vocab_size, (2, 12))
+    with torch.no_grad():  # W·x + B·(A·x) against (W + B·A)·x: float32 rounding, grown by this sharp model to 1e-5
+        assert torch.allclose(merged(ids).logits, module.model(ids).logits, atol=1e-4)
 
 
 def test_without_the_gguf_extra_a_one_line_error_names_it(monkeypatch, tmp_path):
