@@ -8,9 +8,10 @@ Prints two Markdown tables (the README's):
    forget records beyond the weights (gradients, Adam's states, activations: :class:`PeakTensorMemory`, as
    ``scaling.py`` measures on the CPU), and a checkpoint's MB (the module's state and the optimizer's, as Lightning
    saves them).
-2. Unlearning on the default testbed over seeds: SGA and TA with full fine-tuning (the demo's learning rates) and
-   with a rank-8 LoRA adapter on every linear layer: whether every record reached the holdout's 0.95 quantile of g,
-   steps, holdout NLL against the original model's, and retain g. Medians over seeds, [min, max].
+2. Unlearning on the default testbed over seeds: SGA, SGA + KL retain and TA with full fine-tuning (the demo's
+   learning rates) and with a rank-8 LoRA adapter on every linear layer: whether every record reached the
+   holdout's 0.95 quantile of g, steps, holdout NLL against the original model's, and retain g. Medians over seeds,
+   [min, max].
 
     python benchmarks/adapters.py [--seeds 0,1,2,3,4] [--small] [--skip-125m]
 """
@@ -40,6 +41,14 @@ RUNS = {  # row label -> (method, options)
     "SGA, full fine-tuning (lr 5e-5)": (SelectiveGradientAscent, {"learning_rate": 5e-5}),
     "SGA, LoRA r = 8 (lr 3e-4)": (SelectiveGradientAscent, {"learning_rate": 3e-4, "lora": True}),
     "SGA, LoRA r = 8 (lr 1e-3)": (SelectiveGradientAscent, {"learning_rate": 1e-3, "lora": True}),
+    "SGA + KL retain (α = 3), full fine-tuning (lr 5e-5)": (
+        SelectiveGradientAscent,
+        {"learning_rate": 5e-5, "retain_loss": "kl", "retain_weight": 3.0},
+    ),
+    "SGA + KL retain (α = 3), LoRA r = 8 (lr 1e-3)": (
+        SelectiveGradientAscent,
+        {"learning_rate": 1e-3, "retain_loss": "kl", "retain_weight": 3.0, "lora": True},
+    ),
     "TA, full fine-tuning (lr 3e-4)": (TaskArithmetic, {"learning_rate": 3e-4}),
     "TA, LoRA r = 8 (lr 1e-3)": (TaskArithmetic, {"learning_rate": 1e-3, "lora": True}),
     "TA, LoRA r = 8 (lr 3e-3)": (TaskArithmetic, {"learning_rate": 3e-3, "lora": True}),

@@ -269,3 +269,12 @@ def test_lm_eval_scores_the_adapted_model(small_testbed, tmp_path):
     assert adapted.keys() == plain.keys()
     assert all(adapted[task] == pytest.approx(plain[task], rel=1e-5) for task in names)
     assert model.training is mode
+
+
+def test_task_arithmetic_on_lora_under_bf16_true_reaches_the_rule(small_testbed):
+    """bf16 weights, base and adapter (Lightning converts the whole module): the B-only edit still meets the rule."""
+    module = TaskArithmetic(copy.deepcopy(small_testbed.model), learning_rate=1e-3, peft=lora())
+    trainer = make_trainer(precision="bf16-true")
+    trainer.fit(module, unlearning_data(small_testbed))
+    assert {p.dtype for p in module.model.parameters()} == {torch.bfloat16}
+    assert find(trainer, MemorizationEarlyStopping).rule_met

@@ -154,4 +154,4 @@ def test_adapters_compares_lora_with_full_fine_tuning(small_testbed, testbed_cac
     full, lora = (float(row.split("|")[-2]) for row in memory)  # checkpoint MB
     assert lora < 0.2 * full, out  # rank 8 on every layer is 10% of the small model; the 10% rule: test_adapters
     runs = [line for line in out.splitlines() if line.startswith(("| SGA", "| TA"))]
-    assert len(runs) == 6 and all(re.search(r"\| 0/1 \| 2 \[2, 2\] \|", row) for row in runs), out
+    assert len(runs) == 8 and all(re.search(r"\| 0/1 \| 2 \[2, 2\] \|", row) for row in runs), out
