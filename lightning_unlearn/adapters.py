@@ -135,17 +135,26 @@ def check_task_arithmetic(model: torch.nn.Module) -> None:
             )
 
 
-def adapter_parameter_names(model: PeftModel) -> list[str]:
-    """The names (in ``model.named_parameters()``) of every adapter parameter, trainable or not: all but the
-    base model's own."""
+def _added_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What a peft wrapper adds (an adapter layer's adapters, ``modules_to_save``'s trained copies): its parameters
+    without those of the module it wraps."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    base_ids = {id(p) for p in model.get_base_model().parameters()}
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            base_ids -= {id(p) for p in module.parameters()}
-            base_ids |= {id(p) for p in module.get_base_layer().parameters()}
-    return [name for name, p in model.named_parameters() if id(p) not in base_ids]
+    wrapped = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module.original_module
+    kept = {id(p) for p in wrapped.parameters()}
+    return [p for p in module.parameters() if id(p) not in kept]
+
+
+def adapter_parameter_names(model: PeftModel, adapter: str | None = None) -> list[str]:
+    """The names (in ``model.named_parameters()``) of every adapter parameter, trainable or not (``modules_to_save``
+    copies included): all but the base model's own; only adapter ``adapter``'s when given."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    wrappers = (BaseTunerLayer, ModulesToSaveWrapper)
+    added = {id(p) for module in model.modules() if isinstance(module, wrappers) for p in _added_parameters(module)}
+    names = [name for name, p in model.named_parameters() if id(p) in added]
+    return names if adapter is None else [name for name in names if f".{adapter}." in name]
 
 
 def adapter_state_dict(model: PeftModel, rank: int = 0) -> dict[str, Tensor] | None:
@@ -173,7 +182,7 @@ def merged_state_dict(model: PeftModel, rank: int = 0) -> dict[str, Tensor] | No
     state = full_state_dict(base, rank)
     here = is_rank(rank)
     for name, layer in lora_layers(model):
-        with gathered(layer.parameters()):
+        with gathered(_added_parameters(layer)):  # the base weight is in state already
             if here:
                 adapters = [a for a in layer.active_adapters if a in layer.lora_A or a in layer.lora_embedding_A]
                 key = f"{name}.base_layer.weight"
@@ -206,8 +215,9 @@ def add_frozen_adapter(model: PeftModel, name: str) -> None:
     active = model.active_adapter
     model.add_adapter(name, model.peft_config[active])
     model.base_model.set_adapter([active, name])
+    frozen = set(adapter_parameter_names(model, name))
     for parameter_name, p in model.named_parameters():
-        if f".{name}." in parameter_name:
+        if parameter_name in frozen:
             p.requires_grad_(False)
 
 

@@ -55,12 +55,18 @@ def load_parameters(model: torch.nn.Module, values: Mapping[str, Tensor]) -> Non
         parameters[name].copy_(value)
 
 
-@contextmanager
-def edited(model: torch.nn.Module, base: Mapping[str, Tensor], scale: float) -> Iterator[None]:
-    """Inside: ``model``'s parameters named in ``base`` are base + scale · (their weights − base), the others
-    untouched. After: its weights exactly as before."""
+def edit(model: torch.nn.Module, base: Mapping[str, Tensor], scale: float) -> dict[str, Tensor]:
+    """Sets ``model``'s parameters named in ``base`` to base + scale · (their weights − base), in place, the others
+    untouched; returns a CPU copy of their weights before the edit."""
     current = snapshot(model, names=base.keys())
     apply_task_vector(model, task_vector(base, current), scale, base)
+    return current
+
+
+@contextmanager
+def edited(model: torch.nn.Module, base: Mapping[str, Tensor], scale: float) -> Iterator[None]:
+    """Inside: ``model`` is :func:`edit`-ed. After: its weights exactly as before."""
+    current = edit(model, base, scale)
     try:
         yield
     finally:

@@ -278,3 +278,17 @@ def test_task_arithmetic_on_lora_under_bf16_true_reaches_the_rule(small_testbed)
     trainer.fit(module, unlearning_data(small_testbed))
     assert {p.dtype for p in module.model.parameters()} == {torch.bfloat16}
     assert find(trainer, MemorizationEarlyStopping).rule_met
+
+
+def test_the_adapter_folder_keeps_the_trained_modules_to_save(tmp_path):
+    """merge=False writes what peft's ``modules_to_save`` trained along with the LoRA factors."""
+    config = lora(["q_proj"], init_lora_weights=False, modules_to_save=["ln_f"])
+    module = SelectiveGradientAscent(make_model(), peft=config)
+    module.configure_model()
+    with torch.no_grad():
+        module.model.base_model.model.transformer.ln_f.modules_to_save["default"].weight.mul_(2.0)
+    module.save_pretrained(tmp_path / "adapter", merge=False)
+    loaded = peft.PeftModel.from_pretrained(make_model(), tmp_path / "adapter")
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, module.model(ids).logits, atol=1e-6)

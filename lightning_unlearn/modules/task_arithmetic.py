@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_unlearn.adapters import (
+    adapter_parameter_names,
     add_frozen_adapter,
     check_plain_lora,
     check_task_arithmetic,
@@ -23,7 +24,7 @@ from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAsce
 from lightning_unlearn.callbacks.stopping import find_monitor
 from lightning_unlearn.modules.base import UnlearningModule
 from lightning_unlearn.strategies import release_gathered_parameters
-from lightning_unlearn.task_vectors import apply_task_vector, edited, load_parameters, snapshot, task_vector
+from lightning_unlearn.task_vectors import edit, edited, load_parameters, snapshot
 
 ASCENT_ADAPTER = "ascent"  # TAU with an adapter: the selective-ascent phase's adapter, frozen at the switch
 
@@ -114,8 +115,7 @@ class TaskArithmetic(UnlearningModule):
             return
         if self.search_scale:
             self._search_scale()
-        tuned = snapshot(self.model, names=self.base.keys())
-        apply_task_vector(self.model, task_vector(self.base, tuned), self.scale, self.base)
+        edit(self.model, self.base, self.scale)
         self.base = None  # the model is the edit now
         rank_zero_info(f"{type(self).__name__}: the model is θ_base + {self.scale:.4g}·τ")
 
@@ -232,7 +232,8 @@ class TAU(TaskArithmetic):
         super().on_save_checkpoint(checkpoint)
         checkpoint["task_arithmetic"]["switch_step"] = self.switch_step
         if is_adapted(self.model):  # frozen, so not in the state dict
-            checkpoint["task_arithmetic"]["ascent"] = snapshot(self.model, names=self._ascent_names())
+            names = adapter_parameter_names(self.model, ASCENT_ADAPTER)
+            checkpoint["task_arithmetic"]["ascent"] = snapshot(self.model, names=names)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -240,6 +241,3 @@ class TAU(TaskArithmetic):
         self.switch_step = state.get("switch_step")
         if "ascent" in state:
             load_parameters(self.model, state["ascent"])
-
-    def _ascent_names(self) -> list[str]:
-        return [name for name, _ in self.model.named_parameters() if f".{ASCENT_ADAPTER}." in name]
