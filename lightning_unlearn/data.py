@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_unlearn.extras import require_gguf
 
 SplitSource = Union[Sequence[str], str, Path, "datasets.Dataset"]  # noqa: F821
-SPLITS = ("forget", "retain", "holdout")
+SPLITS = ("forget", "retain", "holdout", "relearn")
 _SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
@@ -210,6 +210,8 @@ class UnlearningDataModule(L.LightningDataModule):
         text_column: the column holding the text in tabular files and datasets.
         shuffle: shuffle training batches.
         num_workers: dataloader workers.
+        relearn: texts of the same kind that the model has not memorized, for relearning-aware unlearning's
+            simulated attacks (``relearn_steps``) and the relearning attack; never the holdout, which is the control.
     """
 
     def __init__(
@@ -224,6 +226,7 @@ class UnlearningDataModule(L.LightningDataModule):
         text_column: str = "text",
         shuffle: bool = True,
         num_workers: int = 0,
+        relearn: SplitSource | None = None,
     ) -> None:
         super().__init__()
         if forget is None:
@@ -233,7 +236,7 @@ class UnlearningDataModule(L.LightningDataModule):
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = load_tokenizer(tokenizer)
         self.tokenizer = tokenizer
-        self.sources = {"forget": forget, "retain": retain, "holdout": holdout}
+        self.sources = {"forget": forget, "retain": retain, "holdout": holdout, "relearn": relearn}
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size

@@ -33,6 +33,7 @@ from lightning_unlearn.memorization import (
     score_memorization,
     verbatim_extraction,
 )
+from lightning_unlearn.robustness import attacked_scores, robustness_summary
 from lightning_unlearn.thresholds import (
     HOLDOUT_THRESHOLDS,
     benjamini_hochberg,
@@ -87,6 +88,8 @@ def memorization_report(
     alpha: float = 0.05,
     retain_before: Mapping[int, float] | None = None,
     collateral_drop: float = 0.1,
+    attacks: Sequence[str] = (),
+    attack_options: Mapping[str, Any] | None = None,
 ) -> Report:
     """Measures the forget split (and the holdout split, if given) of ``datamodule`` under ``model``.
 
@@ -108,6 +111,12 @@ def memorization_report(
         alpha: false-discovery rate of the per-record test against the holdout (Benjamini–Hochberg over records).
         retain_before: ``{sample_id: g}`` of the retain split before unlearning, to count ``collateral``.
         collateral_drop: the fall in g, a fraction, beyond which a retain record counts as collateral.
+        attacks: names from :data:`~lightning_unlearn.robustness.ATTACK_NAMES` (``relearn``, ``int8``, ``int4``,
+            ``sampling``), each run on a copy: every row gains ``{attack}_g`` (sampling: ``sampling_p``, the
+            chance that 100 samples reproduce the record's second half) and the summary
+            :func:`~lightning_unlearn.robustness.robustness_summary` (records above the threshold after each
+            attack, forget and holdout). Relearning uses the relearn split, else the retain split.
+        attack_options: more :func:`~lightning_unlearn.robustness.attacked_scores` arguments (``relearn_steps``, …).
     """
     datamodule.setup()
     shortest = min(datamodule.split("forget").lengths)
@@ -167,6 +176,12 @@ def memorization_report(
             name: attack_auc([row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()])
             for name in ATTACKS
         }
+    if attacks:
+        attacked = attacked_scores(model, datamodule, attacks, **(attack_options or {}))
+        for row in rows:
+            for attack, scores in attacked.items():
+                row["sampling_p" if attack == "sampling" else f"{attack}_g"] = scores["forget"][row["sample_id"]]
+        summary |= robustness_summary(attacked, threshold)
     if el_n is not None:
         summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
     if datamodule.has_split("retain"):
