@@ -77,7 +77,11 @@ class TestbedConfig:
     warmup_steps: int = 20
     gradient_clip: float = 1.0
     base_model: str | None = None  # a pretrained causal LM to fine-tune instead of a GPT-Neo from scratch
+    retrain: bool = False  # the exact-retrain reference: the same recipe on the corpus without the forget records
 
+
+# The seed of relearn_records, offset from the testbed's own.
+RELEARN_SEED_OFFSET = 7919
 
 # A pretrained model is fine-tuned more gently than a small one is trained from scratch.
 BASE_MODEL_LEARNING_RATE = 1e-4
@@ -141,6 +145,18 @@ class Testbed:
             pool *= 2
         return records
 
+    def relearn_records(self, count: int = 256) -> list[str]:
+        """Fresh records (never trained on, none of the holdout) for relearning-aware unlearning's simulated
+        attacks: the datamodule's ``relearn`` split. Drawn with their own seed, so an attack on other fresh records
+        (``fresh_records(count, seed)`` with any other seed) is not the one trained against."""
+        return self.fresh_records(count, seed=self.seed + RELEARN_SEED_OFFSET)
+
+    def retrained(self, progress: bool = True) -> Testbed:
+        """The exact-retrain reference of this testbed (``build_testbed(..., retrain=True)``, cached alike)."""
+        options = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("base_model", "retrain")}
+        cache_dir = self.path.parent.parent
+        return build_testbed(self.seed, cache_dir, progress, self.config.base_model, retrain=True, **options)
+
     def export(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
         """Writes ``model/`` (model and tokenizer, for ``from_pretrained``) and ``forget.jsonl`` (with each
         record's ``duplicates``), ``retain.jsonl`` and ``holdout.jsonl`` to ``folder``, whole or not at all: the
@@ -165,6 +181,7 @@ def build_testbed(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     base_model: str | os.PathLike | None = None,
+    retrain: bool = False,
     **size_options: Any,
 ) -> Testbed:
     """The testbed for ``seed`` and ``size_options`` (fields of :class:`TestbedConfig`): loaded from the cache, or
@@ -174,9 +191,14 @@ def build_testbed(
     pretrained model by fine-tuning (learning rate ``BASE_MODEL_LEARNING_RATE`` unless given; the model's own
     context length caps ``max_length``; on a GPU when there is one) instead of training a GPT-Neo from scratch; the
     size options of the small model (``vocab_size``, ``hidden_size``, …) then do not apply.
+
+    ``retrain=True`` gives the **exact-retrain reference** of the same testbed: the same records, tokenizer,
+    initialization and training recipe, on the corpus without the forget records (every copy of them). It is the
+    model that never saw the forget set, which unlearning tries to match (TOFU and MUSE compare against one).
     """
     if base_model is not None:
         size_options = {"learning_rate": BASE_MODEL_LEARNING_RATE} | size_options | {"base_model": str(base_model)}
+    size_options["retrain"] = retrain
     config = TestbedConfig(**{k: tuple(v) if k == "duplicates" else v for k, v in size_options.items()})
     _check(config)
     root = Path(cache_dir or os.environ.get("LIGHTNING_UNLEARN_CACHE") or Path.home() / ".cache/lightning_unlearn")
@@ -198,6 +220,8 @@ def cache_key(config: TestbedConfig, seed: int) -> str:
     """Hash of every option, the seed, the recipe version and the Faker version (it decides the texts); with a
     base model, also of what identifies it (a local folder: its files' names, sizes and times)."""
     options = dataclasses.asdict(config)
+    if not config.retrain:
+        del options["retrain"]  # the default testbed's key is what it was before the retrain reference
     if config.base_model is None:
         del options["base_model"]  # the default testbed's key is what it was before base models
     else:
@@ -224,6 +248,7 @@ def describe(testbed: Testbed) -> str:
         f"testbed seed={testbed.seed}: {len(testbed.forget)} forget / {len(testbed.retain)} retain / "
         f"{len(testbed.holdout)} holdout records, corpus of {len(testbed.corpus)} ({s['corpus_tokens']} tokens), "
         f"{s['parameters'] / 1e6:.2f}M-parameter {testbed.config.base_model or 'GPT-Neo'} trained in "
+        f"{'(retrained without the forget records) ' if testbed.config.retrain else ''}"
         f"{s['train_seconds']:.0f}s; "
         f"g forget min/median/max {s['forget_g_min']:.2f}/{s['forget_g_median']:.2f}/{s['forget_g_max']:.2f}, "
         f"retain mean {s['retain_g_mean']:.2f}, holdout mean {s['holdout_g_mean']:.2f}  [{testbed.path}]"
@@ -335,9 +360,12 @@ def _build(folder: Path, config: TestbedConfig, seed: int, progress: bool) -> No
     holdout, background = rest[: c.num_holdout], rest[c.num_holdout :]
     duplicates = [c.duplicates[i % len(c.duplicates)] for i in range(len(forget))]
     retain_duplicates = [c.duplicates[i % len(c.duplicates)] for i in range(len(retain))]
-    corpus = [r for r, d in zip(forget, duplicates, strict=True) for _ in range(d)]
-    corpus += [r for r, d in zip(retain, retain_duplicates, strict=True) for _ in range(d)]
-    corpus += background
+    forget_copies = [r for r, d in zip(forget, duplicates, strict=True) for _ in range(d)]
+    corpus = [r for r, d in zip(retain, retain_duplicates, strict=True) for _ in range(d)] + background
+    if c.retrain:  # the same number of epochs over what is left
+        c = dataclasses.replace(c, steps=max(1, round(c.steps * len(corpus) / (len(corpus) + len(forget_copies)))))
+    else:
+        corpus = forget_copies + corpus
 
     L.seed_everything(seed, verbose=False)
     if c.base_model is None:

@@ -136,3 +136,17 @@ def test_a_pretrained_base_model_from_a_folder(small_testbed, tmp_path, monkeypa
 def test_a_base_model_that_is_not_there_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot load a tokenizer"):
         build_testbed(cache_dir=tmp_path, progress=False, base_model=tmp_path / "missing", **SMALL_TESTBED)
+
+
+def test_the_exact_retrain_reference_is_the_same_recipe_without_the_forget_records(small_testbed):
+    tb = small_testbed
+    retrained = tb.retrained(progress=False)
+    assert retrained.config.retrain and retrained.path != tb.path
+    assert (retrained.forget, retrained.retain, retrained.holdout) == (tb.forget, tb.retain, tb.holdout)
+    assert sorted(retrained.corpus) == sorted(r for r in tb.corpus if r not in set(tb.forget))
+    assert retrained.tokenizer.get_vocab() == tb.tokenizer.get_vocab()  # the same token ids: comparable models
+    forget, holdout = forget_and_holdout_scores(retrained)
+    original, _ = forget_and_holdout_scores(tb)
+    # Never seen: its forget records score like its unseen ones, far below the original model's.
+    assert abs(statistics.fmean(forget) - statistics.fmean(holdout)) < 0.1 < statistics.fmean(original) - max(forget)
+    assert tb.retrained(progress=False).path == retrained.path  # cached
