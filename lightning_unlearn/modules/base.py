@@ -23,6 +23,7 @@ from lightning_unlearn.adapters import (
     merged_state_dict,
     plain_config,
 )
+from lightning_unlearn.adversary import RelearningAdversary
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
 from lightning_unlearn.distributed import gather_scores
 from lightning_unlearn.extras import require_gguf, require_peft
@@ -120,6 +121,10 @@ class UnlearningModule(L.LightningModule):
             stay frozen and out of checkpoints (a resumed run loads the base from its source again);
             ``save_pretrained`` merges the adapter or writes it alone. A model given as an instance is wrapped in
             place (peft's ``get_peft_model``). A ``peft.PeftModel`` given as ``model`` trains as it is.
+        relearn_steps: k > 0 makes unlearning relearning-aware (:mod:`lightning_unlearn.adversary`): each step's
+            forget loss and g are taken after k simulated fine-tuning steps of a copy on the datamodule's relearn
+            split (else its retain split), so records that relearning would bring back are unlearned too.
+        relearn_learning_rate: the simulated attacker's Adam learning rate.
     """
 
     def __init__(
@@ -137,6 +142,8 @@ class UnlearningModule(L.LightningModule):
         retain_weight: float = 1.0,
         cache_reference: bool = False,
         peft: PeftConfig | None = None,
+        relearn_steps: int = 0,
+        relearn_learning_rate: float = 5e-4,
     ) -> None:
         super().__init__()
         if retain_loss not in RETAIN_LOSSES:
@@ -163,6 +170,7 @@ class UnlearningModule(L.LightningModule):
         self.reference: ReferenceWeights | None = None  # the weights at fit start, for retain_loss="kl"
         self._reference_state: dict[str, Any] | None = None  # restored from a checkpoint, placed at train start
         self._reference_cache: dict[int, Tensor] = {}  # sample_id -> Tensor[L, V] reference logits, on the CPU
+        self.adversary: RelearningAdversary | None = None  # relearn_steps > 0: made at train start
         if peft is not None or is_adapted(model):
             self.strict_loading = False  # checkpoints hold the adapter, not the frozen base (state_dict)
 
@@ -257,7 +265,10 @@ class UnlearningModule(L.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must define retain_loss() when needs_retain is True")
 
     def on_train_start(self) -> None:
-        """Keeps the reference weights of a KL retain term (the model now, before the first step)."""
+        """Keeps the reference weights of a KL retain term (the model now, before the first step), and makes the
+        relearning adversary (``relearn_steps`` > 0)."""
+        if self.hparams.get("relearn_steps") and self.adversary is None:
+            self.adversary = RelearningAdversary.for_module(self)
         if self.hparams.get("retain_loss") != "kl" or self.reference is not None:
             return
         release = partial(release_gathered_parameters, self.trainer.strategy)
@@ -281,6 +292,8 @@ class UnlearningModule(L.LightningModule):
             nll, g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"])
         else:
             nll, g = sequence_nll(logits, forget["input_ids"], forget["attention_mask"]), None
+        if self.adversary is not None:  # the forget loss and g as a relearning attacker will have them
+            logits, nll, g = self.adversary.forget_terms(self.model, forget, g, self.global_step)
         world, accumulation = self.trainer.world_size, self.trainer.accumulate_grad_batches
         window_ids = forget.get("window_ids") if accumulation > 1 else None
         if window_ids is None or batch_idx % accumulation == 0:  # the first micro-batch of an optimizer step
@@ -295,6 +308,8 @@ class UnlearningModule(L.LightningModule):
         # Each micro-batch's share of the window's weighted mean; Lightning divides every loss by the accumulation.
         scale = world * (accumulation if window_ids is not None else 1)
         loss = scale * (weights * self.forget_loss(forget, logits, nll)).sum() / self._window["forget_weight"]
+        if self.adversary is not None:
+            loss = self.adversary.transplant(self.model, loss)
         metrics = {"train/forget_nll": nll.detach().mean()}
         if retain is not None:
             retain_logits = self._logits(retain)

@@ -70,6 +70,12 @@ class TaskArithmetic(UnlearningModule):
                 f"{type(self).__name__} takes no retain_loss: its task vector is subtracted, and a retain term "
                 "trained into it would be subtracted with it. Use SelectiveGradientAscent or NPO with a retain term."
             )
+        if kwargs.get("relearn_steps"):
+            raise ValueError(
+                f"{type(self).__name__} takes no relearn_steps: it fine-tunes towards the forget set and subtracts "
+                "the result, so there is no forget loss to take after a relearning attack. Use SelectiveGradientAscent "
+                "or NPO with relearn_steps."
+            )
         super().__init__(model, **kwargs)
         if scale >= 0:
             raise ValueError(f"scale must be negative (the task vector is subtracted), got {scale}")
