@@ -364,3 +364,18 @@ def test_cached_reference_logits_give_the_same_run_with_one_reference_pass_per_s
     assert cached_steps == steps and torch.allclose(cached_values, values, atol=1e-6)
     assert len(uncached) >= steps > 4  # every step ran the reference
     assert sum(cached) == len(tb.retain)  # each retain sample once
+
+
+def test_a_stop_rule_given_to_the_trainer_is_the_one_that_decides(small_testbed, caplog):
+    """The user's configuration wins: SGA brings its own MemorizationEarlyStopping, and uses the Trainer's instead."""
+    tb = small_testbed
+    users = MemorizationEarlyStopping(threshold=0.3)
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4)
+    trainer = make_trainer(callbacks=[users])
+    with caplog.at_level("INFO"):
+        trainer.fit(module, unlearning_data(tb))
+    assert [cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping)] == [users]
+    assert module.stopping is users and users.threshold_value == 0.3 and users.rule_met
+    final = score_memorization(module.model, unlearning_data(tb).scoring_dataloader("forget"))
+    assert max(final.values()) <= 0.3
+    assert "using the MemorizationEarlyStopping given to the Trainer" in caplog.text

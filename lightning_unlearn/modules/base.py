@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -198,6 +199,15 @@ class UnlearningModule(L.LightningModule):
         others = [cb for cb in given if isinstance(cb, MemorizationMonitor) and cb.split != "forget"]
         forget = MemorizationMonitor(every_n_train_steps=self.hparams.refresh_every, refresh=self.hparams.refresh)
         return [forget, *others]
+
+    def users_or_own(self, own: Callback) -> Callback:
+        """The Trainer's callback of ``own``'s type when the user gave one (the user's configuration wins, and the
+        log says so), else ``own``: what ``configure_callbacks`` returns replaces the Trainer's of the same type."""
+        given = [cb for cb in (self.trainer.callbacks if self._trainer is not None else []) if type(cb) is type(own)]
+        if not given:
+            return own
+        rank_zero_info(f"{type(self).__name__}: using the {type(own).__name__} given to the Trainer, not its own")
+        return given[0]
 
     def get_model(self) -> PreTrainedModel:
         """The Hugging Face model being edited (after fit: the result)."""

@@ -42,7 +42,8 @@ class SelectiveGradientAscent(GradientAscent):
     Every forget sample is re-scored after every optimizer step; before each step, a sample's weight is 1 if its
     g >= gamma, else 0, and the ``keep_top`` most memorized of the batch are always kept. Training stops when the
     ``stop`` rule holds: ``"max"`` (default) every forget sample at or below ``threshold``, ``"mean"`` their mean.
-    Brings its callbacks (monitor, selective ascent, early stopping) through ``configure_callbacks``; the same
+    Brings its callbacks (monitor, selective ascent, early stopping) through ``configure_callbacks``; a
+    ``SelectiveAscent`` or ``MemorizationEarlyStopping`` given to the Trainer is used instead of its own. The same
     selection and rule apply to any method through :func:`~lightning_unlearn.callbacks.per_sample_control`.
 
     Args:
@@ -74,4 +75,5 @@ class SelectiveGradientAscent(GradientAscent):
         self.stopping = MemorizationEarlyStopping(criterion=stop, threshold=threshold, quantile=quantile)
 
     def configure_callbacks(self) -> list[Callback]:
+        self.selective, self.stopping = self.users_or_own(self.selective), self.users_or_own(self.stopping)
         return [*self.memorization_monitors(), self.selective, self.stopping]

@@ -86,6 +86,7 @@ class TaskArithmetic(UnlearningModule):
         self.base: dict[str, Tensor] | None = None  # θ_base, on the CPU
 
     def configure_callbacks(self) -> list[Callback]:
+        self.stopping = self.users_or_own(self.stopping)
         return [*self.memorization_monitors(), self.stopping]
 
     def on_train_start(self) -> None:
@@ -196,6 +197,7 @@ class TAU(TaskArithmetic):
         self.switch_step: int | None = None
 
     def configure_callbacks(self) -> list[Callback]:
+        self.selective, self.stopping = self.users_or_own(self.selective), self.users_or_own(self.stopping)
         return [*self.memorization_monitors(), self.selective, self.stopping]
 
     def configure_model(self) -> None:
