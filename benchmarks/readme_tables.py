@@ -195,19 +195,23 @@ def compare(table: Table, readme: dict[str, list[list[str]]], output: str) -> li
     header = normalize(table.header)
     if header not in readme:
         return [f"{table.name}: no README table with the header {header}"]
-    today = tables(output).get(header)
-    if today is None:
-        return [f"{table.name}: the command printed no table with the header {header}"]
     columns = header.strip("| ").split(" | ")
-    now = keyed(today)
+    # The command's table with the same header, or one with every published column and more (new columns are
+    # published once measured over the seeds).
+    printed = {tuple(h.strip("| ").split(" | ")): rows for h, rows in tables(output).items()}
+    today_columns = next((c for c in printed if c[0] == columns[0] and set(columns) <= set(c)), None)
+    if today_columns is None:
+        return [f"{table.name}: the command printed no table with the header {header}"]
+    now = keyed(printed[today_columns])
     problems = []
     for key, row in keyed(readme[header]).items():
         if key not in now:
             problems.append(f"{table.name}: row {key!r} is not in today's table")
             continue
         for j, column in enumerate(columns[1:], start=1):
-            if column in table.tolerance and outside(row[j], now[key][j], table.tolerance[column]):
-                problems.append(f"{table.name}: {key} / {column}: README {row[j]}, today {now[key][j]}")
+            cell = now[key][today_columns.index(column)]
+            if column in table.tolerance and outside(row[j], cell, table.tolerance[column]):
+                problems.append(f"{table.name}: {key} / {column}: README {row[j]}, today {cell}")
     return problems
 
 

@@ -1,11 +1,12 @@
 """``lightning-unlearn``: the command line.
 
     lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N | --seeds 0,1,2] [--small]
-                           [--base-model ID_OR_DIR]
+                           [--base-model ID_OR_DIR] [--no-retrain]
     lightning-unlearn testbed [--output DIR] [--small] [--base-model ID_OR_DIR]
     lightning-unlearn fit --config FILE.yaml [--trainer.max_epochs=...] [--output DIR]
     lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--alpha 0.05] [--el] [--output DIR]
                             [--utility TASK,... [--include-path DIR]]
+                            [--attacks relearn,int8,int4,sampling [--relearn-data FILE]]
 
 ``demo`` unlearns the embedded testbed with each method and compares them (:mod:`lightning_unlearn.demo`); with
 ``--base-model`` the testbed's records are first injected into that pretrained model by fine-tuning (the paper's
@@ -17,8 +18,11 @@ option and callback can be set from YAML or flags; ``--output`` saves the unlear
 texts of the same kind) it tests each record against them: an empirical p-value, flagged when significant at
 ``--alpha`` after a Benjamini–Hochberg correction over the records; the threshold is the holdout's 0.95 quantile of g
 (``--level mean`` for its mean) with a bootstrap interval. ``--utility`` adds lm-eval tasks (names, comma-separated;
-from ``--include-path``, a folder of task YAML, or lm-eval's built-in tasks) to the report. Errors a user can fix
-print one line and exit 2.
+from ``--include-path``, a folder of task YAML, or lm-eval's built-in tasks) to the report. ``--attacks`` asks whether
+the records stay forgotten when the model is attacked (:mod:`lightning_unlearn.robustness`, each attack on a copy):
+fine-tuned on ``--relearn-data``, quantized to int8 or int4, or sampled; per attack, how many records are above the
+threshold afterwards, and how many holdout records under the same attack. Errors a user can fix print one line and
+exit 2.
 """
 
 from __future__ import annotations
@@ -48,10 +52,19 @@ def _demo(args: argparse.Namespace) -> None:
             seeds = [int(seed) for seed in _names(args.seeds)]
         except ValueError:
             raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-        run_seeds(args.output, methods, seeds, args.cache_dir, args.max_steps, base_model=args.base_model, **options)
+        run_seeds(
+            args.output,
+            methods,
+            seeds,
+            args.cache_dir,
+            args.max_steps,
+            retrain=not args.no_retrain,
+            base_model=args.base_model,
+            **options,
+        )
         return
     testbed = build_testbed(args.seed, args.cache_dir, progress=True, base_model=args.base_model, **options)
-    run_demo(args.output, methods, args.seed, testbed=testbed, max_steps=args.max_steps)
+    run_demo(args.output, methods, args.seed, testbed=testbed, max_steps=args.max_steps, retrain=not args.no_retrain)
 
 
 def _testbed(args: argparse.Namespace) -> None:
@@ -67,18 +80,30 @@ def _testbed(args: argparse.Namespace) -> None:
 
 def _audit(args: argparse.Namespace) -> None:
     from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
-    from lightning_unlearn.modules import check_causal_lm, load_causal_lm
+    from lightning_unlearn.models import check_causal_lm, load_causal_lm
     from lightning_unlearn.report import memorization_report, summary_markdown, write_report
+    from lightning_unlearn.robustness import ATTACK_NAMES
     from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS
     from lightning_unlearn.utility import check_tasks, evaluate_utility, task_manager
 
     tasks = _names(args.utility)
+    attacks = _names(args.attacks)
+    unknown = sorted(set(attacks) - set(ATTACK_NAMES))
+    if unknown:
+        raise ValueError(f"unknown attack(s) {', '.join(unknown)} in --attacks; choose from {', '.join(ATTACK_NAMES)}")
+    if "relearn" in attacks and not args.relearn_data:
+        raise ValueError("--attacks relearn needs --relearn-data: texts of the same kind, never the audited records")
     if tasks:  # an unknown task or a missing lm-eval fails before any model loads
         manager = task_manager(args.include_path)
         check_tasks(tasks, manager)
     tokenizer = load_tokenizer(args.model, args.gguf_file)
     datamodule = UnlearningDataModule(
-        tokenizer, args.data, holdout=args.holdout, max_length=args.max_length, text_column=args.text_column
+        tokenizer,
+        args.data,
+        holdout=args.holdout,
+        max_length=args.max_length,
+        text_column=args.text_column,
+        relearn=args.relearn_data,
     )
     datamodule.setup()  # bad data fails here, before a possibly large model loads
     model = load_causal_lm(args.model, args.gguf_file)
@@ -86,8 +111,15 @@ def _audit(args: argparse.Namespace) -> None:
     datamodule.check_fits(model)
     level = {kind: name for name, kind in HOLDOUT_THRESHOLDS.items()}[args.level]
     threshold = level if args.holdout else args.threshold
+    options = {"relearn_steps": args.relearn_steps, "relearn_learning_rate": args.relearn_lr}
     report = memorization_report(
-        model.eval(), datamodule, el_n=10 if args.el else None, threshold=threshold, alpha=args.alpha
+        model.eval(),
+        datamodule,
+        el_n=10 if args.el else None,
+        threshold=threshold,
+        alpha=args.alpha,
+        attacks=attacks,
+        attack_options=options,
     )
     tested = args.holdout is not None
     el = " EL_10" if args.el else ""
@@ -117,6 +149,8 @@ def _audit(args: argparse.Namespace) -> None:
                 f"warning: {s['holdout_size']} holdout records cannot show p < {args.alpha:g} (the smallest p-value "
                 f"is 1/{s['holdout_size'] + 1}): give at least {math.ceil(1 / args.alpha)} holdout records"
             )
+    for attack in attacks:
+        print(attack_line(attack, s, tested, args))
     if tasks:
         s["utility"] = evaluate_utility(model, tokenizer, tasks, batch_size=args.batch_size, manager=manager)
         for task, metrics in s["utility"].items():
@@ -124,6 +158,20 @@ def _audit(args: argparse.Namespace) -> None:
     if args.output:
         write_report(report, args.output)
         print(f"\n{summary_markdown(s)}written to {args.output}/: per_sample.csv, per_sample.json, summary.json/.md")
+
+
+def attack_line(attack: str, summary: dict, tested: bool, args: argparse.Namespace) -> str:
+    """One line of the audit: records above the threshold (discoverable, for sampling) after ``attack``, forget
+    and holdout."""
+    from lightning_unlearn.robustness import DISCOVERY, DISCOVERY_SAMPLES
+
+    if attack == "sampling":
+        what = f"(n={DISCOVERY_SAMPLES}, p={DISCOVERY:g})-discoverable by sampling (second half from the first)"
+    else:
+        how = {"relearn": f"{args.relearn_steps} relearning steps (lr {args.relearn_lr:g}) on --relearn-data"}
+        what = f"above the threshold after {how.get(attack, attack + ' round-to-nearest (groups of 64)')}"
+    control = f"; holdout: {summary[f'{attack}_holdout_above']} of {summary['holdout_size']}" if tested else ""
+    return f"{attack}: {summary[f'{attack}_above']} of {summary['forget_samples']} records {what}{control}"
 
 
 def _fit(argv: list[str] | None) -> None:
@@ -155,10 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     seeding = demo.add_mutually_exclusive_group()
     seeding.add_argument("--seed", type=int, default=0, help="one run on the testbed of this seed")
     seeding.add_argument("--seeds", help="one run per seed, e.g. 0,1,2: the table gives the median [min, max]")
-    demo.add_argument("--max-steps", type=int, default=400, help="optimizer steps at most per method")
+    demo.add_argument("--max-steps", type=int, default=600, help="optimizer steps at most per method")
     demo.add_argument("--small", action="store_true", help="the small testbed (builds in seconds; for a quick look)")
     demo.add_argument("--cache-dir", help="testbed cache (default: ~/.cache/lightning_unlearn)")
     demo.add_argument("--base-model", help="inject the records into this pretrained causal LM (hub id or folder)")
+    demo.add_argument(
+        "--no-retrain", action="store_true", help="skip the exact-retrain reference row (it trains the testbed again)"
+    )
 
     testbed = commands.add_parser("testbed", help="write the testbed's model and jsonl splits to a folder")
     testbed.add_argument("--output", default="testbed", help="folder to create")
@@ -187,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--utility", help="lm-eval tasks to add to the report, comma-separated (needs [eval])")
     audit.add_argument("--include-path", help="a folder of lm-eval task YAML for --utility (else built-in tasks)")
     audit.add_argument("--batch-size", type=int, default=16, help="requests per forward pass for --utility")
+    audit.add_argument("--attacks", help="comma-separated, from relearn, int8, int4, sampling: run on a copy each")
+    audit.add_argument("--relearn-data", help="texts the relearning attack fine-tunes on (never the audited ones)")
+    audit.add_argument("--relearn-steps", type=int, default=20, help="full-batch Adam steps of the relearning attack")
+    audit.add_argument("--relearn-lr", type=float, default=1e-4, help="learning rate of the relearning attack")
 
     if argv[:1] == ["fit"]:
         _fit(None if from_command_line else argv[1:])  # LightningCLI parses, and reports its own errors

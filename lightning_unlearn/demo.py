@@ -8,6 +8,14 @@ point per method). With lm-eval installed (``[eval]``), each model is also run o
 ``utility_tasks/`` from the retain records: a four-way multiple choice (``MC acc``) and a perplexity (``byte ppl``).
 GA uses Jang et al.'s mean rule (the holdout mean g); every other method the per-sample rule: every forget record
 at or below the holdout's 0.95 quantile of g.
+
+Every model is also attacked (:mod:`lightning_unlearn.robustness`, each on a copy): 20 Adam steps (lr 1e-4) of
+relearning on the retain records, int8 and int4 round-to-nearest, and (100, 0.5)-discoverable sampling; the table
+counts the forget records above the threshold after each, and the holdout's after relearning (the control). The
+exact-retrain reference (the testbed trained without the forget records) is measured the same way, and each row's
+``|g − g retrain|`` is its mean distance to it over the forget records. Relearning-aware methods (``SGA+KL+RA``)
+simulate their attacks on fresh records of the same kind (``Testbed.relearn_records``), never on the retain records
+that the relearning attack uses.
 """
 
 from __future__ import annotations
@@ -76,6 +84,12 @@ METHODS: dict[str, DemoMethod] = {
         lambda model: NPO(model, beta=0.01, learning_rate=1e-4, retain_loss="kl", retain_weight=1.0),
         per_sample_control,
     ),
+    "SGA+KL+RA": DemoMethod(
+        "SGA + KL, relearning-aware",
+        lambda model: SelectiveGradientAscent(
+            model, learning_rate=5e-5, retain_loss="kl", retain_weight=5.0, relearn_steps=4, relearn_learning_rate=5e-4
+        ),
+    ),
     "TA": DemoMethod("TA, λ = −3", lambda model: TaskArithmetic(model, learning_rate=3e-4)),
     "TAU": DemoMethod("TAU, λ searched in [−3, 0)", lambda model: TAU(model, learning_rate=1e-4)),
 }
@@ -96,7 +110,13 @@ COLUMNS = {  # summary key -> table heading
     "byte_perplexity": "byte ppl",
     "loss_auc": "LOSS AUC",
     "miau_auc": "MIAU AUC",
+    "relearn_above": "above after relearn",
+    "relearn_holdout_above": "holdout above after relearn",
+    "int4_above": "above after int4",
+    "sampling_above": "discoverable",
+    "retrain_distance": "|g − g retrain|",
 }
+ATTACKS = ("relearn", "int8", "int4", "sampling")  # run on every row's model (relearning: on the retain split)
 
 
 class _StepProgress(Callback):
@@ -131,13 +151,20 @@ def measure(
     threshold: float | str = "holdout_quantile",
     retain_before: dict[int, float] | None = None,
     utility_tasks: Path | None = None,
+    attacks: Sequence[str] = ATTACKS,
 ) -> Report:
     """The demo's measures of one model: the report (per-sample rows and summary, retain g and collateral) and
     MIAU AUC; ``threshold``: the original model's level (default: this model's holdout 0.95 quantile of g);
     ``retain_before``: the original model's retain g by sample, for ``collateral``; ``utility_tasks``: the folder
-    of :data:`UTILITY_TASKS`, to run them (``summary["utility"]``, ``mc_acc`` and ``byte_perplexity``)."""
+    of :data:`UTILITY_TASKS`, to run them (``summary["utility"]``, ``mc_acc`` and ``byte_perplexity``);
+    ``attacks``: :mod:`~lightning_unlearn.robustness` attacks, relearning on ``datamodule``'s retain split."""
     report = memorization_report(
-        model, datamodule, duplicates=testbed.duplicates, threshold=threshold, retain_before=retain_before
+        model,
+        datamodule,
+        duplicates=testbed.duplicates,
+        threshold=threshold,
+        retain_before=retain_before,
+        attacks=attacks,
     )
     summary = report.summary
     summary["miau_auc"] = attack_auc(
@@ -180,9 +207,10 @@ def run_demo(
     seed: int = 0,
     testbed: Testbed | None = None,
     cache_dir: str | os.PathLike | None = None,
-    max_steps: int = 400,
+    max_steps: int = 600,
     num_neighbours: int = 10,
     progress: bool = True,
+    retrain: bool = True,
 ) -> dict[str, Any]:
     """Runs the demo and writes its files to ``output``; returns ``summary.json``'s content.
 
@@ -191,12 +219,15 @@ def run_demo(
         testbed: a built testbed (default: ``build_testbed(seed, cache_dir)``, cached after the first build).
         max_steps: optimizer steps at most per method (a method that reaches it has not met its rule).
         num_neighbours: MIAU neighbours per text.
+        retrain: add the exact-retrain reference (the testbed trained without the forget records; built once, then
+            cached) as a row, and every row's distance to it: the mean |g − g_retrain| over the forget records.
     """
     check_methods(methods)
     output = Path(output)
     if testbed is None:
         testbed = build_testbed(seed=seed, cache_dir=cache_dir, progress=progress)
     datamodule = testbed.datamodule()
+    training_data = testbed.datamodule(relearn=testbed.relearn_records())  # relearning-aware methods train on it
     miau = NeighbourhoodAttack(num_neighbours=num_neighbours, seed=seed)
     original = testbed.model.eval()
     retain_before = score_memorization(original, datamodule.scoring_dataloader("retain"))
@@ -207,6 +238,12 @@ def run_demo(
     rows = {"original": {"method": "original model", "steps": 0, "seconds": 0.0, **reports["original"].summary}}
     before_nll, threshold = rows["original"]["holdout_nll"], rows["original"]["threshold"]
     rows["original"]["holdout_nll_ratio"] = 1.0
+    if retrain:
+        model = testbed.retrained(progress).model.eval()
+        reports["retrain"] = measure(model, testbed, datamodule, miau, threshold, retain_before, utility_tasks)
+        summary = reports["retrain"].summary
+        rows["retrain"] = {"method": "exact retrain (never saw the forget set)", "steps": 0, "seconds": 0.0, **summary}
+        rows["retrain"]["holdout_nll_ratio"] = summary["holdout_nll"] / before_nll
     for name in methods:
         method = METHODS[name]
         L.seed_everything(seed, verbose=False)
@@ -215,7 +252,7 @@ def run_demo(
         with _quiet():
             trainer = quiet_trainer(max_steps, [*callbacks, _StepProgress(name, max_steps, progress)])
             start = time.perf_counter()
-            trainer.fit(module, datamodule)
+            trainer.fit(module, training_data)
             seconds = time.perf_counter() - start
         stopping = [cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping)]
         stopped, rule_met = (stopping[0].stopped_step, bool(stopping[0].rule_met)) if stopping else (None, False)
@@ -229,6 +266,9 @@ def run_demo(
             **summary,
             "holdout_nll_ratio": summary["holdout_nll"] / before_nll,
         }
+    if retrain:
+        for name, row in rows.items():
+            row["retrain_distance"] = _distance(reports[name].rows, reports["retrain"].rows)
     result = {
         "testbed": testbed.summary,
         "base_model": testbed.config.base_model,
@@ -240,6 +280,12 @@ def run_demo(
     print(table(rows))
     print(f"\nwritten to {output}/: summary.json, summary.md, per_sample.csv, forget_g.png, tradeoff.png")
     return result
+
+
+def _distance(rows: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> float:
+    """The mean |g − g_reference| over the forget records (rows keyed alike by ``sample_id``)."""
+    g = {row["sample_id"]: row["g"] for row in reference}
+    return statistics.fmean(abs(row["g"] - g[row["sample_id"]]) for row in rows)
 
 
 def _utility_tasks(output: Path, testbed: Testbed) -> Path | None:
@@ -257,9 +303,10 @@ def run_seeds(
     methods: Sequence[str] = tuple(METHODS),
     seeds: Sequence[int] = (0, 1, 2),
     cache_dir: str | os.PathLike | None = None,
-    max_steps: int = 400,
+    max_steps: int = 600,
     num_neighbours: int = 10,
     progress: bool = True,
+    retrain: bool = True,
     **testbed_options: Any,
 ) -> dict[str, Any]:
     """Runs the demo once per seed and summarizes the runs; returns ``summary.json``'s content.
@@ -286,6 +333,7 @@ def run_seeds(
             max_steps=max_steps,
             num_neighbours=num_neighbours,
             progress=progress,
+            retrain=retrain,
         )
         per_seed[seed] = run
     rows = {seed: run["rows"] for seed, run in per_seed.items()}

@@ -130,7 +130,7 @@ def _bitsandbytes_round_trip(weight: Tensor, bits: int, group_size: int) -> Tens
 
     if bits == 8:
         codes, row_scales, _ = bnbf.int8_vectorwise_quant(weight.half())
-        return (codes.float() * row_scales.float()[:, None] / 127).to(weight.dtype)
+        return bnbf.int8_vectorwise_dequant(codes, row_scales).to(weight.dtype)
     packed, state = bnbf.quantize_4bit(weight, blocksize=group_size, quant_type="nf4")
     return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
 

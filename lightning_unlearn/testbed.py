@@ -125,12 +125,13 @@ class Testbed:
         """Its forget, retain and holdout records as an :class:`UnlearningDataModule`, one training batch covering
         the whole forget set (the paper's setting); ``options`` override any argument (``retain=None``, …)."""
         defaults = {
+            "forget": self.forget,
             "retain": self.retain,
             "holdout": self.holdout,
             "batch_size": len(self.forget),
             "max_length": self.summary.get("max_length", self.config.max_length),
         }
-        return UnlearningDataModule(self.tokenizer, self.forget, **(defaults | options))
+        return UnlearningDataModule(self.tokenizer, **(defaults | options))
 
     def fresh_records(self, count: int, seed: int) -> list[str]:
         """``count`` records from the same generator that the model never saw (none of the corpus or the holdout):
@@ -247,8 +248,8 @@ def describe(testbed: Testbed) -> str:
     return (
         f"testbed seed={testbed.seed}: {len(testbed.forget)} forget / {len(testbed.retain)} retain / "
         f"{len(testbed.holdout)} holdout records, corpus of {len(testbed.corpus)} ({s['corpus_tokens']} tokens), "
-        f"{s['parameters'] / 1e6:.2f}M-parameter {testbed.config.base_model or 'GPT-Neo'} trained in "
-        f"{'(retrained without the forget records) ' if testbed.config.retrain else ''}"
+        f"{s['parameters'] / 1e6:.2f}M-parameter {testbed.config.base_model or 'GPT-Neo'} "
+        f"{'retrained without the forget records ' if testbed.config.retrain else ''}trained in "
         f"{s['train_seconds']:.0f}s; "
         f"g forget min/median/max {s['forget_g_min']:.2f}/{s['forget_g_median']:.2f}/{s['forget_g_max']:.2f}, "
         f"retain mean {s['retain_g_mean']:.2f}, holdout mean {s['holdout_g_mean']:.2f}  [{testbed.path}]"
@@ -316,7 +317,7 @@ def _small_model(tokenizer: PreTrainedTokenizerFast, c: TestbedConfig) -> GPTNeo
 def _base_model(source: str) -> tuple[Any, PreTrainedModel]:
     """A pretrained causal LM and its tokenizer (padding with end-of-text when it has no pad token)."""
     from lightning_unlearn.data import load_tokenizer
-    from lightning_unlearn.modules.base import check_causal_lm, load_causal_lm
+    from lightning_unlearn.models import check_causal_lm, load_causal_lm
 
     tokenizer = load_tokenizer(source)
     if tokenizer.pad_token is None:

@@ -138,6 +138,8 @@ def test_readme_check_flags_numbers_outside_the_published_range():
     problems = checker.compare(table, readme, outside)
     assert len(problems) == 2 and "SGA / steps: README 30 [28, 33], today 36" in problems[0]
     assert "no table" in checker.compare(table, readme, "nothing printed")[0]
+    more = "| method | ms | steps | new | ratio |\n|---|---|---|---|---|\n| SGA | 900 | 35 [30, 40] | 7 | 1.70x |\n"
+    assert checker.compare(table, readme, more) == []  # more columns, in another order: matched by name
 
 
 def test_retain_weights_runs(small_testbed, testbed_cache):
@@ -155,3 +157,13 @@ def test_adapters_compares_lora_with_full_fine_tuning(small_testbed, testbed_cac
     assert lora < 0.2 * full, out  # rank 8 on every layer is 10% of the small model; the 10% rule: test_adapters
     runs = [line for line in out.splitlines() if line.startswith(("| SGA", "| TA"))]
     assert len(runs) == 8 and all(re.search(r"\| 0/1 \| 2 \[2, 2\] \|", row) for row in runs), out
+
+
+def test_robust_forgetting_attacks_every_model_and_runs_sequential_requests(small_testbed, testbed_cache):
+    args = ["--small", "--methods", "SGA+KL+RA", "--max-steps", "2", "--sequential", "--requests", "2", "--no-retrain"]
+    out = run_on_small_testbed(testbed_cache, "benchmarks/robust_forgetting.py", *args, "--request-size", "4")
+    attacks = out.split("1. attacks")[1].split("2. sequential requests")
+    models = [line.split(" | ")[1] for line in attacks[0].splitlines() if line.startswith("| 0 |")]
+    assert models == ["original", "SGA+KL+RA"], out
+    requests = [line for line in attacks[1].splitlines() if line.startswith("| 0 |")]
+    assert len(requests) == 2 and "| 0 of 0 |" in requests[0] and " of 4 |" in requests[1], out

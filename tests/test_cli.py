@@ -49,7 +49,7 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     assert "| original model |" in printed and "| SGA |" in printed
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["rows"]
-    assert list(rows) == ["original", "GA", "SGA"]
+    assert list(rows) == ["original", "retrain", "GA", "SGA"]
     threshold = summary["threshold"]  # the holdout's 0.95 quantile of g, above its mean
     assert threshold > small_testbed.summary["holdout_g_mean"]
     # The per-sample rule leaves no record above the threshold; the mean rule only brings the mean to the mean.
@@ -58,6 +58,13 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     assert rows["original"]["above_threshold"] > 0 and rows["original"]["holdout_nll_ratio"] == 1.0
     for key in ("steps", "seconds", "outliers", "verbatim_extractable", "retain_g", "loss_auc", "miau_auc"):
         assert key in rows["SGA"]
+    # The attacks and the exact-retrain reference, on every row; the retrained model never saw the forget set.
+    for row in rows.values():
+        assert {"relearn_above", "relearn_holdout_above", "int4_above", "sampling_above"} <= set(row)
+    assert rows["retrain"]["retrain_distance"] == 0 < rows["SGA"]["retrain_distance"]
+    assert rows["SGA"]["retrain_distance"] < rows["original"]["retrain_distance"]
+    assert rows["retrain"]["relearn_above"] < rows["original"]["relearn_above"]
+    assert "| exact retrain (never saw the forget set) |" in printed and "above after relearn" in printed
     assert rows["original"]["collateral"] == 0 and 0 <= rows["SGA"]["collateral"] <= len(small_testbed.retain)
     assert rows["SGA"]["retain_g_before"] == pytest.approx(rows["original"]["retain_g"])
     assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
@@ -65,6 +72,7 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
         table = list(csv.DictReader(f))
     assert len(table) == len(small_testbed.forget)
     assert max(float(r["g_SGA"]) for r in table) == pytest.approx(rows["SGA"]["ma_max"], abs=1e-4)
+    assert "g_retrain" in table[0]
     assert (out / "forget_g.png").read_bytes()[:4] == b"\x89PNG"
     assert "| method |" in (out / "summary.md").read_text()
     # Utility by lm-eval on tasks written from the retain records, for every row.
@@ -195,6 +203,28 @@ def test_audit_tests_each_record_against_a_large_enough_holdout(small_testbed, e
     assert f"{summary['flagged']} flagged as more memorized than unseen data" in printed
 
 
+def test_audit_attacks_each_record_and_its_holdout_control(small_testbed, exported, capsys):
+    tb = small_testbed
+    args = ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--holdout", "testbed/holdout.jsonl"]
+    attacks = ["--attacks", "relearn,int8,int4,sampling", "--relearn-data", "testbed/retain.jsonl"]
+    assert main([*args, *attacks, "--relearn-steps", "5", "--output", "report"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(Path("report/summary.json").read_text())
+    with open("report/per_sample.csv") as f:
+        rows = list(csv.DictReader(f))
+    threshold = summary["threshold"]
+    for attack in ("relearn", "int8", "int4"):
+        above = sum(float(r[f"{attack}_g"]) > threshold for r in rows)
+        assert summary[f"{attack}_above"] == above
+        line = f"{attack}: {above} of {len(tb.forget)} records above the threshold after "
+        assert line in printed and f"holdout: {summary[f'{attack}_holdout_above']} of {len(tb.holdout)}" in printed
+    assert "5 relearning steps (lr 0.0001) on --relearn-data" in printed
+    discoverable = sum(float(r["sampling_p"]) >= 0.5 for r in rows)
+    assert summary["sampling_above"] == discoverable and f"sampling: {discoverable} of" in printed
+    # The original model: its memorized records stay above the threshold under each attack.
+    assert summary["relearn_above"] > 0 and abs(summary["int8_above"] - summary["above_threshold"]) <= 2
+
+
 def test_demo_and_testbed_on_a_pretrained_base_model(exported, testbed_cache, tmp_path, capsys):
     base = ["--base-model", "testbed/model", "--small", "--seed", "1", "--cache-dir", str(tmp_path / "cache")]
     assert main(["testbed", *base, "--output", "injected"]) == 0
@@ -239,7 +269,18 @@ def test_audit_without_holdout_uses_the_given_threshold(exported, capsys):
             ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--text-column", "body"],
             "column 'body'",
         ),
-        (["demo", "--methods", "GA,DPO"], "unknown method(s) DPO; choose from GA, SGA, SGA+KL, NPO+KL, TA, TAU"),
+        (
+            ["demo", "--methods", "GA,DPO"],
+            "unknown method(s) DPO; choose from GA, SGA, SGA+KL, NPO+KL, SGA+KL+RA, TA, TAU",
+        ),
+        (
+            ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--attacks", "int4,prune"],
+            "unknown attack(s) prune in --attacks; choose from relearn, int8, int4, sampling",
+        ),
+        (
+            ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--attacks", "relearn"],
+            "--attacks relearn needs --relearn-data",
+        ),
         (["testbed", "--small", "--output", "testbed"], "testbed exists already"),
     ],
 )

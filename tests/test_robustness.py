@@ -181,3 +181,23 @@ def test_attacked_scores_and_their_summary_count_what_rose_above_the_level(small
         attacked_scores(tb.model, data, attacks=("int2",))
     with pytest.raises(ValueError, match="relearn or a retain split"):
         attacked_scores(tb.model, unlearning_data(tb, retain=None), attacks=("relearn",))
+
+
+def test_an_adapted_model_is_attacked_as_it_is(small_testbed):
+    """A LoRA-adapted model (as a module holds it mid-run): quantization rounds its linear weights, relearning
+    fine-tunes every weight of the copy; asking for a second adapter is refused with what to do."""
+    pytest.importorskip("peft")
+    from lightning_unlearn.adapters import add_adapter
+
+    adapted = add_adapter(copy.deepcopy(small_testbed.model), lora())
+    before = state(adapted)
+    loader = unlearning_data(small_testbed).scoring_dataloader("retain", batch_size=8)
+    quantized, relearned = quantize(adapted, bits=4), relearn(adapted, loader, steps=2, learning_rate=1e-3)
+    assert unchanged(adapted, before)
+    base = {n: p for n, p in relearned.named_parameters() if "base_layer" in n}
+    assert any(not torch.equal(p, before[n]) for n, p in base.items())  # the attacker trains the base too
+    ids = torch.arange(1, 20)[None]
+    with torch.no_grad():
+        assert torch.isfinite(quantized(input_ids=ids).logits).all()
+    with pytest.raises(ValueError, match="merge it"):
+        relearn(adapted, loader, steps=1, peft=lora())

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from lightning_unlearn.adapters import (
     adapter_state_dict,
@@ -31,6 +31,7 @@ from lightning_unlearn.extras import require_gguf, require_peft
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.losses import token_kl
 from lightning_unlearn.memorization import float32_logits, nll_and_accuracy, sequence_nll
+from lightning_unlearn.models import check_causal_lm, load_causal_lm
 from lightning_unlearn.reference import ReferenceWeights
 from lightning_unlearn.strategies import (
     full_state_dict,
@@ -44,40 +45,6 @@ if TYPE_CHECKING:
 
 # Expected here, not a problem: the model trains in eval mode (no dropout).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
-
-def load_causal_lm(source: str | os.PathLike, gguf_file: str | None = None, **kwargs: Any) -> PreTrainedModel:
-    """A causal LM from a hub id or a local folder (``gguf_file``: a GGUF file inside it, unpacked into ordinary
-    dense weights, which train and save as a plain Hugging Face folder); clear errors otherwise."""
-    if gguf_file is not None:
-        require_gguf()
-        kwargs["gguf_file"] = gguf_file
-        try:  # transformers >= 5.x can keep GGUF weights in quantized blocks, which do not train
-            from transformers import GgufConfig
-
-            kwargs.setdefault("quantization_config", GgufConfig(dequantize=True))
-        except ImportError:  # older releases always unpack them
-            pass
-    try:
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except ValueError as error:
-        if "Unrecognized configuration class" in str(error):
-            raise ValueError(f"{source} is not a causal language model (no causal-LM head): {error}") from None
-        raise
-    except OSError as error:
-        raise FileNotFoundError(f"cannot load a model from {source!s}: {error}") from None
-
-
-def check_causal_lm(model: torch.nn.Module) -> None:
-    """Raises a clear error unless ``model`` is a Hugging Face model with a language-modelling head (or a
-    ``peft.PeftModel`` around one)."""
-    base = model.get_base_model() if is_adapted(model) else model
-    head = base.get_output_embeddings() if isinstance(base, PreTrainedModel) else None
-    if head is None:
-        raise TypeError(
-            f"{type(model).__name__} has no causal-LM head: pass a model loaded with AutoModelForCausalLM "
-            f"(e.g. GPTNeoForCausalLM, not GPTNeoModel)"
-        )
 
 
 RETAIN_LOSSES = (None, "nll", "kl")
@@ -124,7 +91,8 @@ class UnlearningModule(L.LightningModule):
             place (peft's ``get_peft_model``). A ``peft.PeftModel`` given as ``model`` trains as it is.
         relearn_steps: k > 0 makes unlearning relearning-aware (:mod:`lightning_unlearn.adversary`): each step's
             forget loss and g are taken after k simulated fine-tuning steps of a copy on the datamodule's relearn
-            split (else its retain split), so records that relearning would bring back are unlearned too.
+            split (else its retain split), so records that relearning would bring back are unlearned too. Costs a
+            copy of the model, its Adam state for the k steps, and k + 1 more forward and backward passes per step.
         relearn_learning_rate: the simulated attacker's Adam learning rate.
     """
 

@@ -1,0 +1,46 @@
+"""Loading and checking causal language models: from an instance, a hub id, a local folder or a GGUF file."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from lightning_unlearn.adapters import is_adapted
+from lightning_unlearn.extras import require_gguf
+
+
+def load_causal_lm(source: str | os.PathLike, gguf_file: str | None = None, **kwargs: Any) -> PreTrainedModel:
+    """A causal LM from a hub id or a local folder (``gguf_file``: a GGUF file inside it, unpacked into ordinary
+    dense weights, which train and save as a plain Hugging Face folder); clear errors otherwise."""
+    if gguf_file is not None:
+        require_gguf()
+        kwargs["gguf_file"] = gguf_file
+        try:  # transformers >= 5.x can keep GGUF weights in quantized blocks, which do not train
+            from transformers import GgufConfig
+
+            kwargs.setdefault("quantization_config", GgufConfig(dequantize=True))
+        except ImportError:  # older releases always unpack them
+            pass
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except ValueError as error:
+        if "Unrecognized configuration class" in str(error):
+            raise ValueError(f"{source} is not a causal language model (no causal-LM head): {error}") from None
+        raise
+    except OSError as error:
+        raise FileNotFoundError(f"cannot load a model from {source!s}: {error}") from None
+
+
+def check_causal_lm(model: torch.nn.Module) -> None:
+    """Raises a clear error unless ``model`` is a Hugging Face model with a language-modelling head (or a
+    ``peft.PeftModel`` around one)."""
+    base = model.get_base_model() if is_adapted(model) else model
+    head = base.get_output_embeddings() if isinstance(base, PreTrainedModel) else None
+    if head is None:
+        raise TypeError(
+            f"{type(model).__name__} has no causal-LM head: pass a model loaded with AutoModelForCausalLM "
+            f"(e.g. GPTNeoForCausalLM, not GPTNeoModel)"
+        )
