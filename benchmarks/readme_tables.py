@@ -137,6 +137,39 @@ TABLES = [
         slow=True,
     ),
     Table(
+        "robust forgetting",
+        "| seed | model | steps | seconds | above | after relearn retain 20 @ 1e-4 | after relearn retain 50 @ 3e-4 | "
+        "after relearn fresh 20 @ 1e-4 | after relearn fresh 100 @ 1e-4 | holdout after relearn (retain 20 @ 1e-4) | "
+        "after int4 | holdout NLL | retain g |",
+        [PYTHON, "benchmarks/robust_forgetting.py", "--seeds", "0"],
+        {
+            "steps": ("rel", 0.1),
+            "above": ("abs", 0),
+            "after relearn retain 20 @ 1e-4": ("abs", 2),
+            "after relearn retain 50 @ 3e-4": ("abs", 2),
+            "after relearn fresh 20 @ 1e-4": ("abs", 2),
+            "after relearn fresh 100 @ 1e-4": ("abs", 2),
+            "holdout after relearn (retain 20 @ 1e-4)": ("abs", 1),
+            "after int4": ("abs", 1),
+            "holdout NLL": ("rel", 0.03),
+            "retain g": ("abs", 0.02),
+        },
+        slow=True,
+    ),
+    Table(
+        "sequential requests",
+        "| request | seed | steps | earlier records above | this request's above | all above after relearn | "
+        "holdout NLL |",
+        [PYTHON, "benchmarks/robust_forgetting.py", "--seeds", "0", "--only-sequential"],
+        {
+            "earlier records above": ("abs", 0),
+            "this request's above": ("abs", 0),
+            "all above after relearn": ("abs", 2),
+            "holdout NLL": ("rel", 0.05),
+        },
+        slow=True,
+    ),
+    Table(
         "scaling",
         "| records | scoring tokens/s | above_threshold: s/step | steps | s to rule | peak MB | rescan all: s/step | "
         "steps | s to rule | peak MB | speed-up | max Δg |",

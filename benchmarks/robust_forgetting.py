@@ -107,7 +107,7 @@ def sequential_table(testbed: Testbed, method: str, requests: int, size: int, ma
     nll_before = holdout_nll(original, reference)
     retain = reference.scoring_dataloader("retain", batch_size=len(testbed.retain))
     lines = [
-        "| seed | request | steps | earlier records above | this request's above | all above after relearn | "
+        "| request | seed | steps | earlier records above | this request's above | all above after relearn | "
         "holdout NLL |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -124,8 +124,8 @@ def sequential_table(testbed: Testbed, method: str, requests: int, size: int, ma
         new = {i: v for i, v in scores.items() if i >= len(earlier)}
         relearned = g(relearn(model, retain, steps=20, learning_rate=1e-4), data)
         cells = [
-            str(testbed.seed),
             str(request + 1),
+            str(testbed.seed),
             str(steps),
             f"{above(old, level)} of {len(old)}",
             f"{above(new, level)} of {len(new)}",

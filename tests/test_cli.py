@@ -230,7 +230,7 @@ def test_demo_and_testbed_on_a_pretrained_base_model(exported, testbed_cache, tm
     assert main(["testbed", *base, "--output", "injected"]) == 0
     assert "testbed/model trained in" in capsys.readouterr().out
     assert AutoModelForCausalLM.from_pretrained("injected/model").num_parameters() > 0
-    assert main(["demo", *base, "--methods", "SGA", "--output", "demo"]) == 0  # the testbed from the cache
+    assert main(["demo", *base, "--methods", "SGA", "--no-retrain", "--output", "demo"]) == 0  # testbed: cached
     summary = json.loads(Path("demo/summary.json").read_text())
     assert summary["base_model"] == "testbed/model" and summary["rows"]["SGA"]["rule_met"]
 
@@ -321,7 +321,7 @@ def test_utility_examples_run(small_testbed, exported, capsys, caplog):
 
 def test_demo_over_seeds_reports_median_and_range(testbed_cache, tmp_path, capsys):
     out = tmp_path / "seeds"
-    args = ["demo", "--small", "--cache-dir", str(testbed_cache), "--methods", "SGA", "--seeds", "0,1"]
+    args = ["demo", "--small", "--cache-dir", str(testbed_cache), "--methods", "SGA", "--seeds", "0,1", "--no-retrain"]
     assert main([*args, "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
