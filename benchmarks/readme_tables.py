@@ -141,7 +141,7 @@ TABLES = [
         "| seed | model | steps | seconds | above | after relearn retain 20 @ 1e-4 | after relearn retain 50 @ 3e-4 | "
         "after relearn fresh 20 @ 1e-4 | after relearn fresh 100 @ 1e-4 | holdout after relearn (retain 20 @ 1e-4) | "
         "after int4 | holdout NLL | retain g |",
-        [PYTHON, "benchmarks/robust_forgetting.py", "--seeds", "0"],
+        [PYTHON, "benchmarks/robust_forgetting.py", "--seeds", "0,1"],
         {
             "steps": ("rel", 0.1),
             "above": ("abs", 0),

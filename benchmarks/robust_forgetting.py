@@ -8,7 +8,7 @@ Prints two tables for the testbed of each seed (level: the 0.95 quantile of the 
    32 fresh records of the same kind that no method trained against), after int4 round-to-nearest; the holdout's
    count after the first protocol (the control); holdout NLL and retain g against the original.
 2. **Sequential requests** (``--sequential``): 4 requests of 8 forget records each, run one after another from the
-   previous request's model with the recommended method, carrying the records already forgotten forward in the
+   previous request's model with relearning-aware SGA + KL, carrying the records already forgotten forward in the
    forget split (the per-sample rule then watches them too); after each request, earlier records above the level,
    the request's own, the same after relearning, and the holdout NLL ratio.
 

@@ -76,7 +76,7 @@ METHODS: dict[str, DemoMethod] = {
     ),
     "SGA": DemoMethod("SGA", lambda model: SelectiveGradientAscent(model, learning_rate=5e-5)),
     "SGA+KL": DemoMethod(
-        "SGA + KL retain",
+        "SGA + KL retain (recommended)",
         lambda model: SelectiveGradientAscent(model, learning_rate=5e-5, retain_loss="kl", retain_weight=3.0),
     ),
     "NPO+KL": DemoMethod(
@@ -85,7 +85,7 @@ METHODS: dict[str, DemoMethod] = {
         per_sample_control,
     ),
     "SGA+KL+RA": DemoMethod(
-        "SGA + KL, relearning-aware (recommended)",
+        "SGA + KL, relearning-aware",
         lambda model: SelectiveGradientAscent(
             model, learning_rate=5e-5, retain_loss="kl", retain_weight=5.0, relearn_steps=4, relearn_learning_rate=5e-4
         ),
