@@ -1,12 +1,13 @@
 """Relearning-aware unlearning: the forget loss taken after a simulated relearning attack.
 
-Gradient ascent with a retain term hides records more than it removes them: a few fine-tuning steps on *other*
-texts of the same kind bring them back (see :mod:`lightning_unlearn.robustness`). The cure used by
-tamper-resistance work (Tamirisa et al. 2024, first-order meta-learning) is to unlearn the model *as the attacker
-will have it*: before each step, a copy θ' of the weights θ is fine-tuned for a few Adam steps on related texts
-(the step's retain batch); the forget loss is taken at θ', and its gradient ∇_θ' L_forget(θ') is applied to θ (the
-first-order approximation of ∇_θ L_forget(θ'(θ))). A record counts as forgotten only when it is forgotten both at
-θ and at θ': g = max(g(θ), g(θ')), which SGA's selection and the per-sample stop rule then read.
+Gradient ascent with a retain term hides records more than it removes them: a few fine-tuning steps on *other* texts
+of the same kind bring them back (see :mod:`lightning_unlearn.robustness`). The cure used by tamper-resistance work
+(Tamirisa et al. 2024, first-order meta-learning) is to unlearn the model *as the attacker will have it*: before
+each step, a copy θ' of the weights θ is fine-tuned for a few Adam steps on related texts (a batch of the
+datamodule's relearn split, else its retain split); the forget loss is taken at θ', and its gradient ∇_θ'
+L_forget(θ') is applied to θ (the first-order approximation of ∇_θ L_forget(θ'(θ))). A record counts as forgotten
+only when it is forgotten both at θ and at θ': g = max(g(θ), g(θ')), which SGA's selection and the per-sample stop
+rule then read.
 
 The attacker's texts are the datamodule's ``relearn`` split when it has one (texts of the same kind that the model
 has *not* memorized, e.g. fresh records: they move the weights as a real attacker's data would), else its retain
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lightning_unlearn.memorization import float32_logits, nll_and_accuracy, sequence_nll
+from lightning_unlearn.robustness import relearn_split
 from lightning_unlearn.strategies import has_sharded_parameters
 
 
@@ -75,13 +77,7 @@ class RelearningAdversary:
                 "under DeepSpeed: drop the DeepSpeed strategy, or set relearn_steps=0"
             )
         datamodule = trainer.datamodule
-        names = [n for n in ("relearn", "retain") if datamodule is not None and datamodule.has_split(n)]
-        if not names:
-            raise ValueError(
-                "relearn_steps > 0 needs texts to relearn on: give the UnlearningDataModule a relearn split (texts of "
-                "the same kind the model has not memorized) or a retain split"
-            )
-        texts = datamodule.split(names[0])
+        texts = datamodule.split(relearn_split(datamodule, "relearn_steps > 0"))
         seed = trainer.global_rank  # each process its own draws, as each has its own batches
         return cls(
             module.model,

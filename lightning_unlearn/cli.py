@@ -82,15 +82,12 @@ def _audit(args: argparse.Namespace) -> None:
     from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
     from lightning_unlearn.models import check_causal_lm, load_causal_lm
     from lightning_unlearn.report import memorization_report, summary_markdown, write_report
-    from lightning_unlearn.robustness import ATTACK_NAMES
+    from lightning_unlearn.robustness import check_attacks
     from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS
     from lightning_unlearn.utility import check_tasks, evaluate_utility, task_manager
 
     tasks = _names(args.utility)
-    attacks = _names(args.attacks)
-    unknown = sorted(set(attacks) - set(ATTACK_NAMES))
-    if unknown:
-        raise ValueError(f"unknown attack(s) {', '.join(unknown)} in --attacks; choose from {', '.join(ATTACK_NAMES)}")
+    attacks = check_attacks(_names(args.attacks), where=" in --attacks")
     if "relearn" in attacks and not args.relearn_data:
         raise ValueError("--attacks relearn needs --relearn-data: texts of the same kind, never the audited records")
     if tasks:  # an unknown task or a missing lm-eval fails before any model loads

@@ -53,6 +53,7 @@ from lightning_unlearn.modules import (
     UnlearningModule,
 )
 from lightning_unlearn.report import Report, memorization_report, plot_histograms, plot_tradeoff
+from lightning_unlearn.robustness import ATTACK_NAMES
 from lightning_unlearn.testbed import Testbed, build_testbed
 from lightning_unlearn.utility import evaluate_utility, require_lm_eval, write_record_tasks
 
@@ -116,7 +117,6 @@ COLUMNS = {  # summary key -> table heading
     "sampling_above": "discoverable",
     "retrain_distance": "|g − g retrain|",
 }
-ATTACKS = ("relearn", "int8", "int4", "sampling")  # run on every row's model (relearning: on the retain split)
 
 
 class _StepProgress(Callback):
@@ -151,7 +151,7 @@ def measure(
     threshold: float | str = "holdout_quantile",
     retain_before: dict[int, float] | None = None,
     utility_tasks: Path | None = None,
-    attacks: Sequence[str] = ATTACKS,
+    attacks: Sequence[str] = ATTACK_NAMES,
 ) -> Report:
     """The demo's measures of one model: the report (per-sample rows and summary, retain g and collateral) and
     MIAU AUC; ``threshold``: the original model's level (default: this model's holdout 0.95 quantile of g);

@@ -279,10 +279,7 @@ def attacked_scores(
     probability of the record's second half for ``"sampling"`` (the model itself, no copy). Relearning needs
     ``relearn_dataloader`` (default: the datamodule's relearn split in one batch, else its retain split).
     """
-    attacks = list(attacks)
-    unknown = [a for a in attacks if a not in ATTACK_NAMES]
-    if unknown:
-        raise ValueError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACK_NAMES)}")
+    attacks = check_attacks(attacks)
     datamodule.setup()
     splits = [s for s in splits if datamodule.has_split(s)]
     loaders = {split: datamodule.scoring_dataloader(split) for split in splits}
@@ -312,12 +309,31 @@ def _discovery(num_samples: int) -> Any:
     return measure
 
 
+def check_attacks(attacks: Iterable[str], where: str = "") -> list[str]:
+    """``attacks`` as a list; a clear error (naming ``where`` they came from) for a name not in ATTACK_NAMES."""
+    attacks = list(attacks)
+    unknown = sorted(set(attacks) - set(ATTACK_NAMES))
+    if unknown:
+        raise ValueError(f"unknown attack(s) {', '.join(unknown)}{where}; choose from {', '.join(ATTACK_NAMES)}")
+    return attacks
+
+
+def relearn_split(datamodule: Any, who: str) -> str:
+    """The split a relearning attacker fine-tunes on: the datamodule's relearn split, else its retain split; a clear
+    error naming ``who`` needs it when there is neither."""
+    names = [name for name in ("relearn", "retain") if datamodule is not None and datamodule.has_split(name)]
+    if not names:
+        raise ValueError(
+            f"{who} needs texts to relearn on: give the UnlearningDataModule a relearn or a retain split (a relearn "
+            "split: texts of the same kind that the model has not memorized)"
+        )
+    return names[0]
+
+
 def relearn_texts_in_one_batch(datamodule: Any) -> Any:
     """The relearning attack's default data: the datamodule's relearn split (else its retain split), one batch."""
-    names = [name for name in ("relearn", "retain") if datamodule.has_split(name)]
-    if not names:
-        raise ValueError("the relearning attack needs texts to relearn on: give a relearn or a retain split")
-    return datamodule.scoring_dataloader(names[0], batch_size=len(datamodule.split(names[0])))
+    name = relearn_split(datamodule, "the relearning attack")
+    return datamodule.scoring_dataloader(name, batch_size=len(datamodule.split(name)))
 
 
 def robustness_summary(

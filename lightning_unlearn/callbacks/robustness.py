@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_unlearn.callbacks.monitor import get_model, has_split
 from lightning_unlearn.memorization import score_memorization
-from lightning_unlearn.robustness import ATTACK_NAMES, attacked_scores, robustness_summary
+from lightning_unlearn.robustness import ATTACK_NAMES, attacked_scores, check_attacks, robustness_summary
 from lightning_unlearn.thresholds import holdout_level
 
 
@@ -40,10 +40,7 @@ class RobustnessCheck(Callback):
         relearn_steps: int = 20,
         relearn_learning_rate: float = 1e-4,
     ) -> None:
-        unknown = sorted(set(attacks) - set(ATTACK_NAMES))
-        if unknown:
-            raise ValueError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(ATTACK_NAMES)}")
-        self.attacks = list(attacks)
+        self.attacks = check_attacks(attacks)
         self.quantile = quantile
         self.options = {"relearn_steps": relearn_steps, "relearn_learning_rate": relearn_learning_rate}
         self.level: float | None = None
