@@ -33,7 +33,7 @@ from lightning_unlearn.report import memorization_report
 from lightning_unlearn.testbed import SMALL_TESTBED, Testbed, build_testbed
 from lightning_unlearn.thresholds import bootstrap_interval, holdout_level
 
-LEVELS = {"mean": "holdout", "0.95 quantile": "holdout_quantile"}
+LEVELS = {"mean": "holdout_mean", "0.95 quantile": "holdout_quantile"}
 METHODS = {"SGA": {}, "gradient difference + selection": {"retain_loss": "nll", "retain_weight": 1.0}}
 
 

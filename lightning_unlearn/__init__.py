@@ -1,5 +1,7 @@
 """lightning-unlearn: PyTorch Lightning plugins for unlearning memorized sequences from LLMs."""
 
+__version__ = "0.1.0"  # before the imports: lightning_unlearn.unlearning records it
+
 from lightning_unlearn.data import UnlearningDataModule
 from lightning_unlearn.modules import (
     NPO,
@@ -11,6 +13,7 @@ from lightning_unlearn.modules import (
     TaskArithmetic,
     UnlearningModule,
 )
+from lightning_unlearn.unlearning import UnlearningResult, unlearn
 
 __all__ = [
     "NPO",
@@ -22,5 +25,6 @@ __all__ = [
     "TaskArithmetic",
     "UnlearningDataModule",
     "UnlearningModule",
+    "UnlearningResult",
+    "unlearn",
 ]
-__version__ = "0.1.0"

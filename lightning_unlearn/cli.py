@@ -1,5 +1,8 @@
 """``lightning-unlearn``: the command line.
 
+    lightning-unlearn unlearn --model ID_OR_DIR --forget FILE --holdout FILE [--retain FILE] --output DIR
+                              [--method sga-kl|sga|npo-kl|ta|tau|ga] [--peft lora] [--accelerator auto]
+                              [--precision 32-true] [--max-steps 600] [--trainer.KEY=VALUE] [--method.KEY=VALUE]
     lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N | --seeds 0,1,2] [--small]
                            [--base-model ID_OR_DIR] [--no-retrain]
     lightning-unlearn testbed [--output DIR] [--small] [--base-model ID_OR_DIR]
@@ -8,6 +11,10 @@
                             [--utility TASK,... [--include-path DIR]]
                             [--attacks relearn,int8,int4,sampling [--relearn-data FILE]]
 
+``unlearn`` is :func:`lightning_unlearn.unlearn` on files: it writes the unlearned model and ``unlearning.json`` (the
+rule, the level, every record's g before and after, holdout NLL and attack AUCs before and after) to ``--output``,
+prints a summary, and exits 1 when the rule was not met (``--allow-unmet``: 0). ``--trainer.KEY=VALUE`` sets any
+``lightning.Trainer`` argument, ``--method.KEY=VALUE`` any argument of the method's module (values in YAML).
 ``demo`` unlearns the embedded testbed with each method and compares them (:mod:`lightning_unlearn.demo`); with
 ``--base-model`` the testbed's records are first injected into that pretrained model by fine-tuning (the paper's
 setting: ``--base-model EleutherAI/gpt-neo-125m`` on a machine that reaches the model hub).
@@ -31,6 +38,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from lightning_unlearn import __version__
 
@@ -67,6 +75,63 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.output, methods, args.seed, testbed=testbed, max_steps=args.max_steps, retrain=not args.no_retrain)
 
 
+def _unlearn(args: argparse.Namespace) -> int:
+    from lightning_unlearn.unlearning import unlearn
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists already: choose another --output, or pass --overwrite")
+    options = dict(args.method_options)
+    if args.peft == "lora":
+        from lightning_unlearn.extras import require_peft
+
+        require_peft()
+        from peft import LoraConfig
+
+        options.setdefault("peft", LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear"))
+    trainer = {"accelerator": args.accelerator, "precision": args.precision, "max_steps": args.max_steps}
+    result = unlearn(
+        args.model,
+        args.forget,
+        args.holdout,
+        retain=args.retain,
+        method=args.method,
+        tokenizer=args.tokenizer,
+        method_options=options,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        **(trainer | args.trainer_options),
+    )
+    result.save(args.output)
+    print(f"{result.summary()}\nwritten to {args.output}/: the model and unlearning.json")
+    return 0 if result.rule_met or args.allow_unmet else 1
+
+
+def dotted_options(extra: list[str], prefixes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``--PREFIX.KEY=VALUE`` (or ``--PREFIX.KEY VALUE``) options by prefix, values read as Python literals, else
+    YAML (``true``, ``[1, 2]``), else text; anything else is an error."""
+    import ast
+
+    import yaml
+
+    options: dict[str, dict[str, Any]] = {prefix: {} for prefix in prefixes}
+    items = iter(extra)
+    for item in items:
+        name, equals, value = item.partition("=")
+        prefix, _, key = name.removeprefix("--").partition(".")
+        if not item.startswith("--") or prefix not in options or not key:
+            allowed = ", ".join(f"--{prefix}.KEY=VALUE" for prefix in prefixes)
+            raise ValueError(f"unrecognized argument {item!r}; more options are {allowed}")
+        if not equals:
+            value = next(items, None)
+            if value is None:
+                raise ValueError(f"{name} needs a value")
+        try:
+            options[prefix][key] = ast.literal_eval(value)  # 3e-4 is a float here, and a string in YAML
+        except (ValueError, SyntaxError):
+            options[prefix][key] = yaml.safe_load(value)
+    return options
+
+
 def _testbed(args: argparse.Namespace) -> None:
     from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed, describe
 
@@ -83,7 +148,6 @@ def _audit(args: argparse.Namespace) -> None:
     from lightning_unlearn.models import check_causal_lm, load_causal_lm
     from lightning_unlearn.report import memorization_report, summary_markdown, write_report
     from lightning_unlearn.robustness import check_attacks
-    from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS
     from lightning_unlearn.utility import check_tasks, evaluate_utility, task_manager
 
     tasks = _names(args.utility)
@@ -106,8 +170,7 @@ def _audit(args: argparse.Namespace) -> None:
     model = load_causal_lm(args.model, args.gguf_file)
     check_causal_lm(model)
     datamodule.check_fits(model)
-    level = {kind: name for name, kind in HOLDOUT_THRESHOLDS.items()}[args.level]
-    threshold = level if args.holdout else args.threshold
+    threshold = audit_threshold(args)
     options = {"relearn_steps": args.relearn_steps, "relearn_learning_rate": args.relearn_lr}
     report = memorization_report(
         model.eval(),
@@ -128,9 +191,9 @@ def _audit(args: argparse.Namespace) -> None:
             flags += f"  {row['p_value']:7.4f}  {'yes' if row['flagged'] else '':>7}"
         print(f"{row['sample_id']:>5}  {row['g']:6.3f}{el_cell}  {flags}  {row['text'][:70]}")
     s = report.summary
-    name = {"mean": " (holdout mean)", "quantile": " (holdout 0.95 quantile)"}[args.level] if tested else ""
+    name = {"holdout_mean": " (holdout mean)", "holdout_quantile": " (holdout 0.95 quantile)"}.get(threshold, "")
     print(
-        f"{s['forget_samples']} samples: g mean {s['ma_mean']:.3f}, max {s['ma_max']:.3f}; {s['above_threshold']} "
+        f"{s['forget_samples']} samples: g mean {s['g_mean']:.3f}, max {s['g_max']:.3f}; {s['above_threshold']} "
         f"above the threshold {s['threshold']:.3f}{name}; {s['verbatim_extractable']} verbatim-extractable"
     )
     if tested:
@@ -155,6 +218,26 @@ def _audit(args: argparse.Namespace) -> None:
     if args.output:
         write_report(report, args.output)
         print(f"\n{summary_markdown(s)}written to {args.output}/: per_sample.csv, per_sample.json, summary.json/.md")
+
+
+def audit_threshold(args: argparse.Namespace) -> str | float:
+    """The audit's threshold: ``--threshold`` (a name or a float), by default the holdout's 0.95 quantile with a
+    holdout and 0.6 without; ``--level mean|quantile``, its old spelling, still works with a warning."""
+    from lightning_unlearn.deprecation import warn_renamed
+    from lightning_unlearn.thresholds import check_threshold
+
+    threshold = args.threshold
+    if args.level is not None:
+        warn_renamed("lightning-unlearn audit", f"--level {args.level}", f"--threshold holdout_{args.level}")
+        threshold = f"holdout_{args.level}"
+    if threshold is None:
+        return "holdout_quantile" if args.holdout else 0.6
+    try:
+        threshold = float(threshold)
+    except ValueError:
+        if not args.holdout:
+            raise ValueError(f"--threshold {threshold} is a level of the holdout: give --holdout, or a float") from None
+    return check_threshold(threshold, "--threshold")
 
 
 def attack_line(attack: str, summary: dict, tested: bool, args: argparse.Namespace) -> str:
@@ -218,15 +301,36 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("fit", help="LightningCLI: lightning-unlearn fit --config FILE.yaml (see fit --help)")
 
+    unlearn = commands.add_parser(
+        "unlearn", help="unlearn the texts of a file from a causal LM until each is no more memorized than unseen ones"
+    )
+    unlearn.add_argument("--model", required=True, help="a local folder or hub id of a causal LM")
+    unlearn.add_argument("--forget", required=True, help="the texts to unlearn (.jsonl/.json/.csv/.parquet/.txt)")
+    unlearn.add_argument("--holdout", required=True, help="unseen texts of the same kind: 16 at least, 64+ advised")
+    unlearn.add_argument("--retain", help="texts whose memorization must be kept (sga-kl and npo-kl need them)")
+    unlearn.add_argument("--output", required=True, help="folder for the unlearned model and unlearning.json")
+    unlearn.add_argument("--method", default="sga-kl", help="sga-kl (default), sga, npo-kl, ta, tau or ga")
+    unlearn.add_argument("--tokenizer", help="default: the model's own")
+    unlearn.add_argument("--peft", choices=("lora",), help="train a LoRA adapter on every linear layer, then merge it")
+    unlearn.add_argument("--lora-r", type=int, default=16, help="the adapter's rank (alpha: twice it)")
+    unlearn.add_argument("--accelerator", default="auto", help="cpu, gpu, … (Lightning's; default auto)")
+    unlearn.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, … (Lightning's)")
+    unlearn.add_argument("--max-steps", type=int, default=600, help="optimizer steps at most")
+    unlearn.add_argument("--max-length", type=int, default=200, help="tokens per text (longer ones are truncated)")
+    unlearn.add_argument("--batch-size", type=int, default=32, help="texts per step, forget and retain alike")
+    unlearn.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    unlearn.add_argument("--allow-unmet", action="store_true", help="exit 0 even when the rule was not met")
+
     audit = commands.add_parser("audit", help="per-sample memorization report of a causal LM on a text file")
     audit.add_argument("--model", required=True, help="a local folder or hub id of a causal LM")
     audit.add_argument("--data", required=True, help=".jsonl/.json/.csv/.parquet/.txt of the texts to audit")
     audit.add_argument("--holdout", help="unseen texts of the same kind: each record is tested against them")
     audit.add_argument("--alpha", type=float, default=0.05, help="false-discovery rate of the per-record test")
     audit.add_argument(
-        "--level", choices=("quantile", "mean"), default="quantile", help="threshold: holdout 0.95 quantile or mean"
+        "--threshold",
+        help="holdout_quantile (the default with --holdout), holdout_mean, or a g in [0, 1] (default 0.6 without)",
     )
-    audit.add_argument("--threshold", type=float, default=0.6, help="g above which a record is flagged (no holdout)")
+    audit.add_argument("--level", choices=("quantile", "mean"), help=argparse.SUPPRESS)  # old: --threshold holdout_*
     audit.add_argument("--el", action="store_true", help="add the extraction likelihood EL_10 (slower: it decodes)")
     audit.add_argument("--output", help="write the report here: per_sample.csv/.json, summary.json/.md")
     audit.add_argument("--text-column", default="text")
@@ -243,8 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["fit"]:
         _fit(None if from_command_line else argv[1:])  # LightningCLI parses, and reports its own errors
         return 0
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     try:
+        if args.command != "unlearn" and extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "unlearn":
+            options = dotted_options(extra, ("trainer", "method"))
+            args.trainer_options, args.method_options = options["trainer"], options["method"]
+            return _unlearn(args)
         {"demo": _demo, "testbed": _testbed, "audit": _audit}[args.command](args)
     except (FileExistsError, FileNotFoundError, ImportError, KeyError, TypeError, ValueError) as error:
         message = " ".join(str(error).split())  # one line, whatever the library's message looked like

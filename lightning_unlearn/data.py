@@ -273,6 +273,11 @@ class UnlearningDataModule(L.LightningDataModule):
         """Raises a clear error unless every given split fits ``model``: no sample longer than its positions, no
         token id beyond its vocabulary (a tokenizer that is not the model's)."""
         vocabulary = model.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > vocabulary:
+            raise ValueError(
+                f"the tokenizer does not fit the model: it has {len(self.tokenizer)} tokens, the model's vocabulary "
+                f"{vocabulary} entries. Use the model's own tokenizer."
+            )
         positions = getattr(model.config, "max_position_embeddings", None)
         for name in SPLITS:
             if self.has_split(name):

@@ -40,7 +40,12 @@ from lightning.pytorch.callbacks import Callback
 from transformers import PreTrainedModel
 
 from lightning_unlearn.attacks import NeighbourhoodAttack, attack_auc
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
+from lightning_unlearn.callbacks import (
+    MemorizationEarlyStopping,
+    MemorizationMonitor,
+    UnlearningProgress,
+    per_sample_control,
+)
 from lightning_unlearn.data import UnlearningDataModule
 from lightning_unlearn.files import write_text_atomically
 from lightning_unlearn.memorization import score_memorization
@@ -73,7 +78,7 @@ METHODS: dict[str, DemoMethod] = {
     "GA": DemoMethod(
         "GA, mean rule (Jang)",
         lambda model: GradientAscent(model, learning_rate=5e-5),
-        lambda: [MemorizationMonitor(), MemorizationEarlyStopping(criterion="mean", threshold="holdout")],
+        lambda: [MemorizationMonitor(), MemorizationEarlyStopping(criterion="mean", threshold="holdout_mean")],
     ),
     "SGA": DemoMethod("SGA", lambda model: SelectiveGradientAscent(model, learning_rate=5e-5)),
     "SGA+KL": DemoMethod(
@@ -98,8 +103,8 @@ METHODS: dict[str, DemoMethod] = {
 COLUMNS = {  # summary key -> table heading
     "steps": "steps",
     "seconds": "seconds",
-    "ma_mean": "mean g",
-    "ma_max": "max g",
+    "g_mean": "mean g",
+    "g_max": "max g",
     "above_threshold": "above thr.",
     "over_forgotten": "over-forgotten",
     "outliers": "c(D_f)",
@@ -117,30 +122,6 @@ COLUMNS = {  # summary key -> table heading
     "sampling_above": "discoverable",
     "retrain_distance": "|g − g retrain|",
 }
-
-
-class _StepProgress(Callback):
-    """One progress bar per method: optimizer steps taken, with the forget set's latest mean and max g."""
-
-    def __init__(self, desc: str, total: int, enabled: bool) -> None:
-        self.desc, self.total, self.enabled = desc, total, enabled
-        self.bar: Any = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=self.total, desc=self.desc, unit="step", disable=not self.enabled, leave=True)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        metrics = trainer.callback_metrics
-        self.bar.update(1)
-        if "forget/ma_max" in metrics:
-            self.bar.set_postfix(
-                mean_g=f"{float(metrics['forget/ma_mean']):.3f}", max_g=f"{float(metrics['forget/ma_max']):.3f}"
-            )
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.bar.close()
 
 
 def measure(
@@ -250,7 +231,7 @@ def run_demo(
         module = method.make(copy.deepcopy(original))
         callbacks = method.callbacks()
         with _quiet():
-            trainer = quiet_trainer(max_steps, [*callbacks, _StepProgress(name, max_steps, progress)])
+            trainer = quiet_trainer(max_steps, [*callbacks, UnlearningProgress(name, progress, total=max_steps)])
             start = time.perf_counter()
             trainer.fit(module, training_data)
             seconds = time.perf_counter() - start

@@ -16,7 +16,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from lightning_unlearn.memorization import extraction_likelihood, memorization_accuracy
-from lightning_unlearn.thresholds import holdout_band
+from lightning_unlearn.thresholds import BAND, holdout_band
 
 
 def deduplicate(sample_ids: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,7 +123,7 @@ class MemorizationOutliers(_PerSampleMetric):
 
     higher_is_better = False
 
-    def __init__(self, lower: float = 0.15, upper: float = 0.60, **kwargs: Any) -> None:
+    def __init__(self, lower: float = BAND[0], upper: float = BAND[1], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= lower < upper <= 1.0:
             raise ValueError(f"need 0 <= lower < upper <= 1, got lower={lower}, upper={upper}")

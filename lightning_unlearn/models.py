@@ -6,7 +6,8 @@ import os
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from lightning_unlearn.adapters import is_adapted
 from lightning_unlearn.extras import require_gguf
@@ -24,6 +25,8 @@ def load_causal_lm(source: str | os.PathLike, gguf_file: str | None = None, **kw
             kwargs.setdefault("quantization_config", GgufConfig(dequantize=True))
         except ImportError:  # older releases always unpack them
             pass
+    if gguf_file is None:
+        check_saved_architecture(source, kwargs.get("revision"))
     try:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ValueError as error:
@@ -32,6 +35,25 @@ def load_causal_lm(source: str | os.PathLike, gguf_file: str | None = None, **kw
         raise
     except OSError as error:
         raise FileNotFoundError(f"cannot load a model from {source!s}: {error}") from None
+
+
+def check_saved_architecture(source: str | os.PathLike, revision: str | None = None) -> None:
+    """Raises a clear error when the config at ``source`` says the weights were saved from a model without a
+    causal-LM head (``GPTNeoModel``, ``BertModel``, …): ``AutoModelForCausalLM`` would add an untrained head, or
+    tie one, and unlearning would edit a model that is not the one the user meant."""
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision)
+    except OSError as error:
+        raise FileNotFoundError(f"cannot load a model from {source!s}: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"{source} is not a model transformers can load: {error}") from None
+    saved = getattr(config, "architectures", None) or []
+    heads = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if saved and not heads & set(saved):
+        raise TypeError(
+            f"{source} holds a {', '.join(saved)}, which has no causal-LM head: give the folder of a model saved "
+            f"with its head (e.g. {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, 'a *ForCausalLM')})"
+        )
 
 
 def check_causal_lm(model: torch.nn.Module) -> None:

@@ -35,9 +35,11 @@ from lightning_unlearn.memorization import (
 )
 from lightning_unlearn.robustness import attacked_scores, robustness_summary
 from lightning_unlearn.thresholds import (
+    BAND,
     HOLDOUT_THRESHOLDS,
     benjamini_hochberg,
     bootstrap_interval,
+    check_threshold,
     empirical_p_values,
     holdout_band,
     holdout_level,
@@ -79,10 +81,10 @@ def memorization_report(
     datamodule: Any,
     el_n: int | None = 10,
     verbatim_lengths: tuple[int, int] | None = None,
-    band: tuple[float, float] = (0.15, 0.60),
+    band: tuple[float, float] = BAND,
     k_std: float = 1.0,
     duplicates: Sequence[int] | None = None,
-    threshold: float | str | None = None,
+    threshold: float | str = "holdout_quantile",
     quantile: float = 0.95,
     band_quantiles: tuple[float, float] = (0.05, 0.95),
     alpha: float = 0.05,
@@ -103,9 +105,9 @@ def memorization_report(
         band: the fixed (lower, upper) g band of c(D_f).
         k_std: the holdout band is holdout mean g ± k_std · its std.
         duplicates: training copies of each forget sample (e.g. ``Testbed.duplicates``), added to the table.
-        threshold: the forgetting threshold for ``above_threshold``: a fraction, or this model's holdout mean g
-            (``None`` or ``"holdout"``) or ``quantile`` of it (``"holdout_quantile"``); to judge an unlearned
-            model, pass the original model's number, as the stop rules use.
+        threshold: the forgetting threshold for ``above_threshold``: a fraction, or this model's holdout
+            ``quantile`` of g (``"holdout_quantile"``, the per-sample rule's level) or mean g (``"holdout_mean"``);
+            to judge an unlearned model, pass the original model's number, as the stop rules use.
         quantile: the holdout quantile of ``threshold="holdout_quantile"``.
         band_quantiles: the holdout quantiles (q_low, q_high) of the unseen-data band; below q_low is over-forgotten.
         alpha: false-discovery rate of the per-record test against the holdout (Benjamini–Hochberg over records).
@@ -132,23 +134,22 @@ def memorization_report(
         rows.append(row)
     g = [row["g"] for row in rows]
     has_holdout = datamodule.has_split("holdout")
-    if not has_holdout and threshold is None:
-        raise ValueError("the report needs a holdout split (unseen texts) or an explicit threshold")
+    threshold = check_threshold(threshold, "memorization_report")
+    if not has_holdout and isinstance(threshold, str):
+        raise ValueError("the report needs a holdout split (unseen texts) or a float threshold")
     holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None) if has_holdout else {}
     holdout_g = torch.tensor([value["g"] for value in holdout.values()])
     interval = None
-    if threshold is None or isinstance(threshold, str):
-        kind = HOLDOUT_THRESHOLDS.get(threshold or "holdout")
-        if kind is None:
-            raise ValueError(f"threshold must be a float, 'holdout' or 'holdout_quantile', got {threshold!r}")
+    if isinstance(threshold, str):
+        kind = HOLDOUT_THRESHOLDS[threshold]
         threshold = holdout_level(holdout_g, kind, quantile)
         interval = list(bootstrap_interval(holdout_g, kind, quantile))
     for row in rows:
         row["above_threshold"] = row["g"] > threshold
     summary: dict[str, Any] = {
         "forget_samples": len(rows),
-        "ma_mean": statistics.fmean(g),
-        "ma_max": max(g),
+        "g_mean": statistics.fmean(g),
+        "g_max": max(g),
         "threshold": threshold,
         "threshold_interval": interval,
         "above_threshold": sum(row["above_threshold"] for row in rows),
@@ -160,7 +161,7 @@ def memorization_report(
         holdout_mean, spread = holdout_g.mean().item(), statistics.pstdev(holdout_g.tolist())
         lower, upper = max(0.0, holdout_mean - k_std * spread), min(1.0, holdout_mean + k_std * spread)
         summary["holdout_size"] = len(holdout_g)
-        summary["holdout_ma_mean"] = holdout_mean
+        summary["holdout_g_mean"] = holdout_mean
         summary["outliers_holdout_band"] = _outliers(g, lower, upper)
         q_low, q_high = holdout_band(holdout_g, band_quantiles)
         summary["outliers_holdout_quantiles"] = _outliers(g, q_low, q_high)

@@ -14,10 +14,30 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_unlearn.deprecation import warn_renamed
+
 Level = Literal["mean", "quantile"]
 
 # The holdout thresholds that stop rules and reports accept by name, and the level each one is.
-HOLDOUT_THRESHOLDS: dict[str, Level] = {"holdout": "mean", "holdout_quantile": "quantile"}
+HOLDOUT_THRESHOLDS: dict[str, Level] = {"holdout_mean": "mean", "holdout_quantile": "quantile"}
+
+# The fixed g band of the paper's outlier count c(D_f): (lower, upper), fractions in [0, 1].
+BAND = (0.15, 0.60)
+
+
+def check_threshold(threshold: str | float, owner: str) -> str | float:
+    """``threshold`` as stop rules and reports take it: ``"holdout_quantile"`` (the per-sample rule's level, the
+    default everywhere), ``"holdout_mean"`` or a fraction in [0, 1]. The old name ``"holdout"`` still means
+    ``"holdout_mean"``, with a warning; any other name is a clear error."""
+    if threshold == "holdout":
+        warn_renamed(owner, 'threshold="holdout"', 'threshold="holdout_mean"')
+        return "holdout_mean"
+    if isinstance(threshold, str):
+        if threshold not in HOLDOUT_THRESHOLDS:
+            names = "'holdout_quantile', 'holdout_mean'"
+            raise ValueError(f"{owner}: threshold must be {names} or a float, got {threshold!r}")
+        return threshold
+    return float(threshold)
 
 
 def holdout_level(holdout_g: Tensor, kind: Level = "quantile", quantile: float = 0.95) -> float:

@@ -103,7 +103,7 @@ def test_monitor_on_a_user_module(small_testbed):
     assert monitor.passes_at == [0, 2, 4]  # before training, then every 2nd optimizer step
     expected = score_memorization(module.model, watched)
     assert monitor.scores == pytest.approx(expected)
-    assert trainer.callback_metrics["holdout/ma_mean"].item() == pytest.approx(sum(expected.values()) / 16)
+    assert trainer.callback_metrics["holdout/g_mean"].item() == pytest.approx(sum(expected.values()) / 16)
     assert "holdout/outliers_above" in trainer.callback_metrics
 
 
@@ -140,14 +140,14 @@ def test_early_stopping_needs_a_monitor_and_a_holdout(small_testbed):
 def test_resume_restores_scores_weights_and_threshold(small_testbed, tmp_path):
     tb = small_testbed
     torch.manual_seed(0)
-    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4, threshold="holdout")
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4, threshold="holdout_mean")
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = make_trainer(max_epochs=3, callbacks=[checkpoint], enable_checkpointing=True)
     trainer.fit(module, unlearning_data(tb))
     first_monitor = find(trainer, MemorizationMonitor)
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
 
-    resumed = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4, threshold="holdout")
+    resumed = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=2e-4, threshold="holdout_mean")
     seen = {}
 
     class Probe(L.Callback):
@@ -180,7 +180,7 @@ def test_attack_monitor_moves_towards_chance_under_sga(small_testbed):
 
     attacks = AttackMonitor(every_n_train_steps=2)
     trainer = make_trainer(callbacks=[attacks])
-    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4, threshold="holdout")
+    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4, threshold="holdout_mean")
     trainer.fit(module, unlearning_data(small_testbed))
     (first_step, before), (last_step, after) = attacks.history[0], attacks.history[-1]
     assert first_step == 0 and last_step == trainer.global_step

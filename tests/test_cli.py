@@ -1,4 +1,4 @@
-"""The command line: demo, testbed export, fit on every example config, audit, and one-line errors."""
+"""The command line: unlearn, demo, testbed export, fit on every example config, audit, and one-line errors."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     threshold = summary["threshold"]  # the holdout's 0.95 quantile of g, above its mean
     assert threshold > small_testbed.summary["holdout_g_mean"]
     # The per-sample rule leaves no record above the threshold; the mean rule only brings the mean to the mean.
-    assert rows["SGA"]["rule_met"] and rows["SGA"]["ma_max"] <= threshold and rows["SGA"]["above_threshold"] == 0
-    assert rows["GA"]["rule_met"] and rows["GA"]["ma_mean"] <= small_testbed.summary["holdout_g_mean"] + 1e-6
+    assert rows["SGA"]["rule_met"] and rows["SGA"]["g_max"] <= threshold and rows["SGA"]["above_threshold"] == 0
+    assert rows["GA"]["rule_met"] and rows["GA"]["g_mean"] <= small_testbed.summary["holdout_g_mean"] + 1e-6
     assert rows["original"]["above_threshold"] > 0 and rows["original"]["holdout_nll_ratio"] == 1.0
     for key in ("steps", "seconds", "outliers", "verbatim_extractable", "retain_g", "loss_auc", "miau_auc"):
         assert key in rows["SGA"]
@@ -71,7 +71,7 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     with (out / "per_sample.csv").open() as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(small_testbed.forget)
-    assert max(float(r["g_SGA"]) for r in table) == pytest.approx(rows["SGA"]["ma_max"], abs=1e-4)
+    assert max(float(r["g_SGA"]) for r in table) == pytest.approx(rows["SGA"]["g_max"], abs=1e-4)
     assert "g_retrain" in table[0]
     assert (out / "forget_g.png").read_bytes()[:4] == b"\x89PNG"
     assert "| method |" in (out / "summary.md").read_text()
@@ -150,10 +150,13 @@ def test_lora_example_unlearns_through_an_adapter(small_testbed, exported):
     assert main(["fit", *overlay, "--data.batch_size=16", *quiet, "--output=unlearned/lora"]) == 0
     with Path("lightning_logs/version_0/metrics.csv").open() as log:
         rows = list(csv.DictReader(log))
-    last = [row for row in rows if row["forget/ma_max"]][-1]
+    last = [row for row in rows if row["forget/g_max"]][-1]
     threshold = next(float(row["holdout/threshold"]) for row in rows if row["holdout/threshold"])
-    assert float(last["forget/ma_max"]) <= threshold
+    assert float(last["forget/g_max"]) <= threshold
     assert not list(Path("unlearned/lora").glob("adapter_*"))
+    record = json.loads(Path("unlearned/lora/unlearning.json").read_text())  # fit writes the training record too
+    assert record["rule_met"] is True and record["module"] == "SelectiveGradientAscent"
+    assert max(r["g_after"] for r in record["records"]) <= record["level"]["value"] == pytest.approx(threshold)
     model = AutoModelForCausalLM.from_pretrained("unlearned/lora")
     from lightning_unlearn import UnlearningDataModule
 
@@ -170,7 +173,7 @@ def test_fit_errors_come_from_lightning_cli(tmp_path):
 def test_audit_flags_records_above_the_holdout_mean(small_testbed, exported, capsys):
     tb = small_testbed
     args = ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--holdout", "testbed/holdout.jsonl"]
-    assert main([*args, "--el", "--level", "mean", "--output", "report"]) == 0
+    assert main([*args, "--el", "--threshold", "holdout_mean", "--output", "report"]) == 0
     printed = capsys.readouterr().out
     assert f"{len(tb.forget)} samples" in printed and "(holdout mean)" in printed and "EL_10" in printed
     # 16 holdout records cannot show p < 0.05: the audit says so, and how many it would need.
@@ -303,7 +306,7 @@ def test_audit_refuses_a_model_without_a_causal_lm_head(exported):
     result = run_cli("audit", "--model", "encoder", "--data", "testbed/forget.jsonl", "--threshold", "0.5")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "encoder is not a causal language model" in lines[0]
+    assert len(lines) == 1 and "encoder holds a DistilBertModel, which has no causal-LM head" in lines[0]
 
 
 def test_utility_examples_run(small_testbed, exported, capsys, caplog):
@@ -339,3 +342,123 @@ def test_demo_over_seeds_reports_median_and_range(testbed_cache, tmp_path, capsy
     assert f"| SGA | {sga['rule_met']}/2 |" in printed and f"x [{low}, {high}]" in printed
     assert main(["demo", "--seeds", "0,one"]) == 2
     assert "--seeds takes comma-separated integers" in capsys.readouterr().err
+
+
+def test_audit_takes_the_old_level_option_with_a_warning(exported):
+    result = run_cli(
+        "audit",
+        "--model",
+        "testbed/model",
+        "--data",
+        "testbed/forget.jsonl",
+        "--holdout",
+        "testbed/holdout.jsonl",
+        "--level",
+        "mean",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--level mean is deprecated" in result.stderr and "--threshold holdout_mean" in result.stderr
+    assert "(holdout mean)" in result.stdout
+
+
+UNLEARN = [
+    "unlearn",
+    "--model",
+    "testbed/model",
+    "--forget",
+    "testbed/forget.jsonl",
+    "--holdout",
+    "testbed/holdout.jsonl",
+    "--retain",
+    "testbed/retain.jsonl",
+    "--accelerator",
+    "cpu",
+]
+
+
+def test_unlearn_command_writes_a_verified_result(small_testbed, exported, capsys):
+    """The one command on the files ``lightning-unlearn testbed`` writes: the rule is met, ``unlearning.json``'s
+    per-record values are the report's on the original and on the saved model, and the folder loads in plain
+    transformers."""
+    from lightning_unlearn import UnlearningDataModule
+    from lightning_unlearn.report import memorization_report
+
+    with pytest.warns(UserWarning, match="the holdout has 16 records"):
+        assert main([*UNLEARN, "--output", "unlearned"]) == 0
+    printed = capsys.readouterr().out
+    assert "sga-kl: rule met after" in printed and "0 of 16 records above the level" in printed
+    record = json.loads(Path("unlearned/unlearning.json").read_text())
+    assert record["rule_met"] is True and record["above_level"]["after"] == 0 and record["method"] == "sga-kl"
+    assert record["settings"]["retain_loss"] == "kl" and record["settings"]["retain_weight"] == 3.0
+    assert record["above_level"]["before"] > 0 and record["holdout_nll"]["ratio"] > 1.0
+    level = record["level"]["value"]
+    low, high = record["level"]["interval"]
+    assert low <= level <= high and record["level"]["holdout_records"] == 16
+    data = UnlearningDataModule("testbed/model", "testbed/forget.jsonl", holdout="testbed/holdout.jsonl")
+    for model, when in ((small_testbed.model, "before"), (AutoModelForCausalLM.from_pretrained("unlearned"), "after")):
+        report = memorization_report(model.eval(), data, el_n=None, threshold=level)
+        assert [r[f"g_{when}"] for r in record["records"]] == pytest.approx([r["g"] for r in report.rows], abs=1e-6)
+        assert [r[f"nll_{when}"] for r in record["records"]] == pytest.approx([r["nll"] for r in report.rows], rel=1e-5)
+        assert record["attack_auc"][when] == pytest.approx(report.summary["attack_auc"], abs=1e-6)
+    assert max(r["g_after"] for r in record["records"]) <= level
+
+
+def test_unlearn_command_exits_1_when_the_rule_is_not_met(exported, capsys):
+    args = [*UNLEARN, "--method", "sga", "--max-steps", "2", "--trainer.enable_model_summary=false"]
+    assert main([*args, "--output", "short"]) == 1
+    record = json.loads(Path("short/unlearning.json").read_text())
+    assert record["rule_met"] is False and record["steps"] == 2 and record["above_level"]["after"] > 0
+    assert "RULE NOT MET" in capsys.readouterr().out
+    assert main([*args, "--method.learning_rate=1e-6", "--allow-unmet", "--output", "short2"]) == 0
+    assert json.loads(Path("short2/unlearning.json").read_text())["settings"]["learning_rate"] == 1e-6
+
+
+def _write_jsonl(path: str, texts: list[str]) -> None:
+    Path(path).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing file", "forget split: no such file: nothing.jsonl"),
+        ("empty forget set", "forget split is empty"),
+        ("small holdout", "the holdout has 8 records"),
+        ("no causal-LM head", "holds a GPTNeoModel, which has no causal-LM head"),
+        ("other tokenizer", "the tokenizer does not fit the model"),
+        ("retain missing", "method 'sga-kl' keeps the retain texts"),
+        ("unknown option", "unrecognized argument '--trainer_max_steps=3'"),
+        ("unknown method", "unknown method 'dpo'"),
+    ],
+)
+def test_unlearn_command_refuses_bad_input_writing_nothing(small_testbed, exported, case, message):
+    """Each mistake: exit 2, one line naming it, and no ``--output``."""
+    args = dict(zip(UNLEARN[1::2], UNLEARN[2::2], strict=True))
+    extra: list[str] = []
+    if case == "missing file":
+        args["--forget"] = "nothing.jsonl"
+    elif case == "empty forget set":
+        Path("empty.jsonl").write_text("")
+        args["--forget"] = "empty.jsonl"
+    elif case == "small holdout":
+        _write_jsonl("holdout8.jsonl", small_testbed.holdout[:8])
+        args["--holdout"] = "holdout8.jsonl"
+    elif case == "no causal-LM head":
+        small_testbed.model.transformer.save_pretrained("headless")
+        args |= {"--model": "headless", "--tokenizer": "testbed/model"}
+    elif case == "other tokenizer":
+        tokenizer = small_testbed.tokenizer.__class__.from_pretrained("testbed/model")
+        tokenizer.add_tokens([f"extra{i}" for i in range(2000)])
+        tokenizer.save_pretrained("other_tokenizer")
+        args["--tokenizer"] = "other_tokenizer"
+    elif case == "retain missing":
+        del args["--retain"]
+    elif case == "unknown option":
+        extra = ["--trainer_max_steps=3"]
+    else:
+        args["--method"] = "dpo"
+    command = ["unlearn", *(item for pair in args.items() for item in pair), *extra, "--output", "out"]
+    result = run_cli(*command)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("lightning-unlearn unlearn: error:") and message in lines[0]
+    assert not Path("out").exists()

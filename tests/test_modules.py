@@ -54,7 +54,7 @@ def test_selective_gradient_ascent_forgets_every_record(small_testbed):
 def test_gradient_ascent_with_the_mean_rule_stops_earlier(small_testbed):
     tb = small_testbed
     module = GradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4)
-    stopping = MemorizationEarlyStopping(criterion="mean")
+    stopping = MemorizationEarlyStopping(criterion="mean", threshold="holdout_mean")
     trainer = make_trainer(callbacks=[MemorizationMonitor(), stopping])
     trainer.fit(module, unlearning_data(tb))
     scores = find(trainer, MemorizationMonitor).scores
@@ -233,7 +233,7 @@ def test_sga_with_kl_retain_forgets_every_record_and_starts_from_zero_kl(small_t
     assert stopping.stopped_step is not None and max(final.values()) <= stopping.threshold_value
     assert probe.metrics["train/retain_loss"] == pytest.approx(0.0, abs=1e-6)  # the reference is the start model
     assert trainer.callback_metrics["train/retain_loss"] > 0
-    assert {"retain/ma_mean", "retain/collateral"} <= set(trainer.callback_metrics)
+    assert {"retain/g_mean", "retain/collateral"} <= set(trainer.callback_metrics)
 
 
 class FirstStepMetrics(L.Callback):

@@ -49,7 +49,7 @@ def test_summary(report, small_testbed):
     assert band["lower"] < s["threshold"] < band["upper"]
     assert s["attack_auc"]["loss"] >= 0.75  # the original model gives its training records away
     assert s["verbatim_extractable"] == sum(bool(row["verbatim"]) for row in report.rows)
-    assert s["ma_max"] == max(row["g"] for row in report.rows)
+    assert s["g_max"] == max(row["g"] for row in report.rows)
 
 
 def test_files_are_written_and_parse(report, tmp_path):

@@ -17,7 +17,7 @@ from tests.conftest import find, make_trainer, unlearning_data
 METHODS = {
     "GA": (
         lambda model: GradientAscent(model, learning_rate=3e-4),
-        lambda: [MemorizationMonitor(), MemorizationEarlyStopping(criterion="mean", threshold="holdout")],
+        lambda: [MemorizationMonitor(), MemorizationEarlyStopping(criterion="mean", threshold="holdout_mean")],
     ),
     "SGA": (lambda model: SelectiveGradientAscent(model, learning_rate=3e-4), list),
     "TA": (lambda model: TaskArithmetic(model, learning_rate=1e-3), list),
@@ -120,11 +120,11 @@ def test_every_logged_metric_reaches_the_default_logger_with_a_step(small_testbe
     with open(f"{log_dir}/metrics.csv") as f:
         rows = list(csv.DictReader(f))
     logged = set(trainer.callback_metrics)
-    expected = {"forget/ma_max", "holdout/threshold", "retain/collateral", "train/retain_loss", "train/selected"}
+    expected = {"forget/g_max", "holdout/threshold", "retain/collateral", "train/retain_loss", "train/selected"}
     assert expected <= logged
     assert logged <= set(rows[0]), logged - set(rows[0])
     assert all(row["step"] != "" for row in rows)
-    steps = [int(row["step"]) for row in rows if row["forget/ma_max"]]
+    steps = [int(row["step"]) for row in rows if row["forget/g_max"]]
     assert steps == sorted(steps) and steps[-1] >= find(trainer, MemorizationEarlyStopping).stopped_step - 1
 
 

@@ -3,6 +3,7 @@
 from lightning_unlearn.callbacks.attacks import AttackMonitor
 from lightning_unlearn.callbacks.control import per_sample_control
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
+from lightning_unlearn.callbacks.progress import UnlearningProgress
 from lightning_unlearn.callbacks.robustness import RobustnessCheck
 from lightning_unlearn.callbacks.selective import SelectiveAscent, selective_weights
 from lightning_unlearn.callbacks.stopping import MemorizationEarlyStopping
@@ -14,6 +15,7 @@ __all__ = [
     "MemorizationMonitor",
     "RobustnessCheck",
     "SelectiveAscent",
+    "UnlearningProgress",
     "UtilityEvaluation",
     "per_sample_control",
     "selective_weights",

@@ -32,7 +32,7 @@ def per_sample_control(
         criterion, threshold, quantile: the stop rule (:class:`MemorizationEarlyStopping`); by default every
             forget sample at or below the holdout's 0.95 quantile of g.
         select: add the selection (``False``: only the monitor and the stop rule).
-        watch_retain: also monitor the retain split (``retain/ma_mean``, ``retain/collateral``, per sample).
+        watch_retain: also monitor the retain split (``retain/g_mean``, ``retain/collateral``, per sample).
         refresh, every_n_train_steps: the forget monitor's scoring policy (:class:`MemorizationMonitor`).
     """
     callbacks: list[Callback] = [MemorizationMonitor(every_n_train_steps=every_n_train_steps, refresh=refresh)]

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_unlearn.distributed import gather_scores, score_on_all_ranks
+from lightning_unlearn.thresholds import BAND
 
 
 def get_model(pl_module: L.LightningModule) -> torch.nn.Module:
@@ -31,6 +32,10 @@ def has_split(trainer: L.Trainer, name: str) -> bool:
     return datamodule is not None and getattr(datamodule, "has_split", lambda _: False)(name)
 
 
+# What the progress bar shows while unlearning: the forget set's max g and the records still above the threshold.
+PROGRESS_BAR_KEYS = ("forget/g_max", "forget/above_threshold")
+
+
 class MemorizationMonitor(Callback):
     """Scores g(x) of every sample of a watched set before training and after every N optimizer steps.
 
@@ -40,11 +45,12 @@ class MemorizationMonitor(Callback):
     itself, which gives the g of the batch's samples for free (score-in-the-loop). When every training step
     covers the whole set (the paper's setting), the training forward keeps every score fresh and no extra pass runs.
 
-    Logs ``{split}/ma_mean``, ``{split}/ma_max``, ``{split}/outliers_above``, ``{split}/outliers_below``
+    Logs ``{split}/g_mean``, ``{split}/g_max``, ``{split}/outliers_above``, ``{split}/outliers_below``
     (the band of :class:`~lightning_unlearn.metrics.MemorizationOutliers`), ``{split}/collateral`` (samples whose
     g fell by more than ``collateral_drop`` since training started: for the retain split, what unlearning took
     that it should have kept) and, once :class:`MemorizationEarlyStopping` has measured the holdout,
-    ``{split}/above_threshold`` and ``{split}/over_forgotten`` (below the holdout's floor quantile).
+    ``{split}/above_threshold`` and ``{split}/over_forgotten`` (below the holdout's floor quantile). The progress
+    bar shows ``forget/g_max``, ``forget/above_threshold`` and ``forget/threshold``.
     Watch the retain split with ``MemorizationMonitor(split="retain")``: with a retain term, the training forward
     scores its batch for free. Works on any LightningModule with a ``model`` attribute or ``get_model()``.
 
@@ -69,7 +75,7 @@ class MemorizationMonitor(Callback):
         dataloader: Any = None,
         every_n_train_steps: int = 1,
         split: str = "forget",
-        band: tuple[float, float] = (0.15, 0.60),
+        band: tuple[float, float] = BAND,
         progress: bool = False,
         refresh: Literal["all", "above_threshold"] = "all",
         collateral_drop: float = 0.1,
@@ -215,8 +221,8 @@ class MemorizationMonitor(Callback):
         lower, upper = self.band
         above, below = int((g >= upper).sum()), int((g <= lower).sum())
         metrics = {
-            "ma_mean": g.mean().item(),
-            "ma_max": g.max().item(),
+            "g_mean": g.mean().item(),
+            "g_max": g.max().item(),
             "outliers_above": above,
             "outliers_below": below,
             "outliers": above + below,
@@ -235,9 +241,15 @@ class MemorizationMonitor(Callback):
         return (self.start_values[:count] - self.values[:count]) > drop
 
     def log_summary(self, pl_module: L.LightningModule) -> None:
-        """Logs :meth:`summary` under ``{split}/`` (the values are the same on every process)."""
+        """Logs :meth:`summary` under ``{split}/`` (the values are the same on every process); for the forget
+        split, the max g, the records above the threshold and the threshold also go to the progress bar."""
         metrics = {f"{self.split}/{k}": float(v) for k, v in self.summary().items()}
+        shown = {key: metrics.pop(key) for key in PROGRESS_BAR_KEYS if key in metrics} if self.split == "forget" else {}
+        if self.split == "forget" and self.threshold is not None:
+            shown["forget/threshold"] = float(self.threshold)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        if shown:
+            pl_module.log_dict(shown, on_step=True, on_epoch=False, batch_size=1, prog_bar=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor, get_model, has_split
 from lightning_unlearn.distributed import score_on_all_ranks
-from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS, bootstrap_interval, holdout_level
+from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS, bootstrap_interval, check_threshold, holdout_level
 
 
 def find_monitor(trainer: L.Trainer, split: str = "forget") -> MemorizationMonitor:
@@ -28,14 +28,14 @@ class MemorizationEarlyStopping(Callback):
     ``criterion="max"`` (our default, the per-sample rule): **every** forget sample at or below the threshold.
     ``criterion="mean"`` (Jang et al.'s and the paper's rule): the mean g at or below it, which can leave some
     samples far above. The threshold comes from the g of the model *before unlearning* on the holdout split
-    (unseen data of the same distribution), measured once when training starts: ``"holdout"`` is its mean (the
-    paper's level, for the mean rule), ``"holdout_quantile"`` its ``quantile`` (default 0.95: a record is forgotten
-    when it is no more memorized than 95% of unseen records; the natural level of the per-sample rule, as the
-    mean of unseen data has about half of them above it). A float is taken as is. The level is logged as
+    (unseen data of the same distribution), measured once when training starts: ``"holdout_quantile"`` (the
+    default) is its ``quantile`` (0.95: a record is forgotten when it is no more memorized than 95% of unseen
+    records; the level of the per-sample rule, as the mean of unseen data has about half of them above it),
+    ``"holdout_mean"`` its mean (the paper's level, for the mean rule). A float is taken as is. The level is logged as
     ``holdout/threshold`` with a 95% bootstrap interval (``holdout/threshold_low``, ``holdout/threshold_high``:
     how much it would move with another holdout of the same size), and the holdout's ``floor_quantile`` as
     ``holdout/floor``: the monitor counts forget records below it as over-forgotten; the holdout's mean g is logged as
-    ``holdout/ma_mean``. When training ends without the rule holding (``max_steps`` reached first), ``rule_met`` is
+    ``holdout/g_mean``. When training ends without the rule holding (``max_steps`` reached first), ``rule_met`` is
     False and a warning says how far it was.
 
     Decisions use the :class:`MemorizationMonitor`'s scores, only when every score is fresh (belongs to the current
@@ -47,7 +47,8 @@ class MemorizationEarlyStopping(Callback):
 
     Args:
         criterion: ``"max"`` or ``"mean"`` of g over the forget set.
-        threshold: ``"holdout"``, ``"holdout_quantile"`` or a fraction in [0, 1].
+        threshold: ``"holdout_quantile"``, ``"holdout_mean"`` or a fraction in [0, 1] (``"holdout"``, the old
+            name of ``"holdout_mean"``, still works with a warning).
         quantile: the holdout quantile of ``threshold="holdout_quantile"``, in (0, 1).
         floor_quantile: the holdout quantile below which a forget record counts as over-forgotten, in (0, 1).
         verbose: log a line when stopping.
@@ -56,15 +57,14 @@ class MemorizationEarlyStopping(Callback):
     def __init__(
         self,
         criterion: Literal["max", "mean"] = "max",
-        threshold: str | float = "holdout",
+        threshold: str | float = "holdout_quantile",
         quantile: float = 0.95,
         floor_quantile: float = 0.05,
         verbose: bool = True,
     ) -> None:
         if criterion not in ("max", "mean"):
             raise ValueError(f"criterion must be 'max' or 'mean', got {criterion!r}")
-        if isinstance(threshold, str) and threshold not in HOLDOUT_THRESHOLDS:
-            raise ValueError(f"threshold must be 'holdout', 'holdout_quantile' or a float, got {threshold!r}")
+        threshold = check_threshold(threshold, type(self).__name__)
         if not 0.0 < floor_quantile < quantile < 1.0:
             raise ValueError(f"need 0 < floor_quantile < quantile < 1, got {floor_quantile} and {quantile}")
         self.criterion = criterion
@@ -76,7 +76,7 @@ class MemorizationEarlyStopping(Callback):
         self.floor: float | None = None  # the holdout's floor_quantile, when there is a holdout
         self.interval: tuple[float, float] | None = None  # bootstrap interval of a holdout threshold
         self.holdout_size: int | None = None  # holdout records measured (None: not measured yet)
-        self.holdout_mean: float | None = None  # the holdout's mean g, logged as holdout/ma_mean
+        self.holdout_mean: float | None = None  # the holdout's mean g, logged as holdout/g_mean
         self.stopped_step: int | None = None
         self.rule_met: bool | None = None  # set when training ends: whether the rule held for the final weights
 
@@ -106,7 +106,7 @@ class MemorizationEarlyStopping(Callback):
         if self.floor is not None:
             logged["holdout/floor"] = self.floor
         if self.holdout_mean is not None:
-            logged["holdout/ma_mean"] = self.holdout_mean
+            logged["holdout/g_mean"] = self.holdout_mean
         pl_module.log_dict(logged, on_step=False, on_epoch=True, batch_size=1)
         if self.verbose and self.interval is not None:
             low, high = self.interval
@@ -116,7 +116,7 @@ class MemorizationEarlyStopping(Callback):
             )
 
     def _level_name(self) -> str:
-        return "mean g" if self.threshold == "holdout" else f"{self.quantile:g} quantile of g"
+        return "mean g" if self.threshold == "holdout_mean" else f"{self.quantile:g} quantile of g"
 
     def _set_levels(self, holdout_g: torch.Tensor) -> None:
         """The threshold (for a holdout threshold), its bootstrap interval and the floor from the holdout's g."""

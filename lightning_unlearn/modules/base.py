@@ -26,6 +26,7 @@ from lightning_unlearn.adapters import (
 )
 from lightning_unlearn.adversary import RelearningAdversary
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
+from lightning_unlearn.deprecation import renamed_argument
 from lightning_unlearn.distributed import gather_scores
 from lightning_unlearn.extras import require_gguf, require_peft
 from lightning_unlearn.files import atomic_folder
@@ -77,7 +78,8 @@ class UnlearningModule(L.LightningModule):
             every forget sample, ``"above_threshold"`` only those not yet forgotten (much faster for forget sets
             far larger than a batch; the samples assumed forgotten are re-scored before stopping). See
             :class:`~lightning_unlearn.callbacks.MemorizationMonitor`.
-        refresh_every: optimizer steps between those scoring passes.
+        every_n_train_steps: optimizer steps between those scoring passes (``refresh_every``, its old name, still
+            works with a warning).
         retain_loss: ``None`` (no retain term), ``"nll"`` or ``"kl"``; needs the datamodule's retain split.
         retain_weight: α >= 0, the retain term's weight.
         cache_reference: for ``retain_loss="kl"``, keep each retain sample's reference logits on the CPU after its
@@ -106,15 +108,22 @@ class UnlearningModule(L.LightningModule):
         gguf_file: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         refresh: Literal["all", "above_threshold"] = "all",
-        refresh_every: int = 1,
+        every_n_train_steps: int = 1,
         retain_loss: Literal["nll", "kl"] | None = None,
         retain_weight: float = 1.0,
         cache_reference: bool = False,
         peft: PeftConfig | None = None,
         relearn_steps: int = 0,
         relearn_learning_rate: float = 5e-4,
+        **deprecated: Any,
     ) -> None:
         super().__init__()
+        owner = type(self).__name__
+        every_n_train_steps = renamed_argument(
+            deprecated, owner, "refresh_every", "every_n_train_steps", every_n_train_steps, 1
+        )
+        if deprecated:
+            raise TypeError(f"{owner} got unexpected arguments: {', '.join(sorted(deprecated))}")
         if retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"retain_loss must be None, 'nll' or 'kl', got {retain_loss!r}")
         if not retain_weight >= 0:
@@ -165,7 +174,7 @@ class UnlearningModule(L.LightningModule):
         Trainer callback of a type that the module brings."""
         given = self.trainer.callbacks if self._trainer is not None else []
         others = [cb for cb in given if isinstance(cb, MemorizationMonitor) and cb.split != "forget"]
-        forget = MemorizationMonitor(every_n_train_steps=self.hparams.refresh_every, refresh=self.hparams.refresh)
+        forget = MemorizationMonitor(every_n_train_steps=self.hparams.every_n_train_steps, refresh=self.hparams.refresh)
         return [forget, *others]
 
     def users_or_own(self, own: Callback) -> Callback:
@@ -453,7 +462,9 @@ class UnlearningModule(L.LightningModule):
         self._reference_state = checkpoint.get("reference_weights")
         self.reference = None
 
-    def save_pretrained(self, path: str | os.PathLike, tokenizer: Any = None, merge: bool = True) -> None:
+    def save_pretrained(
+        self, path: str | os.PathLike, tokenizer: Any = None, merge: bool = True, files: dict[str, str] | None = None
+    ) -> None:
         """Writes the model (and ``tokenizer``, default: the datamodule's) to a folder. Call it on every process
         (under ZeRO-3 the shards are gathered one parameter at a time); the folder appears whole or not at all
         (written aside, then renamed).
@@ -466,6 +477,7 @@ class UnlearningModule(L.LightningModule):
                 memory is not changed); ``False`` writes the adapter alone, which
                 ``peft.PeftModel.from_pretrained(base, path)`` loads onto the base. Without an adapter the folder
                 is always a plain one.
+            files: ``{name: text}`` written into the folder with the model (e.g. ``unlearning.json``).
         """
         path = Path(path)
         if tokenizer is None and self._trainer is not None and self.trainer.datamodule is not None:
@@ -485,5 +497,7 @@ class UnlearningModule(L.LightningModule):
                 target.save_pretrained(staging, state_dict=state)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging)
+                for name, text in (files or {}).items():
+                    (staging / name).write_text(text, encoding="utf-8")
         if self._trainer is not None:
             self.trainer.strategy.barrier("save_pretrained")

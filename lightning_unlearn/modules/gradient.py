@@ -8,32 +8,37 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
+from lightning_unlearn.deprecation import renamed_argument
 from lightning_unlearn.modules.base import UnlearningModule
 
 
 class GradientAscent(UnlearningModule):
     """GA (Jang et al. 2022): ascend the forget samples' NLL. Add ``MemorizationMonitor()`` and
-    ``MemorizationEarlyStopping(criterion="mean", threshold="holdout")`` to a Trainer for Jang's stop rule."""
+    ``MemorizationEarlyStopping(criterion="mean", threshold="holdout_mean")`` to a Trainer for Jang's stop rule,
+    or ``per_sample_control(select=False)`` for the per-sample one."""
 
     def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
         return -nll
 
 
 class GradientDifference(GradientAscent):
-    """Ascend the forget NLL while descending the retain NLL: loss = −NLL(forget) + alpha · NLL(retain).
+    """Ascend the forget NLL while descending the retain NLL: loss = −NLL(forget) + retain_weight · NLL(retain).
 
-    Gradient ascent with ``retain_loss="nll"`` and ``retain_weight=alpha``.
+    Gradient ascent with ``retain_loss="nll"``.
 
     Args:
-        alpha: weight of the retain term.
+        retain_weight: weight of the retain term (``alpha``, its old name, still works with a warning).
         retain_loss: ``"nll"`` (gradient difference) or ``"kl"``.
         **kwargs: :class:`UnlearningModule` arguments.
     """
 
-    def __init__(self, model: Any, alpha: float = 1.0, retain_loss: Literal["nll", "kl"] = "nll", **kwargs: Any):
+    def __init__(
+        self, model: Any, retain_weight: float = 1.0, retain_loss: Literal["nll", "kl"] = "nll", **kwargs: Any
+    ) -> None:
         if retain_loss is None:
             raise ValueError("GradientDifference needs a retain term; without one, use GradientAscent")
-        super().__init__(model, retain_loss=retain_loss, retain_weight=alpha, **kwargs)
+        retain_weight = renamed_argument(kwargs, "GradientDifference", "alpha", "retain_weight", retain_weight, 1.0)
+        super().__init__(model, retain_loss=retain_loss, retain_weight=retain_weight, **kwargs)
 
 
 class SelectiveGradientAscent(GradientAscent):
@@ -41,7 +46,7 @@ class SelectiveGradientAscent(GradientAscent):
 
     Every forget sample is re-scored after every optimizer step; before each step, a sample's weight is 1 if its
     g >= gamma, else 0, and the ``keep_top`` most memorized of the batch are always kept. Training stops when the
-    ``stop`` rule holds: ``"max"`` (default) every forget sample at or below ``threshold``, ``"mean"`` their mean.
+    ``criterion`` holds: ``"max"`` (default) every forget sample at or below ``threshold``, ``"mean"`` their mean.
     Brings its callbacks (monitor, selective ascent, early stopping) through ``configure_callbacks``; a
     ``SelectiveAscent`` or ``MemorizationEarlyStopping`` given to the Trainer is used instead of its own. The same
     selection and rule apply to any method through :func:`~lightning_unlearn.callbacks.per_sample_control`.
@@ -50,9 +55,9 @@ class SelectiveGradientAscent(GradientAscent):
         gamma: memorization level at or above which a sample is ascended, a fraction in [0, 1).
         keep_top: samples always kept per step.
         threshold: ``"holdout_quantile"`` (the holdout's ``quantile`` of g, the per-sample rule's level),
-            ``"holdout"`` (the holdout's mean g, the paper's) or a fraction in [0, 1].
+            ``"holdout_mean"`` (the holdout's mean g, the paper's) or a fraction in [0, 1].
         quantile: for ``threshold="holdout_quantile"``.
-        stop: ``"max"`` or ``"mean"``.
+        criterion: ``"max"`` or ``"mean"`` (``stop``, its old name, still works with a warning).
         mode: ``"select"`` (0/1 weights, the paper) or ``"proportional"``.
         skip_forgotten: stop ascending a sample once it is at or below the threshold, even as the batch's top.
         **kwargs: :class:`UnlearningModule` arguments (``retain_loss=``, ``retain_weight=``, …).
@@ -65,14 +70,15 @@ class SelectiveGradientAscent(GradientAscent):
         keep_top: int = 1,
         threshold: str | float = "holdout_quantile",
         quantile: float = 0.95,
-        stop: Literal["max", "mean"] = "max",
+        criterion: Literal["max", "mean"] = "max",
         mode: Literal["select", "proportional"] = "select",
         skip_forgotten: bool = False,
         **kwargs: Any,
     ) -> None:
+        criterion = renamed_argument(kwargs, type(self).__name__, "stop", "criterion", criterion, "max")
         super().__init__(model, **kwargs)
         self.selective = SelectiveAscent(gamma=gamma, keep_top=keep_top, mode=mode, skip_forgotten=skip_forgotten)
-        self.stopping = MemorizationEarlyStopping(criterion=stop, threshold=threshold, quantile=quantile)
+        self.stopping = MemorizationEarlyStopping(criterion=criterion, threshold=threshold, quantile=quantile)
 
     def configure_callbacks(self) -> list[Callback]:
         self.selective, self.stopping = self.users_or_own(self.selective), self.users_or_own(self.stopping)

@@ -23,14 +23,16 @@ class NPO(UnlearningModule):
     :func:`~lightning_unlearn.callbacks.per_sample_control`; a retain term from ``retain_loss=``.
 
     Args:
-        beta: β > 0 (the paper: 0.1).
+        beta: β > 0. The paper's 0.1 stalls on records of a few hundred tokens: log π is a sum over tokens, so
+            β · (log π_θ − log π_ref) saturates the loss early; 0.01 meets the rule on the testbed.
+        learning_rate: Adam's (1e-4 meets the rule on the testbed, with β = 0.01).
         **kwargs: :class:`UnlearningModule` arguments.
     """
 
-    def __init__(self, model: Any, beta: float = 0.1, **kwargs: Any) -> None:
+    def __init__(self, model: Any, beta: float = 0.01, learning_rate: float = 1e-4, **kwargs: Any) -> None:
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got {beta}")
-        super().__init__(model, **kwargs)
+        super().__init__(model, learning_rate=learning_rate, **kwargs)
         self.beta = beta
         self.reference_log_likelihood: Tensor | None = None  # Tensor[N]: log π_ref(x) by sample_id
 

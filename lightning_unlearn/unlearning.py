@@ -1,0 +1,264 @@
+"""From a model and the texts to forget to a verified, saved result in one call: :func:`unlearn`.
+
+``unlearn`` measures the model on the forget and holdout texts, unlearns with a method from
+:data:`~lightning_unlearn.methods.METHODS` until every forget record is at or below the holdout's 0.95 quantile of
+g (the per-sample rule), measures the result the same way, and returns an :class:`UnlearningResult`;
+``result.save(folder)`` writes the model (``save_pretrained``) and ``unlearning.json``, whole or not at all.
+``lightning-unlearn unlearn`` is the same from the command line. :func:`training_record` is the part of
+``unlearning.json`` that any finished Trainer can give (``lightning-unlearn fit`` writes it beside ``--output``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from transformers import PreTrainedModel
+
+from lightning_unlearn import __version__
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, UnlearningProgress
+from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
+from lightning_unlearn.methods import check_method, make_method
+from lightning_unlearn.models import check_causal_lm, load_causal_lm
+from lightning_unlearn.modules import UnlearningModule
+from lightning_unlearn.report import Report, memorization_report
+from lightning_unlearn.strategies import has_sharded_parameters
+
+MIN_HOLDOUT = 16  # fewer holdout records cannot place a 0.95 quantile at all
+ADVISED_HOLDOUT = 64  # the level's bootstrap interval is about ±0.02 g from here on (BENCHMARKS.md)
+TRAINER_DEFAULTS = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False, "max_steps": 600}
+
+
+@dataclass
+class UnlearningResult:
+    """What :func:`unlearn` returns.
+
+    Attributes:
+        module: the trained :class:`~lightning_unlearn.UnlearningModule` (``module.get_model()`` is the result).
+        rule_met: whether every forget record ended at or below the level.
+        before, after: :func:`~lightning_unlearn.report.memorization_report` of the model before and after, against
+            the level measured before.
+        record: the content of ``unlearning.json``.
+    """
+
+    module: UnlearningModule
+    rule_met: bool
+    before: Report
+    after: Report
+    record: dict[str, Any]
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The unlearned Hugging Face model."""
+        return self.module.get_model()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the model (merged, for an adapter), its tokenizer and ``unlearning.json`` to the folder ``path``,
+        whole or not at all."""
+        self.module.save_pretrained(path, files={"unlearning.json": json.dumps(self.record, indent=2, default=str)})
+
+    def summary(self) -> str:
+        """A few lines for people: the rule, the records above the level before and after, the costs."""
+        return summary_text(self.record)
+
+
+def unlearn(
+    model: PreTrainedModel | str | os.PathLike,
+    forget: Any,
+    holdout: Any,
+    retain: Any = None,
+    method: str = "sga-kl",
+    *,
+    tokenizer: Any = None,
+    method_options: dict[str, Any] | None = None,
+    max_length: int = 200,
+    batch_size: int = 32,
+    progress: bool = True,
+    **trainer_options: Any,
+) -> UnlearningResult:
+    """Unlearns ``forget`` from ``model`` until every record is no more memorized than unseen texts of the same kind
+    (``holdout``), keeping ``retain``; measures before and after.
+
+    Args:
+        model: a causal LM, a hub id or a local folder.
+        forget: the texts to unlearn: a list of strings or a file (.jsonl/.json/.csv/.parquet with a ``text``
+            column, or .txt, one text per line). Never empty.
+        holdout: texts of the same kind that the model never saw, at least 16 (64 or more for a level within
+            about ±0.02 g): they set the level.
+        retain: texts whose memorization must be kept; required by ``"sga-kl"`` and ``"npo-kl"``.
+        method: a name from :data:`~lightning_unlearn.methods.METHODS` (``sga-kl``, ``sga``, ``npo-kl``, ``ta``,
+            ``tau``, ``ga``).
+        tokenizer: default: the model's own (loaded from ``model``'s source).
+        method_options: module arguments that override the method's settings (``learning_rate=``,
+            ``peft=LoraConfig(...)``, ``retain_weight=``, …).
+        max_length: tokens per text (longer texts are truncated, with a warning).
+        batch_size: texts per training step, forget and retain alike.
+        progress: a bar of the steps with the max g, the records above the level and the level.
+        **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints).
+
+    Example:
+        >>> result = unlearn("testbed/model", "testbed/forget.jsonl", "testbed/holdout.jsonl",  # doctest: +SKIP
+        ...                  retain="testbed/retain.jsonl")
+        >>> result.rule_met, result.save("unlearned")  # doctest: +SKIP
+    """
+    recipe = check_method(method)
+    if recipe.needs_retain and retain is None:
+        raise ValueError(f"method {method!r} keeps the retain texts: give retain=, or choose method 'sga'")
+    tokenizer = tokenizer if tokenizer is not None else _model_tokenizer(model)
+    datamodule = UnlearningDataModule(
+        tokenizer, forget, retain=retain, holdout=holdout, max_length=max_length, batch_size=batch_size
+    )
+    datamodule.setup()  # bad texts fail here, before a possibly large model loads
+    check_holdout_size(len(datamodule.split("holdout")))
+    if not isinstance(model, torch.nn.Module):
+        model = load_causal_lm(model)
+    check_causal_lm(model)
+    datamodule.check_fits(model)
+    callbacks = [*trainer_options.pop("callbacks", []), UnlearningProgress(method, progress)]
+    trainer = L.Trainer(**{**TRAINER_DEFAULTS, "enable_progress_bar": False, **trainer_options, "callbacks": callbacks})
+    device = trainer.strategy.root_device
+    before = _measure(model, datamodule, device, "holdout_quantile")
+    module, callbacks = make_method(method, model, **(method_options or {}))
+    trainer.callbacks.extend(callbacks)
+    trainer.fit(module, datamodule)
+    record = training_record(trainer, module)
+    level = record["level"]["value"]
+    after = _measure(module.get_model(), datamodule, device, level)
+    record |= {"method": method} | measured_record(before, after)
+    return UnlearningResult(module, record["rule_met"], before, after, record)
+
+
+def check_holdout_size(size: int) -> None:
+    """Raises under :data:`MIN_HOLDOUT` holdout records; warns under :data:`ADVISED_HOLDOUT`."""
+    if size < MIN_HOLDOUT:
+        raise ValueError(
+            f"the holdout has {size} records: the level is its 0.95 quantile of g, which needs at least {MIN_HOLDOUT} "
+            f"unseen texts of the same kind ({ADVISED_HOLDOUT} or more for a level within about ±0.02 g)"
+        )
+    if size < ADVISED_HOLDOUT:
+        warnings.warn(
+            f"the holdout has {size} records: the level will be uncertain (its 95% interval is in unlearning.json); "
+            f"give {ADVISED_HOLDOUT} or more unseen texts for a level within about ±0.02 g",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def training_record(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+    """What a finished fit tells about the per-sample rule: the module and its settings, the level and its
+    interval, ``rule_met``, the steps taken, and each forget record's g when training started and ended (from the
+    Trainer's :class:`MemorizationEarlyStopping` and forget :class:`MemorizationMonitor`)."""
+    stopping = _callback(trainer, MemorizationEarlyStopping)
+    monitor = _callback(trainer, MemorizationMonitor, lambda cb: cb.split == "forget")
+    record: dict[str, Any] = {
+        "lightning_unlearn": __version__,
+        "module": type(module).__name__,
+        "settings": {key: _plain(value) for key, value in module.hparams.items()},
+        "steps": trainer.global_step,
+    }
+    if stopping is not None:
+        record["rule_met"] = bool(stopping.rule_met)
+        record["steps"] = stopping.stopped_step if stopping.stopped_step is not None else trainer.global_step
+        record["level"] = {
+            "threshold": stopping.threshold,
+            "criterion": stopping.criterion,
+            "value": stopping.threshold_value,
+            "interval": list(stopping.interval) if stopping.interval is not None else None,
+            "holdout_records": stopping.holdout_size,
+        }
+    if monitor is not None and len(monitor.start_values):
+        before, after = monitor.start_values.tolist(), monitor.values.tolist()
+        pairs = enumerate(zip(before, after, strict=True))
+        record["records"] = [{"sample_id": i, "g_before": g0, "g_after": g1} for i, (g0, g1) in pairs]
+    return record
+
+
+def measured_record(before: Report, after: Report) -> dict[str, Any]:
+    """The before/after part of ``unlearning.json`` from two reports against the same level: per record g and
+    NLL, records above the level, holdout NLL and attack AUCs."""
+    rows_after = {row["sample_id"]: row for row in after.rows}
+    records = [
+        {
+            "sample_id": row["sample_id"],
+            "text": row["text"],
+            "g_before": row["g"],
+            "g_after": rows_after[row["sample_id"]]["g"],
+            "nll_before": row["nll"],
+            "nll_after": rows_after[row["sample_id"]]["nll"],
+        }
+        for row in before.rows
+    ]
+    b, a = before.summary, after.summary
+    above_before = sum(row["g"] > a["threshold"] for row in before.rows)
+    nll_ratio = a["holdout_nll"] / b["holdout_nll"]
+    record = {
+        "forget_records": b["forget_samples"],
+        "above_level": {"before": above_before, "after": a["above_threshold"]},
+        "holdout_nll": {"before": b["holdout_nll"], "after": a["holdout_nll"], "ratio": nll_ratio},
+        "attack_auc": {"before": b["attack_auc"], "after": a["attack_auc"]},
+        "records": records,
+    }
+    if "retain_g" in b:
+        record["retain_g"] = {"before": b["retain_g"], "after": a["retain_g"]}
+    return record
+
+
+def summary_text(record: dict[str, Any]) -> str:
+    """``unlearning.json`` in a few lines."""
+    level, above = record["level"], record["above_level"]
+    verdict = "rule met" if record["rule_met"] else "RULE NOT MET"
+    low, high = level["interval"] or (math.nan, math.nan)
+    auc = record["attack_auc"]
+    lines = [
+        f"{record['method']}: {verdict} after {record['steps']} steps: {above['after']} of {record['forget_records']} "
+        f"records above the level (before: {above['before']})",
+        f"level {level['value']:.4f} (holdout 0.95 quantile of g over {level['holdout_records']} records; 95% "
+        f"interval {low:.4f}–{high:.4f})",
+        f"holdout NLL {record['holdout_nll']['ratio']:.2f}x; LOSS attack AUC {auc['before']['loss']:.3f} -> "
+        f"{auc['after']['loss']:.3f} (0.5: like unseen data)",
+    ]
+    if "retain_g" in record:
+        lines.append(f"retain g {record['retain_g']['before']:.3f} -> {record['retain_g']['after']:.3f}")
+    return "\n".join(lines)
+
+
+def _measure(model: torch.nn.Module, datamodule: UnlearningDataModule, device: torch.device, threshold: Any) -> Report:
+    """The report (without EL_n) on ``device``; the model goes back where it was."""
+    if has_sharded_parameters(model):
+        raise ValueError("unlearn() measures the whole model: use a strategy that does not shard it (not ZeRO-3)")
+    where = next(model.parameters()).device
+    model.to(device)
+    try:
+        return memorization_report(model.eval(), datamodule, el_n=None, threshold=threshold)
+    finally:
+        model.to(where)
+
+
+def _model_tokenizer(model: Any) -> Any:
+    """The model's own tokenizer, from its source."""
+    source = model if not isinstance(model, torch.nn.Module) else getattr(model, "name_or_path", "")
+    if not source:
+        raise ValueError("the model was given as an instance without a source: give tokenizer= too")
+    return load_tokenizer(source)
+
+
+def _callback(trainer: L.Trainer, kind: type[Callback], accept: Any = lambda _: True) -> Any:
+    return next((cb for cb in trainer.callbacks if isinstance(cb, kind) and accept(cb)), None)
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON holds it (tuples as lists, anything else unknown as its text)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return str(value)
