@@ -1,11 +1,13 @@
-"""Re-runs the commands behind the README's tables and prints every number that falls outside what it publishes.
+"""Re-runs the commands behind the tables of README.md and BENCHMARKS.md and prints every number that falls outside
+what they publish.
 
     python benchmarks/readme_tables.py              # the cheap tables (a few minutes on 2 cores)
     python benchmarks/readme_tables.py --all        # also the demo over five seeds, the levels and the scaling runs
     python benchmarks/readme_tables.py --only speed
 
-Run it before changing a README table, and after changing anything they measure. Each table of README.md is found
-by its header row; its command prints a Markdown table with the same header; rows are matched by their first cell.
+Run it before changing a published table, and after changing anything they measure. Each table of the documents
+(:data:`DOCUMENTS`) is found by its header row; its command prints a Markdown table with the same header; rows are
+matched by their first cell.
 A published "median [min, max]" cell (the demo over seeds) holds when today's median lies within [min, max]
 widened by the column's tolerance; a single number holds when today's is within the tolerance of it (relative for
 ratios and speed-ups, absolute for fractions and counts). Columns without a tolerance (times in ms or seconds, which
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = ("README.md", "BENCHMARKS.md")  # where the published tables are
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
@@ -191,6 +194,11 @@ def normalize(line: str) -> str:
     return "| " + " | ".join(cell.strip() for cell in line.strip().strip("|").split("|")) + " |"
 
 
+def published() -> str:
+    """The documents' text, one after the other."""
+    return "\n\n".join((ROOT / name).read_text() for name in DOCUMENTS)
+
+
 def tables(text: str) -> dict[str, list[list[str]]]:
     """Every Markdown table in ``text``: ``{header: rows}``, each row its cells (bold marks removed). A header
     that occurs twice keeps its last table (a command's final summary follows its progress tables)."""
@@ -260,13 +268,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="also the slow tables (about an hour on 2 cores)")
     parser.add_argument("--only", help="comma-separated table names: " + ", ".join(t.name for t in TABLES))
-    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--readme", help="check against this one file instead of README.md and BENCHMARKS.md")
     args = parser.parse_args()
     chosen = [t for t in TABLES if (args.all or not t.slow)]
     if args.only:
         names = {name.strip() for name in args.only.split(",")}
         chosen = [t for t in TABLES if t.name in names or t.name.rstrip(" 0123456789") in names]
-    readme = tables(Path(args.readme).read_text())
+    readme = tables(Path(args.readme).read_text() if args.readme else published())
     outputs: dict[tuple[str, ...], str] = {}
     problems = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lightning_unlearn.extras import require_peft
-from lightning_unlearn.strategies import full_state_dict, gathered, is_rank, local_shards
+from lightning_unlearn.strategies import full_state_dict, gathered, has_sharded_parameters, is_rank, local_shards
 
 if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel
@@ -237,3 +237,16 @@ def move_adapter(model: PeftModel, source: str, target: str) -> None:
 def frozen_keys(module: torch.nn.Module, prefix: str = "") -> set[str]:
     """The ``state_dict`` keys of ``module``'s frozen parameters (tied copies too), under ``prefix``."""
     return {f"{prefix}{name}" for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def saved_state(model: torch.nn.Module, merge: bool = True) -> tuple[torch.nn.Module, dict[str, Tensor] | None]:
+    """What ``save_pretrained`` writes for ``model``: the module whose ``save_pretrained`` to call and its state
+    (None: its own). Without an adapter, the model (under ZeRO-3, its gathered state: call this on every process);
+    with one, the base with the adapter merged (``merge=True``) or the adapter alone."""
+    if not is_adapted(model):
+        if not merge:
+            raise ValueError("merge=False writes an adapter, and this model has none (pass peft= to train one)")
+        return model, full_state_dict(model) if has_sharded_parameters(model) else None
+    if merge:
+        return model.get_base_model(), merged_state_dict(model)
+    return model, adapter_state_dict(model)

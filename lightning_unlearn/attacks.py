@@ -20,20 +20,66 @@ from lightning_unlearn.data import PadCollator
 from lightning_unlearn.memorization import eval_mode, predicted_positions
 
 
-@torch.no_grad()
-def token_log_probs(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """log p(x_t | x_<t) for t = 1..T-1 (``Tensor[B, T-1]``, float32) and which of them are real tokens (bool)."""
-    with eval_mode(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+def log_probs_from_logits(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """log p(x_t | x_<t) for t = 1..T-1 (``Tensor[B, T-1]``, float32) from a forward pass's logits
+    (``Tensor[B, T, V]``), and which of them are real tokens (bool)."""
     counted = predicted_positions(attention_mask)
+    logits = logits[:, :-1].float()
     log_probs = -F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
     return log_probs.masked_fill(~counted, 0.0), counted
 
 
+@torch.no_grad()
+def token_log_probs(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`log_probs_from_logits` of the model's forward pass (no grad, eval mode)."""
+    with eval_mode(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return log_probs_from_logits(logits, input_ids, attention_mask)
+
+
+def loss_score(log_probs: Tensor, counted: Tensor) -> Tensor:
+    """The LOSS attack's score from token log-probabilities: their mean per sample, ``Tensor[B]``."""
+    return log_probs.sum(1) / counted.sum(1)
+
+
+def zlib_score(
+    log_probs: Tensor, input_ids: Tensor, attention_mask: Tensor, texts: Sequence[str] | None = None
+) -> Tensor:
+    """The zlib attack's score from token log-probabilities: total log-probability over the zlib-compressed length
+    in bytes of ``texts`` (UTF-8) when given, else of the token ids (4 bytes each), ``Tensor[B]``."""
+    if texts is None:
+        lengths = attention_mask.sum(1).tolist()
+        blobs = [input_ids[row, :n].to(torch.int32).cpu().numpy().tobytes() for row, n in enumerate(lengths)]
+    else:
+        blobs = [text.encode("utf-8") for text in texts]
+    compressed = torch.tensor([len(zlib.compress(blob)) for blob in blobs], dtype=torch.float32)
+    return log_probs.sum(1) / compressed.to(log_probs.device)
+
+
+def min_k_score(log_probs: Tensor, counted: Tensor, k: float = 0.2) -> Tensor:
+    """The min-k% attack's score from token log-probabilities: the mean of each sample's lowest ``k`` fraction (at
+    least one), ``Tensor[B]``."""
+    if not 0 < k <= 1:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    lowest_first = log_probs.masked_fill(~counted, float("inf")).sort(dim=1).values
+    count = (counted.sum(1).float() * k).long().clamp(min=1)
+    keep = torch.arange(lowest_first.shape[1], device=count.device)[None, :] < count[:, None]
+    return (lowest_first * keep).nan_to_num(posinf=0.0).sum(1) / count
+
+
+def attack_scores(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
+    """Every attack of :data:`ATTACKS` (``Tensor[B]`` each, by name) from one forward pass's logits."""
+    log_probs, counted = log_probs_from_logits(logits, input_ids, attention_mask)
+    return {
+        "loss": loss_score(log_probs, counted),
+        "zlib": zlib_score(log_probs, input_ids, attention_mask),
+        "min_k": min_k_score(log_probs, counted),
+    }
+
+
 def loss_attack(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """LOSS attack (Yeom et al.): −mean token NLL per sample, ``Tensor[B]``."""
-    log_probs, counted = token_log_probs(model, input_ids, attention_mask)
-    return log_probs.sum(1) / counted.sum(1)
+    return loss_score(*token_log_probs(model, input_ids, attention_mask))
 
 
 def zlib_attack(
@@ -45,13 +91,7 @@ def zlib_attack(
     sequence the model finds likelier than its compressibility suggests is likely a member.
     """
     log_probs, _ = token_log_probs(model, input_ids, attention_mask)
-    if texts is None:
-        lengths = attention_mask.sum(1).tolist()
-        blobs = [input_ids[row, :n].to(torch.int32).cpu().numpy().tobytes() for row, n in enumerate(lengths)]
-    else:
-        blobs = [text.encode("utf-8") for text in texts]
-    compressed = torch.tensor([len(zlib.compress(blob)) for blob in blobs], dtype=torch.float32)
-    return log_probs.sum(1) / compressed.to(log_probs.device)
+    return zlib_score(log_probs, input_ids, attention_mask, texts)
 
 
 def min_k_attack(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, k: float = 0.2) -> Tensor:
@@ -59,11 +99,7 @@ def min_k_attack(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tens
     log-probabilities, ``Tensor[B]``."""
     if not 0 < k <= 1:
         raise ValueError(f"k must be in (0, 1], got {k}")
-    log_probs, counted = token_log_probs(model, input_ids, attention_mask)
-    lowest_first = log_probs.masked_fill(~counted, float("inf")).sort(dim=1).values
-    count = (counted.sum(1).float() * k).long().clamp(min=1)
-    keep = torch.arange(lowest_first.shape[1], device=count.device)[None, :] < count[:, None]
-    return (lowest_first * keep).nan_to_num(posinf=0.0).sum(1) / count
+    return min_k_score(*token_log_probs(model, input_ids, attention_mask), k)
 
 
 # The attacks on token log-probabilities, by name: (model, input_ids, attention_mask) -> Tensor[B].

@@ -98,6 +98,7 @@ def _unlearn(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         method_options=options,
         max_length=args.max_length,
+        long_texts=args.long_texts,
         batch_size=args.batch_size,
         **(trainer | args.trainer_options),
     )
@@ -316,7 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     unlearn.add_argument("--accelerator", default="auto", help="cpu, gpu, … (Lightning's; default auto)")
     unlearn.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, … (Lightning's)")
     unlearn.add_argument("--max-steps", type=int, default=600, help="optimizer steps at most")
-    unlearn.add_argument("--max-length", type=int, default=200, help="tokens per text (longer ones are truncated)")
+    unlearn.add_argument("--max-length", type=int, default=200, help="tokens per text")
+    unlearn.add_argument(
+        "--long-texts",
+        choices=("truncate", "windows", "error"),
+        default="truncate",
+        help="texts over --max-length: truncate (with a warning), windows (unlearn every part), or error",
+    )
     unlearn.add_argument("--batch-size", type=int, default=32, help="texts per step, forget and retain alike")
     unlearn.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     unlearn.add_argument("--allow-unmet", action="store_true", help="exit 0 even when the rule was not met")

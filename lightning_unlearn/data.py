@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import lightning as L
 import torch
@@ -19,6 +20,8 @@ from lightning_unlearn.extras import require_gguf
 
 SplitSource = Union[Sequence[str], str, Path, "datasets.Dataset"]  # noqa: F821
 SPLITS = ("forget", "retain", "holdout", "relearn")
+LongTexts = Literal["truncate", "windows", "error"]
+LONG_TEXTS = ("truncate", "windows", "error")
 _SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
@@ -95,12 +98,44 @@ def _require_column(columns: list[str], split: str, text_column: str, where: str
 
 
 class TokenizedSplit(Dataset):
-    """One tokenized split; item i is ``{"input_ids": Tensor[L], "sample_id": i}``."""
+    """One tokenized split; item i is ``{"input_ids": Tensor[L], "sample_id": i}``.
 
-    def __init__(self, name: str, texts: list[str], tokenizer: Any, max_length: int) -> None:
+    Texts longer than ``max_length`` tokens are handled by ``long_texts``: ``"truncate"`` keeps the first
+    ``max_length`` tokens (with one warning per split, with counts), ``"windows"`` cuts each long text into
+    consecutive windows of ``max_length`` tokens, each its own sample (``texts`` then holds each window's text and
+    ``documents`` the index of the text it came from), so every part of a long document is scored and unlearned,
+    and ``"error"`` refuses them.
+    """
+
+    def __init__(
+        self, name: str, texts: list[str], tokenizer: Any, max_length: int, long_texts: LongTexts = "truncate"
+    ) -> None:
+        if long_texts not in LONG_TEXTS:
+            raise ValueError(f"long_texts must be one of {', '.join(LONG_TEXTS)}, got {long_texts!r}")
         self.name = name
+        encoded = tokenizer(texts, truncation=False)["input_ids"]
+        long = [i for i, ids in enumerate(encoded) if len(ids) > max_length]
+        self.documents = list(range(len(texts)))  # sample -> the index of its text
+        if long and long_texts == "error":
+            raise ValueError(
+                f"{name} split: {len(long)} of {len(texts)} texts are longer than max_length={max_length} tokens "
+                f"(text {long[0]}: {len(encoded[long[0]])} tokens): raise max_length, or pass long_texts='windows'"
+            )
+        if long and long_texts == "truncate":
+            warnings.warn(
+                f"{name} split: {len(long)} of {len(texts)} texts are longer than max_length={max_length} tokens and "
+                f"were truncated (the longest has {max(len(encoded[i]) for i in long)}): their ends are neither "
+                "scored nor unlearned. Raise max_length, or pass long_texts='windows'.",
+                UserWarning,
+                stacklevel=2,
+            )
+            encoded = [ids[:max_length] for ids in encoded]
+        if long and long_texts == "windows":
+            windows = [window for d, ids in enumerate(encoded) for window in _windows(d, ids, texts[d], max_length)]
+            self.documents = [d for d, _, _ in windows]
+            encoded = [ids for _, ids, _ in windows]
+            texts = [text if text is not None else tokenizer.decode(ids) for _, ids, text in windows]
         self.texts = texts
-        encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         short = [i for i, ids in enumerate(encoded) if len(ids) < 2]
         if short:
             raise ValueError(
@@ -119,6 +154,14 @@ class TokenizedSplit(Dataset):
     def lengths(self) -> list[int]:
         """Tokens per sample."""
         return [len(ids) for ids in self.input_ids]
+
+
+def _windows(document: int, ids: list[int], text: str, size: int) -> list[tuple[int, list[int], str | None]]:
+    """A text's token ids as windows of ``size`` tokens that overlap by one, so that every token but the first is
+    predicted in exactly one window: (document, ids, the text when it is whole, else None)."""
+    if len(ids) <= size:
+        return [(document, ids, text)]
+    return [(document, ids[at : at + size], None) for at in range(0, len(ids) - 1, size - 1)]
 
 
 class PadCollator:
@@ -204,7 +247,7 @@ class UnlearningDataModule(L.LightningDataModule):
         forget: the sequences to unlearn (required).
         retain: sequences whose memorization must be kept (gradient difference, utility checks).
         holdout: unseen sequences of the same distribution (the forgetting threshold).
-        max_length: tokens kept per sample (longer texts are truncated).
+        max_length: tokens per sample; longer texts are handled by ``long_texts``.
         batch_size: training batch size per process, for forget and retain alike.
         eval_batch_size: scoring batch size (default: ``2 * batch_size``).
         text_column: the column holding the text in tabular files and datasets.
@@ -212,6 +255,9 @@ class UnlearningDataModule(L.LightningDataModule):
         num_workers: dataloader workers.
         relearn: texts of the same kind that the model has not memorized, for relearning-aware unlearning's
             simulated attacks (``relearn_steps``) and the relearning attack; never the holdout, which is the control.
+        long_texts: texts longer than ``max_length``: ``"truncate"`` (with a warning that counts them),
+            ``"windows"`` (every part of a long text becomes a sample of its own, so all of it is scored and
+            unlearned; ``split(name).documents`` maps samples to texts) or ``"error"`` (see :class:`TokenizedSplit`).
     """
 
     def __init__(
@@ -227,6 +273,7 @@ class UnlearningDataModule(L.LightningDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         relearn: SplitSource | None = None,
+        long_texts: LongTexts = "truncate",
     ) -> None:
         super().__init__()
         if forget is None:
@@ -237,7 +284,10 @@ class UnlearningDataModule(L.LightningDataModule):
             tokenizer = load_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self.sources = {"forget": forget, "retain": retain, "holdout": holdout, "relearn": relearn}
+        if long_texts not in LONG_TEXTS:
+            raise ValueError(f"long_texts must be one of {', '.join(LONG_TEXTS)}, got {long_texts!r}")
         self.max_length = max_length
+        self.long_texts = long_texts
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.text_column = text_column
@@ -254,7 +304,7 @@ class UnlearningDataModule(L.LightningDataModule):
         for name, source in self.sources.items():
             if source is not None and name not in self.splits:
                 texts = load_texts(source, name, self.text_column)
-                self.splits[name] = TokenizedSplit(name, texts, self.tokenizer, self.max_length)
+                self.splits[name] = TokenizedSplit(name, texts, self.tokenizer, self.max_length, self.long_texts)
 
     def has_split(self, name: str) -> bool:
         """Whether the split was given."""

@@ -29,7 +29,7 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +47,7 @@ from lightning_unlearn.callbacks import (
     per_sample_control,
 )
 from lightning_unlearn.data import UnlearningDataModule
-from lightning_unlearn.files import write_text_atomically
+from lightning_unlearn.files import atomic_file, write_text_atomically
 from lightning_unlearn.memorization import score_memorization
 from lightning_unlearn.modules import (
     NPO,
@@ -57,7 +57,7 @@ from lightning_unlearn.modules import (
     TaskArithmetic,
     UnlearningModule,
 )
-from lightning_unlearn.report import Report, memorization_report, plot_histograms, plot_tradeoff
+from lightning_unlearn.report import Report, memorization_report, plot_histograms
 from lightning_unlearn.robustness import ATTACK_NAMES
 from lightning_unlearn.testbed import Testbed, build_testbed
 from lightning_unlearn.utility import evaluate_utility, require_lm_eval, write_record_tasks
@@ -425,3 +425,35 @@ def _write(output: Path, result: dict[str, Any], reports: dict[str, Any]) -> Non
         output / "forget_g.png",
     )
     plot_tradeoff({name: result["rows"][name] for name in names}, output / "tradeoff.png")
+
+
+def plot_tradeoff(rows: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """A PNG of the forgetting/utility trade-off, one labelled point per method: utility cost (holdout NLL ratio,
+    x) against forget records left above the threshold (left) and retain g lost (right, before − after).
+
+    ``rows``: per method, a summary with ``holdout_nll_ratio``, ``above_threshold``, ``retain_g`` and
+    ``retain_g_before`` (as the demo's rows have them).
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
+    panels = (
+        (left, "forget records above the threshold", lambda row: row["above_threshold"]),
+        (right, "retain g lost (before − after)", lambda row: row["retain_g_before"] - row["retain_g"]),
+    )
+    for axis, label, value in panels:
+        for name, row in rows.items():
+            x, y = row["holdout_nll_ratio"], value(row)
+            axis.scatter([x], [y], s=40)
+            axis.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axis.axvline(1.0, color="grey", linewidth=0.8)
+        axis.set_xlabel("holdout NLL, after / before (utility cost)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    left.set_title("left unlearned: lower is better", fontsize=10)
+    right.set_title("collateral damage: lower is better", fontsize=10)
+    figure.tight_layout()
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=110)
+    return Path(path)

@@ -104,6 +104,37 @@ class ReferenceWeights:
         return reference
 
 
+class ReferenceLogitsCache:
+    """Each retain sample's reference logits (``Tensor[L, V]``, on the CPU) after its first step: the reference
+    never changes, so they need not be computed again. Memory: retain tokens × vocabulary × the logits' bytes."""
+
+    def __init__(self) -> None:
+        self.cached: dict[int, Tensor] = {}  # sample_id -> Tensor[L, V]
+
+    def logits(
+        self,
+        reference: ReferenceWeights,
+        model: torch.nn.Module,
+        batch: Mapping[str, Tensor],
+        any_missing: Callable[[bool], bool],
+    ) -> Tensor:
+        """The reference's logits (``Tensor[B, T, V]``) on ``batch``: from the cache when every process has every
+        sample of its batch there (``any_missing``: the strategy's collective decision, as under ZeRO-3 every
+        process must run the same forward passes). Positions past a sample's length are zeros, which the KL never
+        counts."""
+        ids, lengths = batch["sample_id"].tolist(), batch["attention_mask"].sum(1).tolist()
+        if any_missing(any(i not in self.cached for i in ids)):
+            logits = reference.logits(model, batch)
+            for row, (i, length) in enumerate(zip(ids, lengths, strict=True)):
+                self.cached[i] = logits[row, :length].cpu()
+            return logits
+        input_ids, first = batch["input_ids"], self.cached[ids[0]]
+        logits = torch.zeros(*input_ids.shape, first.shape[-1], dtype=first.dtype, device=input_ids.device)
+        for row, (i, length) in enumerate(zip(ids, lengths, strict=True)):
+            logits[row, :length] = self.cached[i].to(input_ids.device)
+        return logits
+
+
 def _trainable_shards(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
     """:func:`local_shards` of the parameters that train (the frozen ones are their own reference)."""
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}

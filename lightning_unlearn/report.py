@@ -7,7 +7,7 @@ bands from the holdout distribution (mean ± k·std; its 5th–95th percentiles)
 holdout's 5th percentile), the verbatim-extractable count, each attack's AUC (forget vs holdout), the holdout NLL,
 and the retain split's g (with ``retain_before``: how many retain records lost more than 0.1 of it).
 ``write_report`` writes CSV, JSON and Markdown; ``plot_histograms`` draws forget g before vs after unlearning with
-the threshold and band marked; ``plot_tradeoff`` each method's utility cost against what it left and what it broke.
+the threshold and band marked.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from lightning_unlearn.attacks import ATTACKS, attack_auc
+from lightning_unlearn.attacks import ATTACKS, attack_auc, attack_scores
 from lightning_unlearn.files import atomic_file, write_text_atomically
 from lightning_unlearn.memorization import (
     eval_mode,
@@ -65,8 +65,8 @@ def _measure_split(model: torch.nn.Module, loader: Any, el_n: int | None, verbat
             logits = model(input_ids=ids, attention_mask=mask).logits
             nll, g = nll_and_accuracy(logits, ids, mask)
             columns = {"g": g, "nll": nll}
-            for name, attack in ATTACKS.items():
-                columns[f"{name}_score"] = attack(model, ids, mask)
+            for name, score in attack_scores(logits, ids, mask).items():  # from the same forward pass
+                columns[f"{name}_score"] = score
             if el_n is not None:
                 columns[f"el_{el_n}"] = extraction_likelihood(model, ids, mask, n=el_n)
             if verbatim is not None:
@@ -242,14 +242,13 @@ def plot_histograms(
     band: tuple[float, float],
     path: str | os.PathLike,
 ) -> Path:
-    """A PNG of forget-set g histograms: before unlearning, then one panel per method, threshold and band marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A PNG of forget-set g histograms: before unlearning, then one panel per method, threshold and band marked.
+    Drawn on a :class:`matplotlib.figure.Figure` (no pyplot: the caller's backend and figures are left alone)."""
+    from matplotlib.figure import Figure
 
     panels = {"before unlearning": before, **after}
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), sharey=True, squeeze=False)
+    figure = Figure(figsize=(3.2 * len(panels), 2.8))
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)
     bins = [i / 20 for i in range(21)]
     for axis, (title, values) in zip(axes[0], panels.items(), strict=True):
         axis.axvspan(*band, color="tab:green", alpha=0.12, label=f"band {band[0]:.2f}–{band[1]:.2f}")
@@ -262,40 +261,4 @@ def plot_histograms(
     figure.tight_layout()
     with atomic_file(path) as temporary:
         figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    return Path(path)
-
-
-def plot_tradeoff(rows: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """A PNG of the forgetting/utility trade-off, one labelled point per method: utility cost (holdout NLL ratio,
-    x) against forget records left above the threshold (left) and retain g lost (right, before − after).
-
-    ``rows``: per method, a summary with ``holdout_nll_ratio``, ``above_threshold``, ``retain_g`` and
-    ``retain_g_before`` (as the demo's rows have them).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    panels = (
-        (left, "forget records above the threshold", lambda row: row["above_threshold"]),
-        (right, "retain g lost (before − after)", lambda row: row["retain_g_before"] - row["retain_g"]),
-    )
-    for axis, label, value in panels:
-        for name, row in rows.items():
-            x, y = row["holdout_nll_ratio"], value(row)
-            axis.scatter([x], [y], s=40)
-            axis.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        axis.axvline(1.0, color="grey", linewidth=0.8)
-        axis.set_xlabel("holdout NLL, after / before (utility cost)")
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3)
-    left.set_title("left unlearned: lower is better", fontsize=10)
-    right.set_title("collateral damage: lower is better", fontsize=10)
-    figure.tight_layout()
-    with atomic_file(path) as temporary:
-        figure.savefig(temporary, dpi=110)
-    plt.close(figure)
     return Path(path)

@@ -79,6 +79,7 @@ def unlearn(
     tokenizer: Any = None,
     method_options: dict[str, Any] | None = None,
     max_length: int = 200,
+    long_texts: str = "truncate",
     batch_size: int = 32,
     progress: bool = True,
     **trainer_options: Any,
@@ -98,7 +99,9 @@ def unlearn(
         tokenizer: default: the model's own (loaded from ``model``'s source).
         method_options: module arguments that override the method's settings (``learning_rate=``,
             ``peft=LoraConfig(...)``, ``retain_weight=``, …).
-        max_length: tokens per text (longer texts are truncated, with a warning).
+        max_length: tokens per text.
+        long_texts: texts longer than ``max_length``: ``"truncate"`` (with a warning), ``"windows"`` (every part
+            of a long document is scored and unlearned, each a record of its own) or ``"error"``.
         batch_size: texts per training step, forget and retain alike.
         progress: a bar of the steps with the max g, the records above the level and the level.
         **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints).
@@ -113,7 +116,13 @@ def unlearn(
         raise ValueError(f"method {method!r} keeps the retain texts: give retain=, or choose method 'sga'")
     tokenizer = tokenizer if tokenizer is not None else _model_tokenizer(model)
     datamodule = UnlearningDataModule(
-        tokenizer, forget, retain=retain, holdout=holdout, max_length=max_length, batch_size=batch_size
+        tokenizer,
+        forget,
+        retain=retain,
+        holdout=holdout,
+        max_length=max_length,
+        batch_size=batch_size,
+        long_texts=long_texts,
     )
     datamodule.setup()  # bad texts fail here, before a possibly large model loads
     check_holdout_size(len(datamodule.split("holdout")))
@@ -132,6 +141,9 @@ def unlearn(
     level = record["level"]["value"]
     after = _measure(module.get_model(), datamodule, device, level)
     record |= {"method": method} | measured_record(before, after)
+    documents = datamodule.split("forget").documents  # with long_texts="windows", the text each record is part of
+    for row in record["records"]:
+        row["document"] = documents[row["sample_id"]]
     return UnlearningResult(module, record["rule_met"], before, after, record)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 
 import lightning as L
 import pytest
@@ -281,3 +282,36 @@ def test_per_sample_control_is_one_line_for_any_method(small_testbed):
     assert callbacks[1].gamma == 0.6 and callbacks[1].skip_forgotten and callbacks[3].split == "retain"
     assert callbacks[2].threshold == "holdout_quantile" and callbacks[2].criterion == "max"
     assert [type(cb) for cb in per_sample_control(select=False)] == [MemorizationMonitor, MemorizationEarlyStopping]
+
+
+def test_monitor_gives_the_per_sample_scores_to_the_loggers_at_fit_end(small_testbed, tmp_path):
+    """A table for loggers that take one, and a CSV in each logger's folder, with each sample's g at start and end."""
+    from lightning.pytorch.loggers import CSVLogger, Logger
+
+    class TableLogger(Logger):
+        name, version = "tables", 0
+
+        def __init__(self):
+            super().__init__()
+            self.tables = {}
+
+        def log_metrics(self, metrics, step=None): ...
+
+        def log_hyperparams(self, params, *args, **kwargs): ...
+
+        def log_table(self, key, columns, data):
+            self.tables[key] = (columns, data)
+
+    tb = small_testbed
+    tables = TableLogger()
+    module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4)
+    trainer = make_trainer(max_steps=3, logger=[CSVLogger(tmp_path), tables])
+    trainer.fit(module, unlearning_data(tb))
+    monitor = find(trainer, MemorizationMonitor)
+    columns, rows = tables.tables["forget/per_sample"]
+    assert columns == ["sample_id", "g_start", "g_end"] and len(rows) == len(tb.forget)
+    assert [row[2] for row in rows] == pytest.approx([monitor.scores[i] for i in range(len(tb.forget))])
+    with open(f"{trainer.loggers[0].log_dir}/forget_per_sample.csv") as f:
+        written = list(csv.DictReader(f))
+    assert [float(row["g_start"]) for row in written] == pytest.approx([row[1] for row in rows], abs=1e-12)
+    assert any(float(row["g_end"]) < float(row["g_start"]) for row in written)

@@ -154,3 +154,35 @@ def test_tokenizer_without_pad_or_eos_is_rejected(tokenizer):
     tokenizer.eos_token = None
     with pytest.raises(ValueError, match="neither a pad token nor an EOS token"):
         UnlearningDataModule(tokenizer, forget=TEXTS)
+
+
+def test_long_texts_are_truncated_with_one_warning_that_counts_them(tokenizer):
+    long_text = " ".join(TEXTS * 4)
+    with pytest.warns(UserWarning, match=r"forget split: 1 of 3 texts are longer than max_length=16 tokens") as caught:
+        dm = UnlearningDataModule(tokenizer, [long_text, "a b c", "d e f"], max_length=16)
+        dm.setup()
+    assert len([w for w in caught if "longer than max_length" in str(w.message)]) == 1
+    assert dm.split("forget").lengths[0] == 16 and len(dm.split("forget")) == 3
+
+
+def test_long_texts_can_be_refused(tokenizer):
+    dm = UnlearningDataModule(tokenizer, [" ".join(TEXTS * 4)], max_length=16, long_texts="error")
+    with pytest.raises(ValueError, match=r"forget split: 1 of 1 texts are longer than max_length=16 tokens"):
+        dm.setup()
+    with pytest.raises(ValueError, match="long_texts must be one of truncate, windows, error"):
+        UnlearningDataModule(tokenizer, ["a b"], long_texts="split")
+
+
+def test_long_texts_as_windows_cover_every_token_once(tokenizer):
+    """Windows of max_length overlapping by one token: every token but a text's first is predicted in exactly one
+    window, so the whole text is scored and unlearned; short texts stay whole."""
+    long_text = " ".join(TEXTS * 4)
+    texts = ["a b c", long_text]
+    dm = UnlearningDataModule(tokenizer, texts, max_length=16, long_texts="windows")
+    split = dm.split("forget")
+    full = tokenizer(long_text)["input_ids"]
+    windows = [ids.tolist() for ids, d in zip(split.input_ids, split.documents, strict=True) if d == 1]
+    assert len(windows) == -(-(len(full) - 1) // 15) and all(2 <= len(w) <= 16 for w in windows)
+    assert windows[0] + [t for w in windows[1:] for t in w[1:]] == full
+    assert split.documents[0] == 0 and split.texts[0] == "a b c" and set(split.documents[1:]) == {1}
+    assert split.texts[1] == tokenizer.decode(windows[0])

@@ -3,6 +3,7 @@ in a fresh folder holding the small testbed as ``lightning-unlearn testbed`` wri
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -30,7 +31,15 @@ def workdir(small_testbed, tmp_path, monkeypatch):
 
 def test_the_readme_has_python_and_shell_blocks():
     assert len(blocks("python")) >= 4 and len(blocks("bash")) >= 2
-    assert {lang for lang, _ in BLOCK.findall((ROOT / "README.md").read_text())} <= {"python", "bash"}
+    assert {lang for lang, _ in BLOCK.findall((ROOT / "README.md").read_text())} <= {"python", "bash", "text"}
+
+
+def test_the_first_screen_installs_and_unlearns_in_fewer_than_15_python_lines():
+    """The first 30 lines hold the install line and the one command; the Python equivalent is under 15 lines."""
+    first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:30])
+    assert "pip install lightning-unlearn" in first_screen and "lightning-unlearn unlearn --model" in first_screen
+    call = blocks("python")[0]
+    assert "unlearn(" in call and len([line for line in call.splitlines() if line.strip()]) < 15
 
 
 def test_python_blocks_run_in_order(workdir):
@@ -39,6 +48,7 @@ def test_python_blocks_run_in_order(workdir):
         exec(compile(code, "README.md", "exec"), namespace)
     threshold = namespace["stopping"].threshold_value
     assert max(namespace["monitor"].scores.values()) <= threshold  # the callbacks' own stop rule held
+    assert namespace["result"].rule_met and Path("unlearned/python/unlearning.json").is_file()
     assert Path("unlearned/sga-python/model.safetensors").is_file() and Path("report/summary.json").is_file()
     assert Path("sga_run.png").is_file()  # the plot of a CSV-logged run
 
@@ -58,6 +68,10 @@ def test_shell_blocks_run(workdir, testbed_cache, capsys):
     assert commands
     for line in commands:
         args = shlex.split(line, comments=True)
+        if args[0] == "pip":  # the install line names this package
+            name = re.search(r'^name = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+            assert args[:3] == ["pip", "install", name], line
+            continue
         if args[0] == "make":
             subprocess.run(["make", "-n", "-C", str(ROOT), *args[1:]], check=True, capture_output=True)
             continue
@@ -77,3 +91,4 @@ def test_shell_blocks_run(workdir, testbed_cache, capsys):
             args += ["--trainer.enable_progress_bar=false", "--data.batch_size=16"]
         assert main(args[1:]) == 0, line
     assert Path("audit/summary.json").is_file()
+    assert json.loads(Path("unlearned/cli/unlearning.json").read_text())["rule_met"] is True

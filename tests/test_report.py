@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from lightning_unlearn import UnlearningDataModule
+from lightning_unlearn.demo import plot_tradeoff
 from lightning_unlearn.memorization import score_memorization
 from lightning_unlearn.metrics import MemorizationOutliers
-from lightning_unlearn.report import memorization_report, plot_histograms, plot_tradeoff, write_report
-from lightning_unlearn.thresholds import benjamini_hochberg, holdout_band
+from lightning_unlearn.report import memorization_report, plot_histograms, write_report
+from lightning_unlearn.thresholds import benjamini_hochberg, holdout_band, holdout_level
 from tests.conftest import unlearning_data
 
 
@@ -39,14 +40,16 @@ def test_table_matches_the_metrics(report, small_testbed):
 
 def test_summary(report, small_testbed):
     s = report.summary
-    assert s["threshold"] == pytest.approx(small_testbed.summary["holdout_g_mean"], abs=1e-6)
+    holdout = score_memorization(small_testbed.model, unlearning_data(small_testbed).scoring_dataloader("holdout"))
+    assert s["threshold"] == pytest.approx(holdout_level(torch.tensor(list(holdout.values())), "quantile"))  # default
+    assert s["holdout_g_mean"] == pytest.approx(small_testbed.summary["holdout_g_mean"], abs=1e-6)
     metric = MemorizationOutliers(lower=0.15, upper=0.60)
     metric.update(torch.tensor([row["g"] for row in report.rows]), torch.arange(len(report.rows)))
     counts = {k: int(v) for k, v in metric.compute().items()}
     assert s["outliers_fixed_band"]["above"] == counts["above"]
     assert s["outliers_fixed_band"]["below"] == counts["below"]
     band = s["outliers_holdout_band"]
-    assert band["lower"] < s["threshold"] < band["upper"]
+    assert band["lower"] < s["holdout_g_mean"] < band["upper"]
     assert s["attack_auc"]["loss"] >= 0.75  # the original model gives its training records away
     assert s["verbatim_extractable"] == sum(bool(row["verbatim"]) for row in report.rows)
     assert s["g_max"] == max(row["g"] for row in report.rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -11,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_unlearn.distributed import gather_scores, score_on_all_ranks
+from lightning_unlearn.files import write_text_atomically
 from lightning_unlearn.thresholds import BAND
 
 
@@ -147,6 +149,23 @@ class MemorizationMonitor(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.is_fresh(trainer.global_step):  # the last step's effect, so `.scores` describe the result
             self.refresh(trainer, pl_module, log=False)
+        if trainer.global_rank == 0:
+            self.log_per_sample(trainer)
+
+    def log_per_sample(self, trainer: L.Trainer) -> None:
+        """Each sample's g when training started and now, to the Trainer's loggers: a table ``{split}/per_sample``
+        for loggers that take one (``log_table``, as W&B's), and ``{split}_per_sample.csv`` in each logger's
+        folder (``log_dir``), written whole or not at all."""
+        start = self.start_values.tolist() + [float("nan")] * (len(self.values) - len(self.start_values))
+        rows = [[i, start[i], end] for i, end in enumerate(self.values.tolist())]
+        columns = ["sample_id", "g_start", "g_end"]
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_table"):
+                logger.log_table(key=f"{self.split}/per_sample", columns=columns, data=rows)
+            folder = getattr(logger, "log_dir", None)
+            if folder:
+                lines = [",".join(columns)] + [f"{i},{g0!r},{g1!r}" for i, g0, g1 in rows]
+                write_text_atomically(Path(folder) / f"{self.split}_per_sample.csv", "\n".join(lines) + "\n")
 
     def refresh_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A scoring pass, if N steps have passed and the training forward does not keep every score fresh; with

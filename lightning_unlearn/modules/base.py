@@ -16,13 +16,12 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from lightning_unlearn.adapters import (
-    adapter_state_dict,
     add_adapter,
     config_from_plain,
     frozen_keys,
     is_adapted,
-    merged_state_dict,
     plain_config,
+    saved_state,
 )
 from lightning_unlearn.adversary import RelearningAdversary
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
@@ -33,13 +32,8 @@ from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.losses import token_kl
 from lightning_unlearn.memorization import float32_logits, nll_and_accuracy, sequence_nll
 from lightning_unlearn.models import check_causal_lm, load_causal_lm
-from lightning_unlearn.reference import ReferenceWeights
-from lightning_unlearn.strategies import (
-    full_state_dict,
-    has_sharded_parameters,
-    offloads_optimizer,
-    release_gathered_parameters,
-)
+from lightning_unlearn.reference import ReferenceLogitsCache, ReferenceWeights
+from lightning_unlearn.strategies import offloads_optimizer, release_gathered_parameters
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -147,7 +141,7 @@ class UnlearningModule(L.LightningModule):
         self._warned_window = False
         self.reference: ReferenceWeights | None = None  # the weights at fit start, for retain_loss="kl"
         self._reference_state: dict[str, Any] | None = None  # restored from a checkpoint, placed at train start
-        self._reference_cache: dict[int, Tensor] = {}  # sample_id -> Tensor[L, V] reference logits, on the CPU
+        self._reference_cache = ReferenceLogitsCache()  # cache_reference=True: each retain sample's reference logits
         self.adversary: RelearningAdversary | None = None  # relearn_steps > 0: made at train start
         if peft is not None or is_adapted(model):
             self.strict_loading = False  # checkpoints hold the adapter, not the frozen base (state_dict)
@@ -362,24 +356,11 @@ class UnlearningModule(L.LightningModule):
         return retain
 
     def _reference_logits(self, retain: dict[str, Tensor]) -> Tensor:
-        """The reference's logits (``Tensor[B, T, V]``) on a retain batch; from the cache when every process has
-        every sample of its batch there (a collective decision: under ZeRO-3 every process runs the same forward
-        passes). Positions past a sample's length are zeros, which the KL never counts."""
+        """The reference's logits (``Tensor[B, T, V]``) on a retain batch, from the cache with ``cache_reference``."""
         if not self.hparams.get("cache_reference"):
             return self.reference.logits(self.model, retain)
-        ids = retain["sample_id"].tolist()
-        lengths = retain["attention_mask"].sum(1).tolist()
-        missing = any(i not in self._reference_cache for i in ids)
-        if self.trainer.strategy.reduce_boolean_decision(missing, all=False):
-            logits = self.reference.logits(self.model, retain)
-            for row, (i, length) in enumerate(zip(ids, lengths, strict=True)):
-                self._reference_cache[i] = logits[row, :length].cpu()
-            return logits
-        input_ids, first = retain["input_ids"], self._reference_cache[ids[0]]
-        logits = torch.zeros(*input_ids.shape, first.shape[-1], dtype=first.dtype, device=input_ids.device)
-        for row, (i, length) in enumerate(zip(ids, lengths, strict=True)):
-            logits[row, :length] = self._reference_cache[i].to(input_ids.device)
-        return logits
+        any_missing = partial(self.trainer.strategy.reduce_boolean_decision, all=False)
+        return self._reference_cache.logits(self.reference, self.model, retain, any_missing)
 
     def _monitors(self, split: str) -> list[MemorizationMonitor]:
         return [cb for cb in self.trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == split]
@@ -482,16 +463,7 @@ class UnlearningModule(L.LightningModule):
         path = Path(path)
         if tokenizer is None and self._trainer is not None and self.trainer.datamodule is not None:
             tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
-        model = self.get_model()
-        if not is_adapted(model):
-            if not merge:
-                raise ValueError("merge=False writes an adapter, and this model has none (pass peft= to train one)")
-            # Under ZeRO-3 every process takes part in gathering the shards, one parameter at a time.
-            target, state = model, full_state_dict(model) if has_sharded_parameters(model) else None
-        elif merge:
-            target, state = model.get_base_model(), merged_state_dict(model)
-        else:
-            target, state = model, adapter_state_dict(model)
+        target, state = saved_state(self.get_model(), merge)  # every process: ZeRO-3 gathers on all of them
         if self.global_rank == 0:
             with atomic_folder(path) as staging:
                 target.save_pretrained(staging, state_dict=state)
