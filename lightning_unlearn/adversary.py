@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_unlearn.memorization import float32_logits, nll_and_accuracy, sequence_nll
+from lightning_unlearn.memorization import nll_and_accuracy, output_layer_input, sequence_nll
 from lightning_unlearn.robustness import relearn_split
 from lightning_unlearn.strategies import has_sharded_parameters
 
@@ -102,8 +102,8 @@ class RelearningAdversary:
         """Relearns from ``model``'s weights with step ``step``'s batch, then runs the forget batch on θ': its
         logits (``Tensor[B, T, V]``), NLL (``Tensor[B]``) and g = max(``g`` at θ, g at θ') (None when ``g`` is)."""
         self.attack(model, self.batch(step, forget["input_ids"].device))
-        logits = self.logits(forget)
-        nll, attacked_g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"])
+        logits, head = self.logits(forget)
+        nll, attacked_g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"], **head)
         return logits, nll, None if g is None else torch.maximum(g, attacked_g)
 
     def _pairs(self, model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter]]:
@@ -133,10 +133,11 @@ class RelearningAdversary:
                 optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def logits(self, batch: dict[str, Tensor]) -> Tensor:
-        """``Tensor[B, T, V]`` logits of the attacked copy θ' (with grad, for :meth:`transplant`)."""
-        with float32_logits(self.copy):
-            return self.copy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    def logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
+        """``Tensor[B, T, V]`` logits of the attacked copy θ' (with grad, for :meth:`transplant`), and its output
+        layer with that layer's input (:func:`~lightning_unlearn.memorization.output_layer_input`)."""
+        with output_layer_input(self.copy) as head:
+            return self.copy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, head
 
     def transplant(self, model: torch.nn.Module, loss: Tensor) -> Tensor:
         """A loss on ``model`` whose value is ``loss`` (a scalar computed at θ') and whose gradient with respect to

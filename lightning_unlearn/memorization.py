@@ -2,7 +2,7 @@
 
 Every function takes a right-padded batch: ``input_ids`` and ``attention_mask`` are ``Tensor[B, T]`` and a
 sample's real tokens x_0 … x_{L-1} are those where the mask is 1 (L is its own length). Padding never counts.
-Semantics follow DESIGN.md §2 exactly; ``tests/test_memorization.py`` checks them against the formulas.
+``tests/test_memorization.py`` checks every one against its formula.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from lightning_unlearn.strategies import equal_forward_passes
+from lightning_unlearn.strategies import equal_forward_passes, gathered
 
 # transformers >= 5.24 calls the KV cache `cache`; earlier 5.x releases call it `past_key_values`.
 _CACHE_KEY = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
@@ -36,7 +37,13 @@ def _teacher_forced_hits(logits: Tensor, input_ids: Tensor, attention_mask: Tens
     return hits, counted
 
 
-def memorization_accuracy(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def memorization_accuracy(
+    logits: Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    head: torch.nn.Module | None = None,
+    head_input: Tensor | None = None,
+) -> Tensor:
     """Memorization accuracy g(x) (Jang et al.'s MA) of each sample, from one teacher-forced forward pass.
 
     g(x) = (1 / (L-1)) · Σ_{t=1}^{L-1} 1[argmax_v p(v | x_<t) = x_t], a fraction in [0, 1].
@@ -45,6 +52,8 @@ def memorization_accuracy(logits: Tensor, input_ids: Tensor, attention_mask: Ten
         logits: ``Tensor[B, T, V]``, the model's output on ``input_ids``.
         input_ids: ``Tensor[B, T]`` token ids, right-padded.
         attention_mask: ``Tensor[B, T]``, 1 on real tokens.
+        head, head_input: the output layer and its input (:func:`output_layer_input`): half-precision logits
+            then have their near ties decided in float32 (:func:`recheck_near_ties`).
 
     Returns:
         ``Tensor[B]`` (float32) of g; NaN for a sample with fewer than 2 tokens.
@@ -56,8 +65,12 @@ def memorization_accuracy(logits: Tensor, input_ids: Tensor, attention_mask: Ten
         >>> memorization_accuracy(logits, ids, torch.tensor([[1, 1, 1, 0]]))
         tensor([0.5000])
     """
-    hits, counted = _teacher_forced_hits(logits, input_ids, attention_mask)
-    return hits.sum(1).float() / counted.sum(1).float()
+    if head is None:
+        hits, counted = _teacher_forced_hits(logits, input_ids, attention_mask)
+        return hits.sum(1).float() / counted.sum(1).float()
+    targets = next_token_targets(input_ids, attention_mask)
+    predicted = _exact_ties(logits, targets, logits.argmax(-1), head, head_input)
+    return (predicted == targets).sum(1).float() / predicted_positions(attention_mask).sum(1).float()
 
 
 IGNORE_INDEX = -100  # the target of a position that does not count (cross-entropy's default ignore_index)
@@ -131,11 +144,22 @@ def token_nll(logits: Tensor, targets: Tensor, argmax: bool = False) -> tuple[Te
     return nll.view(batch, width), predicted.view(batch, width) if argmax else None
 
 
-def nll_and_accuracy(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+def nll_and_accuracy(
+    logits: Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    head: torch.nn.Module | None = None,
+    head_input: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """:func:`sequence_nll` (differentiable) and :func:`memorization_accuracy` (float32, no gradient) of each
-    sample, ``Tensor[B]`` each, from one pass over the logits (``Tensor[B, T, V]``)."""
+    sample, ``Tensor[B]`` each, from one pass over the logits (``Tensor[B, T, V]``).
+
+    With the output layer ``head`` and its input ``head_input`` (``Tensor[B, T, H]``, see
+    :func:`output_layer_input`), half-precision logits have their near ties re-checked in float32
+    (:func:`recheck_near_ties`), so that g does not depend on how the half-precision matmul rounded."""
     targets = next_token_targets(input_ids, attention_mask)
     nll, predicted = token_nll(logits, targets, argmax=True)
+    predicted = _exact_ties(logits, targets, predicted, head, head_input)
     counted = predicted_positions(attention_mask).sum(1)
     hits = (predicted == targets).sum(1)  # an ignored target (-100) is never a token id
     return nll.sum(1) / counted, hits.float() / counted.float()
@@ -166,27 +190,71 @@ def score_log_likelihood(model: torch.nn.Module, input_ids: Tensor, attention_ma
     return sequence_log_likelihood(sequence_nll(logits, input_ids, attention_mask), attention_mask)
 
 
+TIE_MARGIN = 2.0**-5  # a near tie: within this fraction of the row's top |logit| (half-precision rounding is 2^-9)
+TIE_CANDIDATES = 32  # tokens of a near-tied row whose logits are re-computed in float32
+
+
 @contextmanager
-def float32_logits(model: torch.nn.Module) -> Iterator[None]:
-    """Under mixed-precision autocast, the model's output layer runs in float32 inside, so its logits are float32:
-    argmax ties of half-precision logits cannot flip a record's g between batches or processes. The layer's
-    weights must be float32 (as under ``"bf16-mixed"`` and ``"16-mixed"``); nothing changes without autocast or
-    without an output layer."""
+def output_layer_input(model: torch.nn.Module) -> Iterator[dict[str, Any]]:
+    """Inside, each forward pass of ``model`` leaves its output layer and that layer's input in the yielded dict
+    (``{"head": Linear, "head_input": Tensor[B, T, H]}``, keyword arguments of :func:`nll_and_accuracy`); empty
+    for a model without a linear output layer. No copy: the input is the tensor the layer's backward keeps."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    device = head.weight.device.type if isinstance(head, torch.nn.Linear) else None
-    if device is None or not torch.is_autocast_enabled(device) or head.weight.dtype != torch.float32:
-        yield
+    captured: dict[str, Any] = {}
+    if not isinstance(head, torch.nn.Linear):
+        yield captured
         return
-
-    def forward(hidden: Tensor) -> Tensor:
-        with torch.autocast(device_type=device, enabled=False):
-            return F.linear(hidden.float(), head.weight, head.bias)
-
-    head.forward = forward
+    handle = head.register_forward_hook(lambda layer, inputs, output: captured.update(head=layer, head_input=inputs[0]))
     try:
-        yield
+        yield captured
     finally:
-        del head.forward
+        handle.remove()
+
+
+def _exact_ties(
+    logits: Tensor, targets: Tensor, predicted: Tensor, head: torch.nn.Module | None, head_input: Tensor | None
+) -> Tensor:
+    """``predicted`` (``LongTensor[B, T]``) with near ties re-checked when the logits are half precision and the
+    output layer is known; as it is otherwise."""
+    if head is None or head_input is None or logits.dtype not in (torch.bfloat16, torch.float16):
+        return predicted
+    flat_logits = logits.detach().reshape(-1, logits.shape[-1])
+    flat_input = head_input.reshape(-1, head_input.shape[-1])
+    checked = recheck_near_ties(flat_logits, targets.reshape(-1), predicted.reshape(-1), flat_input, head)
+    return checked.view_as(predicted)
+
+
+@torch.no_grad()
+def recheck_near_ties(
+    logits: Tensor, targets: Tensor, predicted: Tensor, head_input: Tensor, head: torch.nn.Linear
+) -> Tensor:
+    """``predicted`` (``LongTensor[N]``, the argmax of half-precision ``logits``, ``Tensor[N, V]``) with every
+    counted position whose target is within :data:`TIE_MARGIN` of deciding the argmax decided again in float32.
+
+    Half-precision rounding can flip such a tie between batch compositions, kernels and processes, and with it a
+    record's g. Only the near-tied positions are re-computed, and for each only its :data:`TIE_CANDIDATES` most
+    likely tokens and its target, from the output layer's input (``Tensor[N, H]``) and weights in float32: no
+    float32 output of vocabulary size. Under ZeRO-3 the layer's weights are gathered, on every process."""
+    counted = targets != IGNORE_INDEX
+    target = targets.clamp_min(0)
+    top = logits.topk(2, dim=-1)
+    target_logit = logits.gather(1, target[:, None]).squeeze(1).float()
+    best_other = torch.where(top.indices[:, 0] == target, top.values[:, 1], top.values[:, 0]).float()
+    margin = TIE_MARGIN * top.values[:, 0].float().abs().clamp_min(1.0)
+    tied = ((target_logit - best_other).abs() <= margin) & counted
+    rows = tied.nonzero().flatten()
+    with gathered([head.weight] + ([head.bias] if head.bias is not None else [])):
+        if len(rows) == 0:
+            return predicted
+        candidates = logits[rows].topk(min(TIE_CANDIDATES, logits.shape[-1]), dim=-1).indices
+        candidates = torch.cat([target[rows, None], candidates], dim=1)  # the target first: it wins exact ties
+        weights = head.weight[candidates].float()  # Tensor[R, C + 1, H]
+        exact = torch.einsum("rh,rch->rc", head_input[rows].float(), weights)
+        if head.bias is not None:
+            exact = exact + head.bias[candidates].float()
+    predicted = predicted.clone()
+    predicted[rows] = candidates.gather(1, exact.argmax(1, keepdim=True)).squeeze(1)
+    return predicted
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -421,13 +489,13 @@ def score_memorization(
     """
     device = _device(model)
     scores: dict[int, float] = {}
-    with eval_mode(model), float32_logits(model):
+    with eval_mode(model), output_layer_input(model) as head:
         for batch in tqdm(dataloader, desc=desc, disable=not progress, leave=False):
             input_ids = batch["input_ids"].to(device)
             attention_mask = batch["attention_mask"].to(device)
             if measure is None:  # no name for the logits: freed before the next batch's forward
                 values = memorization_accuracy(
-                    model(input_ids=input_ids, attention_mask=attention_mask).logits, input_ids, attention_mask
+                    model(input_ids=input_ids, attention_mask=attention_mask).logits, input_ids, attention_mask, **head
                 )
             else:
                 values = measure(model, input_ids, attention_mask)

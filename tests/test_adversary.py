@@ -37,7 +37,7 @@ def test_transplant_gives_the_model_the_gradient_taken_at_the_attacked_copy():
     moved = [name for name, p in enemy.copy.named_parameters() if not torch.equal(p, before[name])]
     assert moved
 
-    loss = -sequence_nll(enemy.logits(forget), forget["input_ids"], forget["attention_mask"]).mean()
+    loss = -sequence_nll(enemy.logits(forget)[0], forget["input_ids"], forget["attention_mask"]).mean()
     expected = torch.autograd.grad(loss, list(enemy.copy.parameters()), retain_graph=True)
     surrogate = enemy.transplant(model, loss)
     assert surrogate.item() == pytest.approx(loss.item(), rel=1e-6)

@@ -246,3 +246,37 @@ def test_extraction_likelihood_within_the_models_positions():
     ids, mask = pad(samples)
     reference = [naive_extraction_likelihood(model, s, 3) for s in samples]
     assert extraction_likelihood(model, ids, mask, n=3).tolist() == pytest.approx(reference, abs=1e-6)
+
+
+def test_near_ties_of_half_precision_logits_are_decided_in_float32():
+    """Logits from a bf16 matmul flip argmax ties that float32 decides otherwise; after the re-check, every hit is
+    the float32 output layer's, while only the near-tied positions were recomputed."""
+    torch.manual_seed(0)
+    positions, hidden_size, vocabulary = 4096, 16, 50
+    head = torch.nn.Linear(hidden_size, vocabulary, bias=True)
+    with torch.no_grad():  # rivals: tokens 1-3 are token 0 with a small change, so ties are frequent
+        head.weight[1:4] = head.weight[0] + 1e-3 * torch.randn(3, hidden_size)
+    hidden = torch.randn(positions, hidden_size).bfloat16()
+    exact = F.linear(hidden.float(), head.weight, head.bias)
+    half = F.linear(hidden, head.weight.bfloat16(), head.bias.bfloat16())
+    targets = exact.argmax(-1).where(torch.rand(positions) < 0.5, torch.randint(0, 4, (positions,)))
+    targets[::7] = memorization.IGNORE_INDEX
+    counted = targets != memorization.IGNORE_INDEX
+    want = (exact.argmax(-1) == targets) & counted
+    before = (half.argmax(-1) == targets) & counted
+    assert (before != want).sum() > 5  # bf16 alone gets some wrong
+    checked = memorization.recheck_near_ties(half, targets, half.argmax(-1), hidden, head)
+    assert torch.equal((checked == targets) & counted, want)
+
+
+def test_memorization_accuracy_of_half_logits_with_the_head_matches_float32(model64, samples):
+    ids, mask = pad(samples)
+    model = make_model()  # float32 weights under bf16 autocast, as "bf16-mixed" trains
+    with torch.autocast("cpu", dtype=torch.bfloat16), memorization.output_layer_input(model) as head:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    assert logits.dtype == torch.bfloat16 and set(head) == {"head", "head_input"}
+    reference = memorization_accuracy(
+        F.linear(head["head_input"].float(), head["head"].weight), ids, mask
+    )  # the float32 output layer on the same bf16 input
+    assert torch.equal(memorization_accuracy(logits, ids, mask, **head), reference)
+    assert torch.equal(nll_and_accuracy(logits, ids, mask, **head)[1], reference)

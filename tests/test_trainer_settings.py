@@ -65,7 +65,37 @@ def test_selection_and_normalization_span_the_accumulated_micro_batches(small_te
     assert normalizers == [normalizer, normalizer]
 
 
-def test_bf16_mixed_scores_from_float32_logits_and_reaches_the_rule(small_testbed):
+def test_bf16_mixed_runs_no_float32_matmul_of_vocabulary_size_in_the_training_step(small_testbed):
+    """Under bf16-mixed the output layer runs as the user's own training runs it, in bf16, forward and backward:
+    no float32 matmul has a vocabulary-sized output (g's near ties are re-checked on a few candidates only)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    vocabulary = small_testbed.model.config.vocab_size
+    matmuls: list[tuple[torch.dtype, tuple[int, ...]]] = []
+
+    class Matmuls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(name in func.__name__ for name in ("mm", "linear", "matmul")):
+                matmuls.append((out.dtype, tuple(out.shape)))
+            return out
+
+    class Watched(SelectiveGradientAscent):
+        def training_step(self, batch, batch_idx):
+            with Matmuls():
+                return super().training_step(batch, batch_idx)
+
+        def backward(self, loss, *args, **kwargs):
+            with Matmuls():
+                super().backward(loss, *args, **kwargs)
+
+    module = Watched(copy.deepcopy(small_testbed.model), learning_rate=3e-4)
+    make_trainer(precision="bf16-mixed", max_steps=2).fit(module, unlearning_data(small_testbed))
+    vocabulary_sized = [(dtype, shape) for dtype, shape in matmuls if vocabulary in shape]
+    assert vocabulary_sized and all(dtype == torch.bfloat16 for dtype, _ in vocabulary_sized), vocabulary_sized
+
+
+def test_bf16_mixed_trains_in_half_precision_and_reaches_the_rule(small_testbed):
     first_step = {}
 
     class Spy(L.Callback):
@@ -80,7 +110,7 @@ def test_bf16_mixed_scores_from_float32_logits_and_reaches_the_rule(small_testbe
     head.register_forward_hook(lambda layer, inputs, output: dtypes.add(output.dtype))
     trainer = make_trainer(precision="bf16-mixed", callbacks=[Spy()])
     trainer.fit(module, unlearning_data(small_testbed))
-    assert dtypes == {torch.float32}  # in the training forward (autocast) and the scoring passes alike
+    assert dtypes == {torch.bfloat16, torch.float32}  # the training forward (autocast); the scoring passes
     stopping = find(trainer, MemorizationEarlyStopping)
     assert stopping.rule_met and stopping.stopped_step is not None
     # g of the original model from the bf16 training forward against the float32 scoring pass at train start

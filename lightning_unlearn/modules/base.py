@@ -30,7 +30,7 @@ from lightning_unlearn.distributed import gather_scores
 from lightning_unlearn.extras import require_gguf, require_peft
 from lightning_unlearn.files import atomic_folder
 from lightning_unlearn.losses import token_kl
-from lightning_unlearn.memorization import float32_logits, nll_and_accuracy, sequence_nll
+from lightning_unlearn.memorization import nll_and_accuracy, output_layer_input, sequence_nll
 from lightning_unlearn.models import check_causal_lm, load_causal_lm
 from lightning_unlearn.reference import ReferenceLogitsCache, ReferenceWeights
 from lightning_unlearn.strategies import offloads_optimizer, release_gathered_parameters
@@ -268,9 +268,9 @@ class UnlearningModule(L.LightningModule):
         forget = batch["forget"]
         ids = forget["sample_id"]
         retain = self._retain_batch(batch) if self.needs_retain else None
-        logits = self._logits(forget)
+        logits, head = self._logits(forget)
         if self._scores_in_loop() and self._monitors("forget"):  # the callbacks take each sample's g as it comes
-            nll, g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"])
+            nll, g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"], **head)
         else:
             nll, g = sequence_nll(logits, forget["input_ids"], forget["attention_mask"]), None
         if self.adversary is not None:  # the forget loss and g as a relearning attacker will have them
@@ -293,9 +293,11 @@ class UnlearningModule(L.LightningModule):
             loss = self.adversary.transplant(self.model, loss)
         metrics = {"train/forget_nll": nll.detach().mean()}
         if retain is not None:
-            retain_logits = self._logits(retain)
+            retain_logits, head = self._logits(retain)
             if self._monitors("retain"):  # the retain forward scores its batch for free
-                retain_nll, g_retain = nll_and_accuracy(retain_logits, retain["input_ids"], retain["attention_mask"])
+                retain_nll, g_retain = nll_and_accuracy(
+                    retain_logits, retain["input_ids"], retain["attention_mask"], **head
+                )
                 for monitor in self._monitors("retain"):
                     monitor.record(self.trainer, self, retain["sample_id"], g_retain)
             else:
@@ -313,10 +315,13 @@ class UnlearningModule(L.LightningModule):
         self.log("train/selected", self._global_sum((weights > 0).sum().float()), on_step=True, batch_size=len(ids))
         return loss
 
-    def _logits(self, batch: dict[str, Tensor]) -> Tensor:
-        """``Tensor[B, T, V]`` logits of a batch (float32 under mixed precision, see :func:`float32_logits`)."""
-        with float32_logits(self.model):
-            return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    def _logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
+        """``Tensor[B, T, V]`` logits of a batch at the model's own precision (half precision under mixed
+        precision, as the user's own training runs), and the output layer with its input, with which
+        :func:`nll_and_accuracy` re-checks their near ties in float32."""
+        with output_layer_input(self.model) as head:
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return logits, head
 
     def _start_window(
         self, sample_id: Tensor, g: Tensor | None, window_ids: Tensor | None, retain: dict[str, Tensor] | None
