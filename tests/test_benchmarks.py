@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -66,7 +67,7 @@ def run_on_small_testbed(testbed_cache, *args: str) -> str:
 
 
 def test_step_overhead_runs(small_testbed, testbed_cache):
-    args = ["--small", "--steps", "4", "--warmup", "1", "--vocabulary", "8192"]
+    args = ["--small", "--rounds", "2", "--steps", "3", "--warmup", "1", "--vocabulary", "8192"]
     out = run_on_small_testbed(testbed_cache, "benchmarks/step_overhead.py", *args)
     assert re.search(r"GA / bare = \d+\.\d+", out) and re.search(r"SGA / GA  = \d+\.\d+", out), out
     memory = [line for line in out.splitlines() if line.startswith(("| float32 |", "| bfloat16 |"))]
@@ -168,3 +169,14 @@ def test_robust_forgetting_attacks_every_model_and_runs_sequential_requests(smal
     assert models == ["original", "SGA+KL+RA"], out
     requests = [line for line in attacks[1].splitlines() if line.startswith(("| 1 | 0 |", "| 2 | 0 |"))]
     assert len(requests) == 2 and "| 0 of 0 |" in requests[0] and " of 4 |" in requests[1], out
+
+
+def test_gpu_step_runs_on_a_cpu_with_the_tiny_shape(tmp_path):
+    """The GPU benchmark's smoke run: every row, its ratio to the right baseline, and the JSON it writes."""
+    args = ["--shape", "tiny", "--precisions", "bf16-mixed", "--rounds", "1", "--steps", "3", "--warmup", "1"]
+    out = run_on_small_testbed(tmp_path, "benchmarks/gpu_step.py", *args, "--json", str(tmp_path / "rows.json"))
+    rows = [line for line in out.splitlines() if line.startswith("| bf16-mixed |")]
+    assert len(rows) == 6 and rows[0].split("|")[4].strip() == "1.00", out
+    written = json.loads((tmp_path / "rows.json").read_text())
+    assert [row["step"] for row in written["rows"]][:3] == ["bare loop", "GradientAscent", "SelectiveGradientAscent"]
+    assert all(row["ms"] > 0 and row["peak_gb"] > 0 for row in written["rows"])
