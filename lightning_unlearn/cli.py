@@ -54,7 +54,7 @@ def _demo(args: argparse.Namespace) -> None:
 
     methods = _names(args.methods) or list(METHODS)
     check_methods(methods)
-    options = SMALL_TESTBED if args.small else {}
+    options = (SMALL_TESTBED if args.small else {}) | {"accelerator": args.accelerator, "precision": args.precision}
     if args.seeds is not None:
         try:
             seeds = [int(seed) for seed in _names(args.seeds)]
@@ -72,7 +72,10 @@ def _demo(args: argparse.Namespace) -> None:
         )
         return
     testbed = build_testbed(args.seed, args.cache_dir, progress=True, base_model=args.base_model, **options)
-    run_demo(args.output, methods, args.seed, testbed=testbed, max_steps=args.max_steps, retrain=not args.no_retrain)
+    where = {"accelerator": testbed.config.accelerator, "precision": testbed.config.precision}
+    run_demo(
+        args.output, methods, args.seed, testbed=testbed, max_steps=args.max_steps, retrain=not args.no_retrain, **where
+    )
 
 
 def _unlearn(args: argparse.Namespace) -> int:
@@ -138,13 +141,15 @@ def _testbed(args: argparse.Namespace) -> None:
 
     if Path(args.output).exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists already: choose another --output, or pass --overwrite")
-    options = SMALL_TESTBED if args.small else {}
+    options = (SMALL_TESTBED if args.small else {}) | {"accelerator": args.accelerator, "precision": args.precision}
     testbed = build_testbed(args.seed, args.cache_dir, progress=True, base_model=args.base_model, **options)
     testbed.export(args.output, overwrite=args.overwrite)
     print(f"{describe(testbed)}\nwritten to {args.output}/: model/, forget.jsonl, retain.jsonl, holdout.jsonl")
 
 
 def _audit(args: argparse.Namespace) -> None:
+    import torch
+
     from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
     from lightning_unlearn.models import check_causal_lm, load_causal_lm
     from lightning_unlearn.report import memorization_report, summary_markdown, write_report
@@ -168,7 +173,8 @@ def _audit(args: argparse.Namespace) -> None:
         relearn=args.relearn_data,
     )
     datamodule.setup()  # bad data fails here, before a possibly large model loads
-    model = load_causal_lm(args.model, args.gguf_file)
+    dtype = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": torch.float16}[args.precision]
+    model = load_causal_lm(args.model, args.gguf_file, dtype=dtype)
     check_causal_lm(model)
     datamodule.check_fits(model)
     threshold = audit_threshold(args)
@@ -181,6 +187,7 @@ def _audit(args: argparse.Namespace) -> None:
         alpha=args.alpha,
         attacks=attacks,
         attack_options=options,
+        device={"gpu": "cuda"}.get(args.accelerator, args.accelerator),
     )
     tested = args.holdout is not None
     el = " EL_10" if args.el else ""
@@ -269,6 +276,14 @@ def _fit(argv: list[str] | None) -> None:
     )
 
 
+def _where(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--accelerator`` and ``--precision`` (Lightning's names) for ``what``."""
+    parser.add_argument(
+        "--accelerator", default="auto", help=f"cpu, gpu or auto (the GPU when there is one), for {what}"
+    )
+    parser.add_argument("--precision", default="32-true", help=f"32-true, bf16-mixed, … (Lightning's), for {what}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
@@ -291,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--no-retrain", action="store_true", help="skip the exact-retrain reference row (it trains the testbed again)"
     )
+    _where(demo, "the testbed's training and the unlearning runs")
 
     testbed = commands.add_parser("testbed", help="write the testbed's model and jsonl splits to a folder")
     testbed.add_argument("--output", default="testbed", help="folder to create")
@@ -299,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     testbed.add_argument("--cache-dir", help="testbed cache (default: ~/.cache/lightning_unlearn)")
     testbed.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     testbed.add_argument("--base-model", help="inject the records into this pretrained causal LM (hub id or folder)")
+    _where(testbed, "the testbed's training (a testbed trained elsewhere than on the CPU is cached apart)")
 
     commands.add_parser("fit", help="LightningCLI: lightning-unlearn fit --config FILE.yaml (see fit --help)")
 
@@ -350,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--relearn-data", help="texts the relearning attack fine-tunes on (never the audited ones)")
     audit.add_argument("--relearn-steps", type=int, default=20, help="full-batch Adam steps of the relearning attack")
     audit.add_argument("--relearn-lr", type=float, default=1e-4, help="learning rate of the relearning attack")
+    audit.add_argument(
+        "--accelerator", default="auto", help="where to measure: auto (the GPU when there is one), cpu, gpu"
+    )
+    audit.add_argument(
+        "--precision", choices=("32-true", "bf16-true", "16-true"), default="32-true", help="the model's weights"
+    )
 
     if argv[:1] == ["fit"]:
         _fit(None if from_command_line else argv[1:])  # LightningCLI parses, and reports its own errors

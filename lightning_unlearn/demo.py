@@ -161,12 +161,16 @@ def measure(
     return report
 
 
-def quiet_trainer(max_steps: int, callbacks: Sequence[Callback] = ()) -> L.Trainer:
-    """A CPU Trainer for at most ``max_steps`` epochs (one optimizer step each when a batch holds the whole forget
-    set), without logger, checkpoints, progress bar or model summary."""
+def quiet_trainer(
+    max_steps: int, callbacks: Sequence[Callback] = (), accelerator: str = "cpu", precision: str = "32-true"
+) -> L.Trainer:
+    """A one-device Trainer (the CPU unless told otherwise) for at most ``max_steps`` epochs (one optimizer step
+    each when a batch holds the whole forget set), without logger, checkpoints, progress bar or model summary."""
     return L.Trainer(
         max_epochs=max_steps,
-        accelerator="cpu",
+        accelerator=accelerator,
+        precision=precision,
+        devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -192,6 +196,8 @@ def run_demo(
     num_neighbours: int = 10,
     progress: bool = True,
     retrain: bool = True,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
 ) -> dict[str, Any]:
     """Runs the demo and writes its files to ``output``; returns ``summary.json``'s content.
 
@@ -202,6 +208,8 @@ def run_demo(
         num_neighbours: MIAU neighbours per text.
         retrain: add the exact-retrain reference (the testbed trained without the forget records; built once, then
             cached) as a row, and every row's distance to it: the mean |g − g_retrain| over the forget records.
+        accelerator, precision: the unlearning runs' (Lightning's names; the measurements use the GPU when there
+            is one).
     """
     check_methods(methods)
     output = Path(output)
@@ -231,7 +239,8 @@ def run_demo(
         module = method.make(copy.deepcopy(original))
         callbacks = method.callbacks()
         with _quiet():
-            trainer = quiet_trainer(max_steps, [*callbacks, UnlearningProgress(name, progress, total=max_steps)])
+            shown = UnlearningProgress(name, progress, total=max_steps)
+            trainer = quiet_trainer(max_steps, [*callbacks, shown], accelerator, precision)
             start = time.perf_counter()
             trainer.fit(module, training_data)
             seconds = time.perf_counter() - start
@@ -293,11 +302,11 @@ def run_seeds(
     """Runs the demo once per seed and summarizes the runs; returns ``summary.json``'s content.
 
     Each seed has its own testbed (records, tokenizer and model; built once, then cached; ``testbed_options`` go to
-    :func:`~lightning_unlearn.testbed.build_testbed`) and its own MIAU neighbours, so the spread over seeds is how
-    much a result depends on the data and the model rather than on one lucky run. Each run is written to
-    ``output/seed<N>/`` as :func:`run_demo` writes it; ``output/summary.json`` holds every seed's rows and, per
-    method and column, the median, min and max over seeds and how many seeds met the method's rule;
-    ``output/summary.md`` the table of medians and ranges.
+    :func:`~lightning_unlearn.testbed.build_testbed`, and the unlearning runs where the testbed trained) and its
+    own MIAU neighbours, so the spread over seeds is how much a result depends on the data and the model rather
+    than on one lucky run. Each run is written to ``output/seed<N>/`` as :func:`run_demo` writes it;
+    ``output/summary.json`` holds every seed's rows and, per method and column, the median, min and max over seeds
+    and how many seeds met the method's rule; ``output/summary.md`` the table of medians and ranges.
     """
     check_methods(methods)
     if not seeds:
@@ -315,6 +324,8 @@ def run_seeds(
             num_neighbours=num_neighbours,
             progress=progress,
             retrain=retrain,
+            accelerator=testbed.config.accelerator,
+            precision=testbed.config.precision,
         )
         per_seed[seed] = run
     rows = {seed: run["rows"] for seed, run in per_seed.items()}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -11,6 +13,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from lightning_unlearn.adapters import is_adapted
 from lightning_unlearn.extras import require_gguf
+from lightning_unlearn.strategies import has_sharded_parameters
 
 
 def load_causal_lm(source: str | os.PathLike, gguf_file: str | None = None, **kwargs: Any) -> PreTrainedModel:
@@ -54,6 +57,31 @@ def check_saved_architecture(source: str | os.PathLike, revision: str | None = N
             f"{source} holds a {', '.join(saved)}, which has no causal-LM head: give the folder of a model saved "
             f"with its head (e.g. {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, 'a *ForCausalLM')})"
         )
+
+
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module) -> torch.device:
+    """``device`` as a torch device: ``"auto"`` is the GPU when there is one, else where ``model`` is; None is
+    where ``model`` is."""
+    here = next(model.parameters()).device
+    if device is None or (device == "auto" and not torch.cuda.is_available()):
+        return here
+    return torch.device("cuda" if device == "auto" else device)
+
+
+@contextmanager
+def on_device(model: torch.nn.Module, device: str | torch.device | None = "auto") -> Iterator[torch.device]:
+    """Inside: ``model`` on ``device`` (:func:`resolve_device`; a model whose parameters ZeRO-3 shards stays where
+    it is); after: back where it was, also on error. Yields the device it is on."""
+    here = next(model.parameters()).device
+    target = here if has_sharded_parameters(model) else resolve_device(device, model)
+    if target == here:
+        yield here
+        return
+    model.to(target)
+    try:
+        yield target
+    finally:
+        model.to(here)
 
 
 def check_causal_lm(model: torch.nn.Module) -> None:

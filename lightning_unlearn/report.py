@@ -33,6 +33,7 @@ from lightning_unlearn.memorization import (
     score_memorization,
     verbatim_extraction,
 )
+from lightning_unlearn.models import on_device
 from lightning_unlearn.robustness import attacked_scores, robustness_summary
 from lightning_unlearn.thresholds import (
     BAND,
@@ -92,6 +93,7 @@ def memorization_report(
     collateral_drop: float = 0.1,
     attacks: Sequence[str] = (),
     attack_options: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = "auto",
 ) -> Report:
     """Measures the forget split (and the holdout split, if given) of ``datamodule`` under ``model``.
 
@@ -119,79 +121,82 @@ def memorization_report(
             :func:`~lightning_unlearn.robustness.robustness_summary` (records above the threshold after each
             attack, forget and holdout). Relearning uses the relearn split, else the retain split.
         attack_options: more :func:`~lightning_unlearn.robustness.attacked_scores` arguments (``relearn_steps``, …).
+        device: where to measure: ``"auto"`` (the GPU when there is one), a device, or None (where the model is);
+            the model goes back where it was after.
     """
-    datamodule.setup()
-    shortest = min(datamodule.split("forget").lengths)
-    if verbatim_lengths is None:
-        verbatim_lengths = (50, 50) if shortest >= 100 else (shortest // 2, shortest - shortest // 2)
-    forget = _measure_split(model, datamodule.scoring_dataloader("forget"), el_n, verbatim_lengths)
-    texts = datamodule.split("forget").texts
-    rows = []
-    for sample_id in sorted(forget):
-        row = {"sample_id": sample_id, "text": texts[sample_id][:80], **forget[sample_id]}
-        if duplicates is not None:
-            row["duplicates"] = duplicates[sample_id]
-        rows.append(row)
-    g = [row["g"] for row in rows]
-    has_holdout = datamodule.has_split("holdout")
-    threshold = check_threshold(threshold, "memorization_report")
-    if not has_holdout and isinstance(threshold, str):
-        raise ValueError("the report needs a holdout split (unseen texts) or a float threshold")
-    holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None) if has_holdout else {}
-    holdout_g = torch.tensor([value["g"] for value in holdout.values()])
-    interval = None
-    if isinstance(threshold, str):
-        kind = HOLDOUT_THRESHOLDS[threshold]
-        threshold = holdout_level(holdout_g, kind, quantile)
-        interval = list(bootstrap_interval(holdout_g, kind, quantile))
-    for row in rows:
-        row["above_threshold"] = row["g"] > threshold
-    summary: dict[str, Any] = {
-        "forget_samples": len(rows),
-        "g_mean": statistics.fmean(g),
-        "g_max": max(g),
-        "threshold": threshold,
-        "threshold_interval": interval,
-        "above_threshold": sum(row["above_threshold"] for row in rows),
-        "outliers_fixed_band": _outliers(g, *band),
-        "verbatim_lengths": list(verbatim_lengths),
-        "verbatim_extractable": sum(bool(row["verbatim"]) for row in rows),
-    }
-    if has_holdout:
-        holdout_mean, spread = holdout_g.mean().item(), statistics.pstdev(holdout_g.tolist())
-        lower, upper = max(0.0, holdout_mean - k_std * spread), min(1.0, holdout_mean + k_std * spread)
-        summary["holdout_size"] = len(holdout_g)
-        summary["holdout_g_mean"] = holdout_mean
-        summary["outliers_holdout_band"] = _outliers(g, lower, upper)
-        q_low, q_high = holdout_band(holdout_g, band_quantiles)
-        summary["outliers_holdout_quantiles"] = _outliers(g, q_low, q_high)
-        summary["over_forgotten"] = sum(value < q_low for value in g)
-        p_values = empirical_p_values(torch.tensor(g), holdout_g)
-        flagged = benjamini_hochberg(p_values, alpha)
-        for row, p, flag in zip(rows, p_values.tolist(), flagged.tolist(), strict=True):
-            row["p_value"], row["flagged"] = p, flag
-        summary["alpha"] = alpha
-        summary["flagged"] = int(flagged.sum())
-        summary["holdout_nll"] = statistics.fmean(value["nll"] for value in holdout.values())
-        summary["attack_auc"] = {
-            name: attack_auc([row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()])
-            for name in ATTACKS
-        }
-    if attacks:
-        attacked = attacked_scores(model, datamodule, attacks, **(attack_options or {}))
+    with on_device(model, device):
+        datamodule.setup()
+        shortest = min(datamodule.split("forget").lengths)
+        if verbatim_lengths is None:
+            verbatim_lengths = (50, 50) if shortest >= 100 else (shortest // 2, shortest - shortest // 2)
+        forget = _measure_split(model, datamodule.scoring_dataloader("forget"), el_n, verbatim_lengths)
+        texts = datamodule.split("forget").texts
+        rows = []
+        for sample_id in sorted(forget):
+            row = {"sample_id": sample_id, "text": texts[sample_id][:80], **forget[sample_id]}
+            if duplicates is not None:
+                row["duplicates"] = duplicates[sample_id]
+            rows.append(row)
+        g = [row["g"] for row in rows]
+        has_holdout = datamodule.has_split("holdout")
+        threshold = check_threshold(threshold, "memorization_report")
+        if not has_holdout and isinstance(threshold, str):
+            raise ValueError("the report needs a holdout split (unseen texts) or a float threshold")
+        holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None) if has_holdout else {}
+        holdout_g = torch.tensor([value["g"] for value in holdout.values()])
+        interval = None
+        if isinstance(threshold, str):
+            kind = HOLDOUT_THRESHOLDS[threshold]
+            threshold = holdout_level(holdout_g, kind, quantile)
+            interval = list(bootstrap_interval(holdout_g, kind, quantile))
         for row in rows:
-            for attack, scores in attacked.items():
-                row["sampling_p" if attack == "sampling" else f"{attack}_g"] = scores["forget"][row["sample_id"]]
-        summary |= robustness_summary(attacked, threshold)
-    if el_n is not None:
-        summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
-    if datamodule.has_split("retain"):
-        retain = score_memorization(model, datamodule.scoring_dataloader("retain"))
-        summary["retain_g"] = statistics.fmean(retain.values())
-        if retain_before is not None:
-            summary["retain_g_before"] = statistics.fmean(retain_before.values())
-            summary["collateral"] = sum(retain_before[i] - value > collateral_drop for i, value in retain.items())
-    return Report(rows=rows, summary=summary)
+            row["above_threshold"] = row["g"] > threshold
+        summary: dict[str, Any] = {
+            "forget_samples": len(rows),
+            "g_mean": statistics.fmean(g),
+            "g_max": max(g),
+            "threshold": threshold,
+            "threshold_interval": interval,
+            "above_threshold": sum(row["above_threshold"] for row in rows),
+            "outliers_fixed_band": _outliers(g, *band),
+            "verbatim_lengths": list(verbatim_lengths),
+            "verbatim_extractable": sum(bool(row["verbatim"]) for row in rows),
+        }
+        if has_holdout:
+            holdout_mean, spread = holdout_g.mean().item(), statistics.pstdev(holdout_g.tolist())
+            lower, upper = max(0.0, holdout_mean - k_std * spread), min(1.0, holdout_mean + k_std * spread)
+            summary["holdout_size"] = len(holdout_g)
+            summary["holdout_g_mean"] = holdout_mean
+            summary["outliers_holdout_band"] = _outliers(g, lower, upper)
+            q_low, q_high = holdout_band(holdout_g, band_quantiles)
+            summary["outliers_holdout_quantiles"] = _outliers(g, q_low, q_high)
+            summary["over_forgotten"] = sum(value < q_low for value in g)
+            p_values = empirical_p_values(torch.tensor(g), holdout_g)
+            flagged = benjamini_hochberg(p_values, alpha)
+            for row, p, flag in zip(rows, p_values.tolist(), flagged.tolist(), strict=True):
+                row["p_value"], row["flagged"] = p, flag
+            summary["alpha"] = alpha
+            summary["flagged"] = int(flagged.sum())
+            summary["holdout_nll"] = statistics.fmean(value["nll"] for value in holdout.values())
+            summary["attack_auc"] = {
+                name: attack_auc([row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()])
+                for name in ATTACKS
+            }
+        if attacks:
+            attacked = attacked_scores(model, datamodule, attacks, **(attack_options or {}))
+            for row in rows:
+                for attack, scores in attacked.items():
+                    row["sampling_p" if attack == "sampling" else f"{attack}_g"] = scores["forget"][row["sample_id"]]
+            summary |= robustness_summary(attacked, threshold)
+        if el_n is not None:
+            summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
+        if datamodule.has_split("retain"):
+            retain = score_memorization(model, datamodule.scoring_dataloader("retain"))
+            summary["retain_g"] = statistics.fmean(retain.values())
+            if retain_before is not None:
+                summary["retain_g_before"] = statistics.fmean(retain_before.values())
+                summary["collateral"] = sum(retain_before[i] - value > collateral_drop for i, value in retain.items())
+        return Report(rows=rows, summary=summary)
 
 
 def _outliers(g: Sequence[float], lower: float, upper: float) -> dict[str, float]:

@@ -78,6 +78,8 @@ class TestbedConfig:
     gradient_clip: float = 1.0
     base_model: str | None = None  # a pretrained causal LM to fine-tune instead of a GPT-Neo from scratch
     retrain: bool = False  # the exact-retrain reference: the same recipe on the corpus without the forget records
+    accelerator: str = "cpu"  # where it trains ("cpu", "gpu", …; "auto" is resolved before the key is taken)
+    precision: str = "32-true"  # Lightning's precision of its training
 
 
 # The seed of relearn_records, offset from the testbed's own.
@@ -155,6 +157,7 @@ class Testbed:
     def retrained(self, progress: bool = True) -> Testbed:
         """The exact-retrain reference of this testbed (``build_testbed(..., retrain=True)``, cached alike)."""
         options = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("base_model", "retrain")}
+        # (accelerator and precision are kept: the retrain is trained where its testbed was)
         cache_dir = self.path.parent.parent
         return build_testbed(self.seed, cache_dir, progress, self.config.base_model, retrain=True, **options)
 
@@ -193,12 +196,18 @@ def build_testbed(
     context length caps ``max_length``; on a GPU when there is one) instead of training a GPT-Neo from scratch; the
     size options of the small model (``vocab_size``, ``hidden_size``, …) then do not apply.
 
+    ``accelerator`` and ``precision`` (size options too) train it elsewhere than on the CPU in float32: a testbed
+    trained on a GPU is another testbed, cached under its own key.
+
     ``retrain=True`` gives the **exact-retrain reference** of the same testbed: the same records, tokenizer,
     initialization and training recipe, on the corpus without the forget records (every copy of them). It is the
     model that never saw the forget set, which unlearning tries to match (TOFU and MUSE compare against one).
     """
     if base_model is not None:
-        size_options = {"learning_rate": BASE_MODEL_LEARNING_RATE} | size_options | {"base_model": str(base_model)}
+        defaults = {"learning_rate": BASE_MODEL_LEARNING_RATE, "accelerator": "auto"}
+        size_options = defaults | size_options | {"base_model": str(base_model)}
+    if size_options.get("accelerator") == "auto":  # resolved here: the cache key names the machine's choice
+        size_options["accelerator"] = "gpu" if torch.cuda.is_available() else "cpu"
     size_options["retrain"] = retrain
     config = TestbedConfig(**{k: tuple(v) if k == "duplicates" else v for k, v in size_options.items()})
     _check(config)
@@ -221,6 +230,9 @@ def cache_key(config: TestbedConfig, seed: int) -> str:
     """Hash of every option, the seed, the recipe version and the Faker version (it decides the texts); with a
     base model, also of what identifies it (a local folder: its files' names, sizes and times)."""
     options = dataclasses.asdict(config)
+    for name in ("accelerator", "precision"):  # the default testbed's key is what it was before they existed
+        if options[name] == TestbedConfig.__dataclass_fields__[name].default:
+            del options[name]
     if not config.retrain:
         del options["retrain"]  # the default testbed's key is what it was before the retrain reference
     if config.base_model is None:
@@ -385,7 +397,8 @@ def _build(folder: Path, config: TestbedConfig, seed: int, progress: bool) -> No
     )
     trainer = L.Trainer(
         max_steps=c.steps,
-        accelerator="cpu" if c.base_model is None else "auto",
+        accelerator=c.accelerator,
+        precision=c.precision,
         devices=1,
         gradient_clip_val=c.gradient_clip,
         deterministic=True,

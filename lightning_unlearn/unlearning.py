@@ -245,12 +245,7 @@ def _measure(model: torch.nn.Module, datamodule: UnlearningDataModule, device: t
     """The report (without EL_n) on ``device``; the model goes back where it was."""
     if has_sharded_parameters(model):
         raise ValueError("unlearn() measures the whole model: use a strategy that does not shard it (not ZeRO-3)")
-    where = next(model.parameters()).device
-    model.to(device)
-    try:
-        return memorization_report(model.eval(), datamodule, el_n=None, threshold=threshold)
-    finally:
-        model.to(where)
+    return memorization_report(model.eval(), datamodule, el_n=None, threshold=threshold, device=device)
 
 
 def _model_tokenizer(model: Any) -> Any:

@@ -150,3 +150,19 @@ def test_the_exact_retrain_reference_is_the_same_recipe_without_the_forget_recor
     # Never seen: its forget records score like its unseen ones, far below the original model's.
     assert abs(statistics.fmean(forget) - statistics.fmean(holdout)) < 0.1 < statistics.fmean(original) - max(forget)
     assert tb.retrained(progress=False).path == retrained.path  # cached
+
+
+def test_where_it_trains_names_another_cache_entry_and_auto_resolves():
+    """A testbed trained elsewhere than on the CPU in float32 is another testbed; the default's key is unchanged,
+    and "auto" is resolved to the machine's choice before the key is taken."""
+    default = cache_key(TestbedConfig(), 0)
+    assert cache_key(TestbedConfig(accelerator="cpu", precision="32-true"), 0) == default
+    assert cache_key(TestbedConfig(accelerator="gpu"), 0) != default
+    assert cache_key(TestbedConfig(precision="bf16-mixed"), 0) != default
+
+
+def test_auto_accelerator_builds_where_a_gpu_is_or_the_cpu(small_testbed, testbed_cache):
+    tb = build_testbed(seed=0, cache_dir=testbed_cache, progress=False, accelerator="auto", **SMALL_TESTBED)
+    assert tb.config.accelerator == ("gpu" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        assert tb.path == small_testbed.path  # the same cache entry: nothing was built again
