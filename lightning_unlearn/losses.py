@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_unlearn.memorization import predicted_positions, sequence_nll
+from lightning_unlearn.memorization import CHUNK_ELEMENTS, predicted_positions, sequence_nll
 
 
 def gradient_ascent_loss(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -76,9 +76,41 @@ def token_kl(logits: Tensor, reference_logits: Tensor, attention_mask: Tensor) -
         reference_logits: ``Tensor[B, T, V]`` of the reference (the model before unlearning) on the same batch.
         attention_mask: ``Tensor[B, T]``, 1 on real tokens (right-padded).
     """
-    dtype = torch.promote_types(logits.dtype, torch.float32)  # at least float32; float64 stays float64
-    log_p = F.log_softmax(logits[:, :-1].to(dtype), dim=-1)
-    log_ref = F.log_softmax(reference_logits[:, :-1].to(dtype), dim=-1)
-    kl = F.kl_div(log_p, log_ref, log_target=True, reduction="none").sum(-1)
+    batch, width, vocabulary = logits.shape
+    rows = max(1, CHUNK_ELEMENTS // 4 // vocabulary)  # two float32 temporaries per chunk: 32 MB at most
+    kl = _ChunkedKL.apply(logits.reshape(-1, vocabulary), reference_logits.reshape(-1, vocabulary), rows)
+    kl = kl.view(batch, width)[:, :-1]  # the last position predicts nothing
     counted = predicted_positions(attention_mask).to(kl.dtype)
     return (kl * counted).sum(1) / counted.sum(1)
+
+
+class _ChunkedKL(torch.autograd.Function):
+    """KL(softmax(reference) ‖ softmax(logits)) of each row (``Tensor[N]``, at least float32) of ``Tensor[N, V]``
+    logits, ``rows`` at a time: no whole-batch float32 copy or log-softmax is kept, forward or backward (which
+    recomputes each chunk's softmaxes: d KL / d logits = softmax(logits) − softmax(reference)). Only the logits
+    themselves are kept for backward; the gradient is written in their dtype."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor, reference: Tensor, rows: int) -> Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)  # at least float32; float64 stays float64
+        kl = torch.empty(len(logits), dtype=dtype, device=logits.device)
+        for start in range(0, len(logits), rows):
+            chunk = slice(start, start + rows)
+            difference = F.log_softmax(logits[chunk].to(dtype), dim=-1).neg_()
+            log_ref = F.log_softmax(reference[chunk].to(dtype), dim=-1)
+            difference += log_ref  # log p_ref − log p_θ
+            kl[chunk] = (difference * log_ref.exp_()).sum(-1)
+        ctx.save_for_backward(logits, reference)
+        ctx.rows, ctx.dtype = rows, dtype
+        return kl
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_kl: Tensor) -> tuple[Tensor, None, None]:
+        logits, reference = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for start in range(0, len(logits), ctx.rows):
+            chunk = slice(start, start + ctx.rows)
+            difference = logits[chunk].to(ctx.dtype).softmax(-1)
+            difference -= reference[chunk].to(ctx.dtype).softmax(-1)
+            grad[chunk] = difference.mul_(grad_kl[chunk, None].nan_to_num())  # ignored rows: 0, even under a NaN
+        return grad, None, None

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lightning_unlearn import memorization
 from lightning_unlearn.losses import npo_loss, simnpo_loss, token_kl
 from lightning_unlearn.memorization import sequence_log_likelihood, sequence_nll
 
@@ -109,3 +110,31 @@ def test_losses_reject_a_non_positive_beta(beta):
         npo_loss(torch.zeros(1), torch.zeros(1), beta)
     with pytest.raises(ValueError, match="beta must be > 0"):
         simnpo_loss(torch.zeros(1), beta)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_token_kl_in_chunks_has_the_formulas_gradient(dtype, monkeypatch):
+    """Chunk by chunk (here 3 rows at a time), the KL and its gradient are the full computation's, and the gradient
+    comes in the logits' dtype."""
+    from lightning_unlearn import losses
+
+    torch.manual_seed(0)
+    vocabulary = 11
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 4 * 3 * vocabulary)
+    logits = torch.randn(3, 7, vocabulary, dtype=torch.float64)
+    reference = torch.randn(3, 7, vocabulary, dtype=torch.float64)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    leaf = logits.clone().requires_grad_(True)
+    log_p, log_ref = leaf[:, :-1].log_softmax(-1), reference[:, :-1].log_softmax(-1)
+    counted = memorization.predicted_positions(mask).double()
+    expected = ((log_ref.exp() * (log_ref - log_p)).sum(-1) * counted).sum(1) / counted.sum(1)
+    (expected * weights).sum().backward()
+    ours = logits.to(dtype).requires_grad_(True)
+    kl = token_kl(ours, reference.to(dtype), mask)
+    (kl * weights.to(kl.dtype)).sum().backward()
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-2
+    assert ours.grad.dtype == dtype
+    assert torch.allclose(kl.double(), expected.detach(), rtol=tolerance, atol=tolerance)
+    assert torch.allclose(ours.grad.double(), leaf.grad, rtol=tolerance, atol=tolerance)

@@ -7,7 +7,7 @@ import copy
 import lightning as L
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPTNeoModel
+from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, GPTNeoModel
 
 from lightning_unlearn import (
     NPO,
@@ -18,6 +18,7 @@ from lightning_unlearn import (
     SimNPO,
     TaskArithmetic,
     UnlearningDataModule,
+    UnlearningModule,
 )
 from lightning_unlearn.callbacks import (
     MemorizationEarlyStopping,
@@ -379,3 +380,80 @@ def test_a_stop_rule_given_to_the_trainer_is_the_one_that_decides(small_testbed,
     final = score_memorization(module.model, unlearning_data(tb).scoring_dataloader("forget"))
     assert max(final.values()) <= 0.3
     assert "using the MemorizationEarlyStopping given to the Trainer" in caplog.text
+
+
+class _IdTokenizer:
+    """Texts of space-separated token ids as those ids (random data for a model built from config)."""
+
+    pad_token_id = eos_token_id = 0
+
+    def __init__(self, vocabulary: int) -> None:
+        self.vocabulary = vocabulary
+
+    def __len__(self) -> int:
+        return self.vocabulary
+
+    def __call__(self, texts, **_):
+        return {"input_ids": [[int(word) for word in text.split()] for text in texts]}
+
+
+def _random_texts(count: int, length: int, vocabulary: int, seed: int) -> list[str]:
+    ids = torch.randint(1, vocabulary, (count, length), generator=torch.Generator().manual_seed(seed))
+    return [" ".join(map(str, row.tolist())) for row in ids]
+
+
+class _StepPeak(L.Callback):
+    """The peak tensor memory of the training steps (forward, backward, optimizer step)."""
+
+    peak = 0
+
+    def on_train_batch_start(self, *args):
+        from benchmarks.peak_memory import PeakTensorMemory
+
+        self.memory = PeakTensorMemory().__enter__()
+
+    def on_train_batch_end(self, *args):
+        self.memory.__exit__(None, None, None)
+        self.peak = max(self.peak, self.memory.peak)
+
+
+def _logits_heavy_run(retain_loss, steps=2, **options):
+    """SGA (every record ascended, no stop) for ``steps`` steps on a model whose memory is its logits: vocabulary
+    32k, hidden size 64, 8 x 64 tokens. Returns the model and the steps' peak tensor memory in bytes."""
+    vocabulary = 32_000
+    config = GPTNeoConfig(
+        vocab_size=vocabulary,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        attention_types=[[["global", "local"], 1]],
+        window_size=32,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = GPTNeoForCausalLM(config).eval()
+    tokenizer, forget = _IdTokenizer(vocabulary), _random_texts(8, 64, vocabulary, seed=1)
+    retain = _random_texts(8, 64, vocabulary, seed=2)
+    data = UnlearningDataModule(tokenizer, forget, retain=retain, max_length=64, batch_size=8, shuffle=False)
+    module = SelectiveGradientAscent(model, gamma=0.0, threshold=-1.0, retain_loss=retain_loss, **options)
+    probe = _StepPeak()
+    make_trainer(max_steps=steps, callbacks=[probe]).fit(module, data)
+    return module.model, probe.peak
+
+
+def test_kl_retain_term_stays_within_1_3x_of_sgas_peak_memory():
+    """On one device the retain part runs its forward and backward after the forget part's backward, and the KL
+    is taken in chunks from the logits: the activations of the two passes are never alive together (3.2x before)."""
+    _, alone = _logits_heavy_run(None)
+    _, with_kl = _logits_heavy_run("kl")
+    assert with_kl <= 1.3 * alone, with_kl / alone
+
+
+def test_the_retain_part_after_the_forget_backward_takes_the_same_steps(monkeypatch):
+    """Backward per part (one device) and one backward of the summed loss (as under DDP and DeepSpeed) give the
+    same weights."""
+    per_part, _ = _logits_heavy_run("kl", steps=3)
+    monkeypatch.setattr(UnlearningModule, "_backward_per_part", lambda self: False)
+    summed, _ = _logits_heavy_run("kl", steps=3)
+    for a, b in zip(per_part.parameters(), summed.parameters(), strict=True):
+        assert_close_scaled(a, b, rel=1e-5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,11 +28,11 @@ from lightning_unlearn.deprecation import renamed_argument
 from lightning_unlearn.distributed import gather_scores
 from lightning_unlearn.extras import require_gguf, require_peft
 from lightning_unlearn.files import atomic_folder
-from lightning_unlearn.losses import token_kl
 from lightning_unlearn.memorization import nll_and_accuracy, output_layer_input, sequence_nll
 from lightning_unlearn.models import check_causal_lm, load_causal_lm
+from lightning_unlearn.modules.retain import RetainTerm, check_finite
 from lightning_unlearn.reference import ReferenceLogitsCache, ReferenceWeights
-from lightning_unlearn.strategies import offloads_optimizer, release_gathered_parameters
+from lightning_unlearn.strategies import offloads_optimizer
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -45,7 +44,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 RETAIN_LOSSES = (None, "nll", "kl")
 
 
-class UnlearningModule(L.LightningModule):
+class UnlearningModule(RetainTerm, L.LightningModule):
     """Base of every unlearning method: subclasses override :meth:`forget_loss` (and :meth:`retain_loss`).
 
     ``training_step`` runs the model on the forget batch, takes each sample's g from that forward pass (which the
@@ -56,8 +55,10 @@ class UnlearningModule(L.LightningModule):
     Every method takes a retain term: ``retain_loss="nll"`` adds ``retain_weight`` · NLL(retain batch) (gradient
     difference), ``retain_loss="kl"`` adds ``retain_weight`` · KL(p_ref ‖ p_θ), the token-level KL on the retain
     batch's real tokens against the model as it was when training started (:class:`ReferenceWeights`: a copy of
-    the weights, swapped in for one no-grad forward per step; no second model). Both are averaged over the retain
-    samples of all processes. SGA's selection and the per-sample stop rule compose with every method: add
+    the weights, swapped in for one no-grad forward per step; no second model; the KL taken in chunks, with no
+    whole-batch float32 copy). Both are averaged over the retain samples of all processes. On one device the retain
+    part runs its forward and backward after the forget part's backward, so the activations of the two passes are
+    never alive together (DDP and DeepSpeed expect one backward pass per step, so there both run in one). SGA's selection and the per-sample stop rule compose with every method: add
     :func:`~lightning_unlearn.callbacks.per_sample_control` to the Trainer's callbacks.
 
     Args:
@@ -143,13 +144,10 @@ class UnlearningModule(L.LightningModule):
         self._reference_state: dict[str, Any] | None = None  # restored from a checkpoint, placed at train start
         self._reference_cache = ReferenceLogitsCache()  # cache_reference=True: each retain sample's reference logits
         self.adversary: RelearningAdversary | None = None  # relearn_steps > 0: made at train start
+        self._deferred: tuple[dict[str, Tensor], float] | None = None  # the retain part, run in backward
+        self._deferred_metrics: dict[str, Tensor] = {}
         if peft is not None or is_adapted(model):
             self.strict_loading = False  # checkpoints hold the adapter, not the frozen base (state_dict)
-
-    @property
-    def needs_retain(self) -> bool:
-        """Whether the method trains on the retain split too."""
-        return self.hparams.get("retain_loss") is not None
 
     # --- model -----------------------------------------------------------------------------------------------
 
@@ -234,30 +232,12 @@ class UnlearningModule(L.LightningModule):
         """Per-sample loss to minimize on forget samples (``Tensor[B]``); ``nll`` is their mean token NLL."""
         raise NotImplementedError(f"{type(self).__name__} must define forget_loss()")
 
-    def retain_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        """Per-sample loss to minimize on retain samples (``Tensor[B]``), weighted by ``retain_weight``: their mean
-        token NLL for ``retain_loss="nll"``, their mean token KL(p_ref ‖ p_θ) for ``"kl"`` (the reference's logits
-        are ``batch["reference_logits"]``)."""
-        kind = self.hparams.get("retain_loss")
-        if kind == "nll":
-            return nll
-        if kind == "kl":
-            return token_kl(logits, batch["reference_logits"], batch["attention_mask"])
-        raise NotImplementedError(f"{type(self).__name__} must define retain_loss() when needs_retain is True")
-
     def on_train_start(self) -> None:
         """Keeps the reference weights of a KL retain term (the model now, before the first step), and makes the
         relearning adversary (``relearn_steps`` > 0)."""
         if self.hparams.get("relearn_steps") and self.adversary is None:
             self.adversary = RelearningAdversary.for_module(self)
-        if self.hparams.get("retain_loss") != "kl" or self.reference is not None:
-            return
-        release = partial(release_gathered_parameters, self.trainer.strategy)
-        if self._reference_state is not None:  # resumed: the reference is the model before the first step
-            self.reference = ReferenceWeights.from_state_dict(self._reference_state, self.model, release)
-            self._reference_state = None
-        else:
-            self.reference = ReferenceWeights(self.model, release=release)
+        self._take_reference()
 
     def _global_sum(self, value: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(value.detach(), reduce_op="sum") if self.trainer.world_size > 1 else value
@@ -268,6 +248,9 @@ class UnlearningModule(L.LightningModule):
         forget = batch["forget"]
         ids = forget["sample_id"]
         retain = self._retain_batch(batch) if self.needs_retain else None
+        deferred = retain is not None and self._backward_per_part()
+        if retain is not None and not deferred:  # the reference first: its weights are swapped in place
+            retain = self._with_reference(retain)
         logits, head = self._logits(forget)
         if self._scores_in_loop() and self._monitors("forget"):  # the callbacks take each sample's g as it comes
             nll, g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"], **head)
@@ -292,25 +275,12 @@ class UnlearningModule(L.LightningModule):
         if self.adversary is not None:
             loss = self.adversary.transplant(self.model, loss)
         metrics = {"train/forget_nll": nll.detach().mean()}
-        if retain is not None:
-            retain_logits, head = self._logits(retain)
-            if self._monitors("retain"):  # the retain forward scores its batch for free
-                retain_nll, g_retain = nll_and_accuracy(
-                    retain_logits, retain["input_ids"], retain["attention_mask"], **head
-                )
-                for monitor in self._monitors("retain"):
-                    monitor.record(self.trainer, self, retain["sample_id"], g_retain)
-            else:
-                retain_nll = sequence_nll(retain_logits, retain["input_ids"], retain["attention_mask"])
-            retain_term = self.retain_loss(retain, retain_logits, retain_nll)
-            retain_weight = self.hparams.get("retain_weight", 1.0)
-            loss = loss + scale * retain_weight * retain_term.sum() / self._window["retain_count"]
-            metrics["train/retain_nll"] = retain_nll.detach().mean()
-            metrics["train/retain_loss"] = retain_term.detach().mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) at step {self.global_step}: lower the learning rate or check the data"
-            )
+        if deferred:  # its forward and backward run after the forget part's backward (see backward)
+            self._deferred = (retain, scale)
+        elif retain is not None:
+            part, retain_metrics = self._retain_part(retain, scale)
+            loss, metrics = loss + part, metrics | retain_metrics
+        check_finite(loss, self.global_step)
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=world > 1, batch_size=len(ids))
         self.log("train/selected", self._global_sum((weights > 0).sum().float()), on_step=True, batch_size=len(ids))
         return loss
@@ -344,28 +314,6 @@ class UnlearningModule(L.LightningModule):
             size = torch.tensor(float(len(step_retain)), dtype=torch.float32, device=sample_id.device)
             window["retain_count"] = self._global_sum(size)
         return window
-
-    def _retain_batch(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
-        """The step's retain batch, with the reference's logits on it for a KL retain term (computed first: the
-        weights are swapped in place, which must happen before any forward pass that backward will use)."""
-        if "retain" not in batch:
-            raise KeyError(
-                f"retain_loss={self.hparams.get('retain_loss')!r} needs training batches with a 'retain' batch: give "
-                "the UnlearningDataModule a retain split"
-            )
-        retain = batch["retain"]
-        if self.hparams.get("retain_loss") == "kl":
-            if self.reference is None:
-                raise RuntimeError("the reference weights are taken at train start: call super().on_train_start()")
-            retain = {**retain, "reference_logits": self._reference_logits(retain)}
-        return retain
-
-    def _reference_logits(self, retain: dict[str, Tensor]) -> Tensor:
-        """The reference's logits (``Tensor[B, T, V]``) on a retain batch, from the cache with ``cache_reference``."""
-        if not self.hparams.get("cache_reference"):
-            return self.reference.logits(self.model, retain)
-        any_missing = partial(self.trainer.strategy.reduce_boolean_decision, all=False)
-        return self._reference_cache.logits(self.reference, self.model, retain, any_missing)
 
     def _monitors(self, split: str) -> list[MemorizationMonitor]:
         return [cb for cb in self.trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == split]
