@@ -58,7 +58,8 @@ class UnlearningModule(RetainTerm, L.LightningModule):
     the weights, swapped in for one no-grad forward per step; no second model; the KL taken in chunks, with no
     whole-batch float32 copy). Both are averaged over the retain samples of all processes. On one device the retain
     part runs its forward and backward after the forget part's backward, so the activations of the two passes are
-    never alive together (DDP and DeepSpeed expect one backward pass per step, so there both run in one). SGA's selection and the per-sample stop rule compose with every method: add
+    never alive together (DDP and DeepSpeed expect one backward pass per step, so there both run in one). SGA's
+    selection and the per-sample stop rule compose with every method: add
     :func:`~lightning_unlearn.callbacks.per_sample_control` to the Trainer's callbacks.
 
     Args:
