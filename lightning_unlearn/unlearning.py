@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 
 from lightning_unlearn import __version__
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, UnlearningProgress
+from lightning_unlearn.checkpoints import AtomicCheckpointIO
 from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
 from lightning_unlearn.methods import check_method, make_method
 from lightning_unlearn.models import check_causal_lm, load_causal_lm
@@ -104,7 +105,9 @@ def unlearn(
             of a long document is scored and unlearned, each a record of its own) or ``"error"``.
         batch_size: texts per training step, forget and retain alike.
         progress: a bar of the steps with the max g, the records above the level and the level.
-        **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints).
+        **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints;
+            checkpoints, when asked for, are written whole or not at all by
+            :class:`~lightning_unlearn.checkpoints.AtomicCheckpointIO`).
 
     Example:
         >>> result = unlearn("testbed/model", "testbed/forget.jsonl", "testbed/holdout.jsonl",  # doctest: +SKIP
@@ -131,7 +134,8 @@ def unlearn(
     check_causal_lm(model)
     datamodule.check_fits(model)
     callbacks = [*trainer_options.pop("callbacks", []), UnlearningProgress(method, progress)]
-    trainer = L.Trainer(**{**TRAINER_DEFAULTS, "enable_progress_bar": False, **trainer_options, "callbacks": callbacks})
+    defaults = {**TRAINER_DEFAULTS, "enable_progress_bar": False, "plugins": [AtomicCheckpointIO()]}
+    trainer = L.Trainer(**{**defaults, **trainer_options, "callbacks": callbacks})
     device = trainer.strategy.root_device
     before = _measure(model, datamodule, device, "holdout_quantile")
     module, callbacks = make_method(method, model, **(method_options or {}))

@@ -100,6 +100,8 @@ class MemorizationEarlyStopping(Callback):
             self._set_levels(holdout)
         monitor = find_monitor(trainer)
         monitor.threshold, monitor.floor = self.threshold_value, self.floor
+        if self.stopped_step is not None and self.stopped_step <= trainer.global_step:
+            trainer.should_stop = True  # resumed from a run that had met the rule: nothing more to train
         logged = {"holdout/threshold": self.threshold_value}
         if self.interval is not None:
             logged |= {"holdout/threshold_low": self.interval[0], "holdout/threshold_high": self.interval[1]}

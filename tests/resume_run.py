@@ -1,0 +1,102 @@
+"""Test-only: one unlearning run on the small testbed in its own process, checkpointed every step, that can be
+killed at a step (SIGKILL to its whole process group, as a pre-empted job is) and resumed with ``ckpt_path="last"``.
+
+    python -m tests.resume_run METHOD FOLDER [--kill-at STEP [--while-saving]] [--resume]
+
+At the end it writes ``FOLDER/result.json``: the step the rule stopped at and every forget record's final g.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_unlearn import TAU, SelectiveGradientAscent, TaskArithmetic
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO
+from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+
+METHODS = {
+    "SGA+KL": lambda model: SelectiveGradientAscent(model, learning_rate=3e-4, retain_loss="kl"),
+    "TA": lambda model: TaskArithmetic(model, learning_rate=1e-3),
+    "TAU": lambda model: TAU(model, learning_rate=1e-3),
+}
+
+
+def kill_this_job() -> None:
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+class KillAt(L.Callback):
+    """SIGKILL once ``step`` optimizer steps are taken (before that step's checkpoint is written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            kill_this_job()
+
+
+class KillWhileSaving(AtomicCheckpointIO):
+    """Writes half of the checkpoint of ``step`` where a checkpoint is written, then SIGKILL."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if checkpoint["global_step"] == self.step:  # half of it written where AtomicCheckpointIO writes it
+            data = io.BytesIO()
+            torch.save(checkpoint, data)
+            Path(path).parent.joinpath(f"{PARTIAL_PREFIX}{'0' * 32}").write_bytes(data.getvalue()[: data.tell() // 2])
+            kill_this_job()
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("method", choices=tuple(METHODS))
+    parser.add_argument("folder")
+    parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--while-saving", action="store_true")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    folder = Path(args.folder)
+    testbed = build_testbed(seed=0, progress=False, **SMALL_TESTBED)
+    L.seed_everything(0, verbose=False)
+    module = METHODS[args.method](testbed.model)
+    checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=1)
+    callbacks: list[L.Callback] = [checkpoints]
+    checkpoint_io = AtomicCheckpointIO()
+    if args.kill_at is not None and args.while_saving:
+        checkpoint_io = KillWhileSaving(args.kill_at)
+    elif args.kill_at is not None:
+        callbacks.append(KillAt(args.kill_at))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=200,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        plugins=[checkpoint_io],
+    )
+    trainer.fit(module, testbed.datamodule(), ckpt_path="last" if args.resume else None)
+    stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+    monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == "forget")
+    result = {"stopped_step": stopping.stopped_step, "rule_met": stopping.rule_met, "g": monitor.values.tolist()}
+    (folder / "result.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

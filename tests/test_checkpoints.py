@@ -1,0 +1,74 @@
+"""Runs killed mid-way resume to the uninterrupted result; a checkpoint is whole or absent (AtomicCheckpointIO)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_and_no_partial_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+    (tmp_path / f"{PARTIAL_PREFIX}{'0' * 32}").write_bytes(b"half")  # as a killed writer leaves it
+
+    def fails(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fails)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"global_step": 2}, path)
+    assert torch.load(path)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the stale partial file is gone too
+
+
+def run(testbed_cache, *args: str) -> subprocess.CompletedProcess:
+    """tests/resume_run.py in a process group of its own (its kill takes the whole group, as a pre-emption does)."""
+    env = os.environ | {"LIGHTNING_UNLEARN_CACHE": str(testbed_cache)}
+    command = [sys.executable, "-m", "tests.resume_run", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, start_new_session=True)
+
+
+def result(folder: Path) -> dict:
+    return json.loads((folder / "result.json").read_text())
+
+
+@pytest.mark.parametrize(("method", "kill_at"), [("SGA+KL", 7), ("TA", 18), ("TAU", 2)])
+def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result(
+    small_testbed, testbed_cache, tmp_path, method, kill_at
+):
+    """SIGKILL at a step mid-way, resume with ckpt_path="last": the same stop step and per-sample g (1e-6)."""
+    assert run(testbed_cache, method, str(tmp_path / "whole")).returncode == 0
+    killed = run(testbed_cache, method, str(tmp_path / "killed"), "--kill-at", str(kill_at))
+    assert killed.returncode == -9 and not (tmp_path / "killed" / "result.json").exists(), killed.stderr[-2000:]
+    resumed = run(testbed_cache, method, str(tmp_path / "killed"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole, again = result(tmp_path / "whole"), result(tmp_path / "killed")
+    assert whole["rule_met"] and whole["stopped_step"] > kill_at
+    assert again["stopped_step"] == whole["stopped_step"]
+    assert again["g"] == pytest.approx(whole["g"], abs=1e-6)
+
+
+def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_last_complete_one(
+    small_testbed, testbed_cache, tmp_path
+):
+    killed = run(testbed_cache, "SGA+KL", str(tmp_path), "--kill-at", "7", "--while-saving")
+    assert killed.returncode == -9
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == [f"{PARTIAL_PREFIX}{'0' * 32}", "last.ckpt"]  # the half-written one is not "last"
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert run(testbed_cache, "SGA+KL", str(tmp_path), "--resume").returncode == 0
+    whole = tmp_path / "whole"
+    assert run(testbed_cache, "SGA+KL", str(whole)).returncode == 0
+    assert result(tmp_path)["stopped_step"] == result(whole)["stopped_step"]
+    assert result(tmp_path)["g"] == pytest.approx(result(whole)["g"], abs=1e-6)
