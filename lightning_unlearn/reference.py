@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lightning_unlearn.memorization import eval_mode
-from lightning_unlearn.strategies import has_sharded_parameters, local_shards
+from lightning_unlearn.strategies import gather_local_shards, has_sharded_parameters, local_shards, partition_like
 
 
 class ReferenceWeights:
@@ -73,34 +73,33 @@ class ReferenceWeights:
         with self.active(model), eval_mode(model):
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
-    def state_dict(self) -> dict[str, Any]:
-        """The copy, on the CPU, for a checkpoint."""
-        return {"sharded": self.sharded, "weights": {name: w.detach().cpu() for name, w in self.weights.items()}}
+    def state_dict(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The copy, whole and on the CPU, for a checkpoint: under ZeRO-3 every process's shards of it are
+        gathered (call it on every process), as DeepSpeed writes the checkpoint from one process."""
+        return {"sharded": False, "weights": gather_local_shards(model, self.weights)}
 
     @classmethod
     def from_state_dict(
         cls, state: Mapping[str, Any], model: torch.nn.Module, release: Callable[[], None] | None = None
     ) -> ReferenceWeights:
-        """The copy saved by :meth:`state_dict`, placed like ``model``'s parameters.
+        """The copy saved by :meth:`state_dict`, placed like ``model``'s parameters (under ZeRO-3, this process's
+        shards of it, for any number of processes).
 
         Raises:
-            RuntimeError: the checkpoint holds ZeRO-3 shards: a checkpoint keeps one process's state, so the other
-                processes' shards of the reference are not in it.
+            RuntimeError: a checkpoint of an earlier release that holds one process's ZeRO-3 shards only.
         """
-        if state["sharded"] or has_sharded_parameters(model):
+        if state["sharded"]:
             raise RuntimeError(
-                "cannot resume a KL retain term under ZeRO-3: the checkpoint holds one process's shards of the "
-                "reference model only. Resume under ZeRO-2 or DDP, or restart unlearning from the original model."
+                "this checkpoint holds one process's ZeRO-3 shards of the KL reference (written before the reference "
+                "was gathered into checkpoints): restart unlearning from the original model"
             )
         reference = cls.__new__(cls)
-        reference.sharded, reference.release = False, release or (lambda: None)
+        reference.sharded, reference.release = has_sharded_parameters(model), release or (lambda: None)
         parameters = dict(_trainable_shards(model))
         missing = set(parameters) - set(state["weights"])
         if missing:
             raise KeyError(f"the checkpoint's reference model lacks {len(missing)} parameters, e.g. {min(missing)}")
-        reference.weights = {
-            name: state["weights"][name].to(data.device, data.dtype, copy=True) for name, data in parameters.items()
-        }
+        reference.weights = partition_like(model, {name: state["weights"][name] for name in parameters})
         return reference
 
 

@@ -8,7 +8,7 @@ ZeRO-3 (one process, DDP, ZeRO-1/2) both are the ordinary parameters.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,6 +102,48 @@ def local_shards(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
             )
         else:
             yield name, p.ds_tensor.data
+
+
+def gather_local_shards(model: torch.nn.Module, shards: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Whole tensors, on the CPU, of ``shards`` (by parameter name, laid out as :func:`local_shards` lays out this
+    process's data of ``model``'s parameters: under ZeRO-3 a flat partition), gathered from every process: what a
+    checkpoint, which DeepSpeed writes from one process, must hold. Collective under ZeRO-3: call it on every
+    process, with the same names in the same order. A parameter that is not sharded is its own whole."""
+    parameters = dict(model.named_parameters())
+    whole = {}
+    for name, shard in shards.items():
+        parameter = parameters[name]
+        if not is_sharded(parameter):
+            whole[name] = shard.detach().to("cpu", copy=True)
+            continue
+        device = _collective_device()
+        parts = [torch.empty_like(shard, device=device) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, shard.detach().to(device).contiguous())
+        whole[name] = torch.cat(parts)[: parameter.ds_numel].view(parameter.ds_shape).cpu()
+    return whole
+
+
+def partition_like(model: torch.nn.Module, whole: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """This process's part of each whole tensor in ``whole``, laid out as :func:`local_shards` lays out ``model``'s
+    parameter of that name (the inverse of :func:`gather_local_shards`), on that data's device and dtype."""
+    parameters, local = dict(model.named_parameters()), dict(local_shards(model))
+    parts = {}
+    for name, tensor in whole.items():
+        parameter, data = parameters[name], local[name]
+        if is_sharded(parameter):
+            size, rank = data.numel(), torch.distributed.get_rank()
+            flat = tensor.reshape(-1)
+            flat = torch.cat([flat, flat.new_zeros(size * torch.distributed.get_world_size() - len(flat))])
+            tensor = flat[rank * size : (rank + 1) * size]
+        parts[name] = tensor.to(data.device, data.dtype, copy=True).view_as(data)
+    return parts
+
+
+def _collective_device() -> torch.device:
+    """Where a collective's tensors must be: the GPU under NCCL, the CPU under gloo."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def release_gathered_parameters(strategy: Any) -> None:

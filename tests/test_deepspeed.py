@@ -180,11 +180,12 @@ def test_cli_fit_with_a_deepspeed_strategy_name(small_testbed, cpu_deepspeed_nam
     assert float(last["forget/g_max"]) <= threshold
 
 
-@pytest.mark.parametrize(("stage", "method"), [(2, "SGA + LoRA"), (3, "TA")])
+@pytest.mark.parametrize(("stage", "method"), [(2, "SGA + LoRA"), (3, "TA"), (3, "SGA + KL retain")])
 def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path, stage, method):
     """A run checkpointed every third step; another resumed from its step-3 checkpoint ends at the same step with the
     same per-sample scores: the per-sample weights, scores and threshold travel in DeepSpeed's client state, and
-    under ZeRO-3 each process gets back the θ_base of its own shards of TA. With LoRA, DeepSpeed's checkpoint holds
+    under ZeRO-3 TA's θ_base and the KL term's reference are gathered whole into it, each process taking back its
+    own shards. With LoRA, DeepSpeed's checkpoint holds
     the adapter's weights alone (the frozen base is loaded again from its source)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 

@@ -258,7 +258,7 @@ def test_reference_weights_swap_in_and_back_bit_for_bit(small_testbed):
         expected = tb.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.equal(reference.logits(model, batch), expected)  # the original model's logits
     assert all(torch.equal(p, edited[n]) for n, p in model.named_parameters())  # and the edit back, exactly
-    restored = ReferenceWeights.from_state_dict(reference.state_dict(), model)
+    restored = ReferenceWeights.from_state_dict(reference.state_dict(model), model)
     assert torch.equal(restored.logits(model, batch), expected)
 
 

@@ -382,7 +382,7 @@ class UnlearningModule(RetainTerm, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["forget_weights"] = self.forget_weights.clone()
         if self.reference is not None:
-            checkpoint["reference_weights"] = self.reference.state_dict()
+            checkpoint["reference_weights"] = self.reference.state_dict(self.model)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is not None and is_adapted(self.model) and "state_dict" in checkpoint:

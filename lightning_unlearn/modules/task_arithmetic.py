@@ -24,7 +24,7 @@ from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAsce
 from lightning_unlearn.callbacks.stopping import find_monitor
 from lightning_unlearn.deprecation import renamed_argument
 from lightning_unlearn.modules.base import UnlearningModule
-from lightning_unlearn.strategies import release_gathered_parameters
+from lightning_unlearn.strategies import gather_local_shards, partition_like, release_gathered_parameters
 from lightning_unlearn.task_vectors import edit, edited, load_parameters, snapshot
 
 ASCENT_ADAPTER = "ascent"  # TAU with an adapter: the selective-ascent phase's adapter, frozen at the switch
@@ -149,12 +149,15 @@ class TaskArithmetic(UnlearningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["task_arithmetic"] = {"base": self.base, "scale": self.scale}
+        # Whole (under ZeRO-3 every process's shards gathered): DeepSpeed writes the checkpoint from one process.
+        base = gather_local_shards(self.model, self.base) if self.base is not None else None
+        checkpoint["task_arithmetic"] = {"base": base, "scale": self.scale}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("task_arithmetic", {})
-        self.base, self.scale = state.get("base"), state.get("scale", self.scale)
+        base, self.scale = state.get("base"), state.get("scale", self.scale)
+        self.base = None if base is None else {k: v.cpu() for k, v in partition_like(self.model, base).items()}
 
 
 class TAU(TaskArithmetic):
