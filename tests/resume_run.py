@@ -1,9 +1,11 @@
 """Test-only: one unlearning run on the small testbed in its own process, checkpointed every step, that can be
 killed at a step (SIGKILL to its whole process group, as a pre-empted job is) and resumed with ``ckpt_path="last"``.
 
-    python -m tests.resume_run METHOD FOLDER [--kill-at STEP [--while-saving]] [--resume]
+    python -m tests.resume_run METHOD FOLDER [--kill-at STEP [--while-saving]] [--resume] [--zero3]
 
-At the end it writes ``FOLDER/result.json``: the step the rule stopped at and every forget record's final g.
+``--zero3``: two processes under CPU DeepSpeed ZeRO-3 (checkpoints are DeepSpeed's folders). At the end it writes
+``FOLDER/result.json`` (the step the rule stopped at and every forget record's final g) and ``FOLDER/model``
+(``save_pretrained``, on every process).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_unlearn import TAU, SelectiveGradientAscent, TaskArithmetic
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO
+from lightning_unlearn.strategies import deepspeed_config
 from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
 
 METHODS = {
@@ -62,6 +65,27 @@ class KillWhileSaving(AtomicCheckpointIO):
         super().save_checkpoint(checkpoint, path, storage_options)
 
 
+class Report(L.Callback):
+    """At fit end, on every process: the model to ``folder/model``; on the first, ``folder/result.json``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.save_pretrained(self.folder / "model")
+        if trainer.global_rank == 0:
+            stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+            monitor = next(
+                cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == "forget"
+            )
+            result = {
+                "stopped_step": stopping.stopped_step,
+                "rule_met": stopping.rule_met,
+                "g": monitor.values.tolist(),
+            }
+            (self.folder / "result.json").write_text(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("method", choices=tuple(METHODS))
@@ -69,33 +93,40 @@ def main() -> None:
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--while-saving", action="store_true")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--zero3", action="store_true", help="two processes under CPU DeepSpeed ZeRO-3")
     args = parser.parse_args()
     folder = Path(args.folder)
     testbed = build_testbed(seed=0, progress=False, **SMALL_TESTBED)
     L.seed_everything(0, verbose=False)
     module = METHODS[args.method](testbed.model)
     checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=1)
-    callbacks: list[L.Callback] = [checkpoints]
+    callbacks: list[L.Callback] = [checkpoints, Report(folder)]
     checkpoint_io = AtomicCheckpointIO()
     if args.kill_at is not None and args.while_saving:
         checkpoint_io = KillWhileSaving(args.kill_at)
     elif args.kill_at is not None:
         callbacks.append(KillAt(args.kill_at))
+    where: dict = {"devices": 1, "plugins": [checkpoint_io]}
+    data = testbed.datamodule()
+    if args.zero3:  # DeepSpeed writes its own checkpoint folders: no CheckpointIO
+        from tests.deepspeed_cpu import CPUDeepSpeedStrategy
+
+        half = len(testbed.forget) // 2
+        config = deepspeed_config(stage=3, micro_batch_size=half, bucket_size=10**6)
+        where, data = (
+            {"devices": 2, "strategy": CPUDeepSpeedStrategy(config=config)},
+            testbed.datamodule(batch_size=half),
+        )
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=1,
         max_epochs=200,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=callbacks,
-        plugins=[checkpoint_io],
+        **where,
     )
-    trainer.fit(module, testbed.datamodule(), ckpt_path="last" if args.resume else None)
-    stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
-    monitor = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == "forget")
-    result = {"stopped_step": stopping.stopped_step, "rule_met": stopping.rule_met, "g": monitor.values.tolist()}
-    (folder / "result.json").write_text(json.dumps(result))
+    trainer.fit(module, data, ckpt_path="last" if args.resume else None)
 
 
 if __name__ == "__main__":

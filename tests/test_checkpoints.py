@@ -72,3 +72,25 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_last_complete_one
     assert run(testbed_cache, "SGA+KL", str(whole)).returncode == 0
     assert result(tmp_path)["stopped_step"] == result(whole)["stopped_step"]
     assert result(tmp_path)["g"] == pytest.approx(result(whole)["g"], abs=1e-6)
+
+
+@pytest.mark.parametrize(("method", "kill_at"), [("SGA+KL", 7), ("TA", 18), ("TAU", 2)])
+def test_a_zero3_run_killed_mid_way_resumes_to_the_uninterrupted_result(
+    small_testbed, testbed_cache, tmp_path, method, kill_at
+):
+    """Two processes under ZeRO-3, the whole process group killed mid-way and resumed from DeepSpeed's last
+    checkpoint: the same stop step (±1), per-sample g within 0.05, and a model folder plain transformers loads."""
+    pytest.importorskip("deepspeed")
+    from transformers import AutoModelForCausalLM
+
+    assert run(testbed_cache, method, str(tmp_path / "whole"), "--zero3").returncode == 0
+    killed = run(testbed_cache, method, str(tmp_path / "killed"), "--kill-at", str(kill_at), "--zero3")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run(testbed_cache, method, str(tmp_path / "killed"), "--resume", "--zero3")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole, again = result(tmp_path / "whole"), result(tmp_path / "killed")
+    assert whole["rule_met"] and whole["stopped_step"] > kill_at
+    assert abs(again["stopped_step"] - whole["stopped_step"]) <= 1
+    assert again["g"] == pytest.approx(whole["g"], abs=0.05)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "killed" / "model")
+    assert model.num_parameters() == small_testbed.model.num_parameters()
