@@ -21,17 +21,21 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_unlearn import TAU, SelectiveGradientAscent, TaskArithmetic
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+from lightning_unlearn import NPO, TAU, SelectiveGradientAscent, TaskArithmetic
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
 from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO
 from lightning_unlearn.strategies import deepspeed_config
 from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+from tests.conftest import lora
 
 METHODS = {
     "SGA+KL": lambda model: SelectiveGradientAscent(model, learning_rate=3e-4, retain_loss="kl"),
     "TA": lambda model: TaskArithmetic(model, learning_rate=1e-3),
     "TAU": lambda model: TAU(model, learning_rate=1e-3),
+    "NPO+KL": lambda model: NPO(model, beta=0.02, learning_rate=1e-3, retain_loss="kl", retain_weight=0.5),
+    "SGA+LoRA": lambda model: SelectiveGradientAscent(model, learning_rate=1e-3, peft=lora(["q_proj", "v_proj"])),
 }
+CALLBACKS = {"NPO+KL": per_sample_control}  # the methods that do not bring their per-sample control
 
 
 def kill_this_job() -> None:
@@ -100,7 +104,7 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     module = METHODS[args.method](testbed.model)
     checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=1)
-    callbacks: list[L.Callback] = [checkpoints, Report(folder)]
+    callbacks: list[L.Callback] = [checkpoints, Report(folder), *CALLBACKS.get(args.method, list)()]
     checkpoint_io = AtomicCheckpointIO()
     if args.kill_at is not None and args.while_saving:
         checkpoint_io = KillWhileSaving(args.kill_at)

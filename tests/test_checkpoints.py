@@ -43,7 +43,9 @@ def result(folder: Path) -> dict:
     return json.loads((folder / "result.json").read_text())
 
 
-@pytest.mark.parametrize(("method", "kill_at"), [("SGA+KL", 7), ("TA", 18), ("TAU", 2)])
+@pytest.mark.parametrize(
+    ("method", "kill_at"), [("SGA+KL", 7), ("TA", 18), ("TAU", 2), ("NPO+KL", 3), ("SGA+LoRA", 15)]
+)
 def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result(
     small_testbed, testbed_cache, tmp_path, method, kill_at
 ):
