@@ -1,7 +1,7 @@
 """Test-only: one unlearning run on the small testbed in its own process, checkpointed every step, that can be
 killed at a step (SIGKILL to its whole process group, as a pre-empted job is) and resumed with ``ckpt_path="last"``.
 
-    python -m tests.resume_run METHOD FOLDER [--kill-at STEP [--while-saving]] [--resume] [--zero3]
+    python -m tests.resume_run METHOD FOLDER [--kill-at STEP [--while-saving] | --kill-in-save] [--resume] [--zero3]
 
 ``--zero3``: two processes under CPU DeepSpeed ZeRO-3 (checkpoints are DeepSpeed's folders). At the end it writes
 ``FOLDER/result.json`` (the step the rule stopped at and every forget record's final g) and ``FOLDER/model``
@@ -70,12 +70,23 @@ class KillWhileSaving(AtomicCheckpointIO):
 
 
 class Report(L.Callback):
-    """At fit end, on every process: the model to ``folder/model``; on the first, ``folder/result.json``."""
+    """At fit end, on every process: the model to ``folder/model``; on the first, ``folder/result.json``. With
+    ``kill_in_save``, the job dies once the model's files are written, before the folder is complete."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, kill_in_save: bool = False) -> None:
+        self.folder, self.kill_in_save = folder, kill_in_save
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.kill_in_save:
+            from transformers import PreTrainedModel
+
+            write = PreTrainedModel.save_pretrained
+
+            def dies_after_writing(model, *args, **kwargs):
+                write(model, *args, **kwargs)
+                kill_this_job()
+
+            PreTrainedModel.save_pretrained = dies_after_writing
         pl_module.save_pretrained(self.folder / "model")
         if trainer.global_rank == 0:
             stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
@@ -98,13 +109,14 @@ def main() -> None:
     parser.add_argument("--while-saving", action="store_true")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--zero3", action="store_true", help="two processes under CPU DeepSpeed ZeRO-3")
+    parser.add_argument("--kill-in-save", action="store_true", help="die while save_pretrained writes the model")
     args = parser.parse_args()
     folder = Path(args.folder)
     testbed = build_testbed(seed=0, progress=False, **SMALL_TESTBED)
     L.seed_everything(0, verbose=False)
     module = METHODS[args.method](testbed.model)
     checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=1)
-    callbacks: list[L.Callback] = [checkpoints, Report(folder), *CALLBACKS.get(args.method, list)()]
+    callbacks: list[L.Callback] = [checkpoints, Report(folder, args.kill_in_save), *CALLBACKS.get(args.method, list)()]
     checkpoint_io = AtomicCheckpointIO()
     if args.kill_at is not None and args.while_saving:
         checkpoint_io = KillWhileSaving(args.kill_at)

@@ -96,3 +96,18 @@ def test_a_zero3_run_killed_mid_way_resumes_to_the_uninterrupted_result(
     assert again["g"] == pytest.approx(whole["g"], abs=0.05)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "killed" / "model")
     assert model.num_parameters() == small_testbed.model.num_parameters()
+
+
+def test_a_zero3_run_killed_while_saving_the_model_leaves_no_folder_and_resumes(small_testbed, testbed_cache, tmp_path):
+    """Killed while save_pretrained writes the gathered model: no model folder (only a hidden staging one), and the
+    run resumed from its last checkpoint takes no further step and writes it."""
+    pytest.importorskip("deepspeed")
+    from transformers import AutoModelForCausalLM
+
+    killed = run(testbed_cache, "SGA+KL", str(tmp_path), "--kill-in-save", "--zero3")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (tmp_path / "model").exists() and not (tmp_path / "result.json").exists()
+    assert [p.name for p in tmp_path.glob(".model-*")]  # what the killed writer left, never taken for the model
+    resumed = run(testbed_cache, "SGA+KL", str(tmp_path), "--resume", "--zero3")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert result(tmp_path)["rule_met"] and AutoModelForCausalLM.from_pretrained(tmp_path / "model") is not None
