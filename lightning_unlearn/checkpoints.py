@@ -3,18 +3,22 @@
 Lightning's ``TorchCheckpointIO`` writes a checkpoint file in place, so a process killed while writing
 ``last.ckpt`` leaves a truncated file that ``ckpt_path="last"`` then picks up. :class:`AtomicCheckpointIO` writes
 it beside its path under a name that no ``"last"`` search matches, then renames it into place.
+:class:`AtomicDeepSpeedStrategy` does the same for DeepSpeed's checkpoint folders.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
 PARTIAL_PREFIX = ".partial-"  # what a checkpoint being written is called (hex digits follow: never "last")
+PUBLISHED_PREFIX = ".checkpoint-"  # a complete DeepSpeed checkpoint folder, which a checkpoint's path links to
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -39,3 +43,52 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
+
+
+class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
+    """``DeepSpeedStrategy`` whose checkpoints (a folder of every process's shards) are whole or absent: each is
+    written by every process into a new folder ``.partial-<hex>``, and once all have finished, it is renamed
+    ``.checkpoint-<hex>`` and the checkpoint's path (``last.ckpt``, …) becomes a link to it, replaced in one step;
+    the folder it linked to before is removed.
+    DeepSpeed itself overwrites a checkpoint folder in place, so a job killed while writing ``last.ckpt`` leaves
+    a mix of two steps' shards that ``ckpt_path="last"`` would load.
+
+    Example:
+        >>> trainer = L.Trainer(strategy=AtomicDeepSpeedStrategy(stage=3), devices=8)  # doctest: +SKIP
+        >>> # lightning-unlearn fit ... --trainer.strategy=lightning_unlearn.checkpoints.AtomicDeepSpeedStrategy
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        path = Path(self.broadcast(str(filepath)))
+        folder = path.parent / self.broadcast(f"{PARTIAL_PREFIX}{uuid.uuid4().hex}")  # one name on every process
+        super().save_checkpoint(checkpoint, folder, storage_options)
+        self.barrier("checkpoint written")
+        if self.is_global_zero:
+            self.publish(folder, path)
+        self.barrier("checkpoint published")
+
+    def publish(self, folder: Path, path: Path) -> None:
+        """Makes ``path`` a link to the complete checkpoint ``folder`` (renamed ``.checkpoint-<hex>`` first) in one
+        step, and removes what it linked to before (on the first process)."""
+        previous = path.resolve() if path.is_symlink() else None
+        if path.exists() and not path.is_symlink():  # a folder that DeepSpeed wrote in place before
+            shutil.rmtree(path)
+        complete = folder.with_name(folder.name.replace(PARTIAL_PREFIX, PUBLISHED_PREFIX, 1))
+        folder.rename(complete)
+        link = path.parent / f"{PARTIAL_PREFIX}{uuid.uuid4().hex}.link"
+        link.symlink_to(complete.name, target_is_directory=True)
+        os.replace(link, path)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+
+    def remove_checkpoint(self, filepath: str | os.PathLike) -> None:
+        """Removes a checkpoint: the link and the folder it points to."""
+        path = Path(filepath)
+        if self.is_global_zero and path.is_symlink():
+            target = path.resolve()
+            path.unlink()
+            shutil.rmtree(target, ignore_errors=True)
+        elif not path.is_symlink():
+            super().remove_checkpoint(filepath)

@@ -23,10 +23,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_unlearn import NPO, TAU, SelectiveGradientAscent, TaskArithmetic
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
-from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO
+from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO, AtomicDeepSpeedStrategy
 from lightning_unlearn.strategies import deepspeed_config
 from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
 from tests.conftest import lora
+from tests.deepspeed_cpu import CPUDeepSpeedStrategy
 
 METHODS = {
     "SGA+KL": lambda model: SelectiveGradientAscent(model, learning_rate=3e-4, retain_loss="kl"),
@@ -67,6 +68,20 @@ class KillWhileSaving(AtomicCheckpointIO):
             Path(path).parent.joinpath(f"{PARTIAL_PREFIX}{'0' * 32}").write_bytes(data.getvalue()[: data.tell() // 2])
             kill_this_job()
         super().save_checkpoint(checkpoint, path, storage_options)
+
+
+class AtomicCPUDeepSpeed(CPUDeepSpeedStrategy, AtomicDeepSpeedStrategy):
+    """AtomicDeepSpeedStrategy on CPU processes; with ``kill_at``, the job dies once the checkpoint of that step is
+    written by every process, before it is published as the checkpoint's path."""
+
+    def __init__(self, *args, kill_at: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.kill_at = kill_at
+
+    def publish(self, folder: Path, path: Path) -> None:
+        if self.lightning_module.trainer.global_step == self.kill_at:
+            kill_this_job()
+        super().publish(folder, path)
 
 
 class Report(L.Callback):
@@ -124,15 +139,11 @@ def main() -> None:
         callbacks.append(KillAt(args.kill_at))
     where: dict = {"devices": 1, "plugins": [checkpoint_io]}
     data = testbed.datamodule()
-    if args.zero3:  # DeepSpeed writes its own checkpoint folders: no CheckpointIO
-        from tests.deepspeed_cpu import CPUDeepSpeedStrategy
-
+    if args.zero3:  # DeepSpeed writes its own checkpoint folders, whole or absent with AtomicDeepSpeedStrategy
         half = len(testbed.forget) // 2
         config = deepspeed_config(stage=3, micro_batch_size=half, bucket_size=10**6)
-        where, data = (
-            {"devices": 2, "strategy": CPUDeepSpeedStrategy(config=config)},
-            testbed.datamodule(batch_size=half),
-        )
+        strategy = AtomicCPUDeepSpeed(config=config, kill_at=args.kill_at if args.while_saving else None)
+        where, data = {"devices": 2, "strategy": strategy}, testbed.datamodule(batch_size=half)
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=200,

@@ -43,26 +43,41 @@ def result(folder: Path) -> dict:
     return json.loads((folder / "result.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(testbed_cache, tmp_path_factory):
+    """The result of an uninterrupted run, by method and strategy, each run once for the module's tests."""
+    results: dict[tuple[str, bool], dict] = {}
+
+    def get(method: str, zero3: bool = False) -> dict:
+        if (method, zero3) not in results:
+            folder = tmp_path_factory.mktemp("uninterrupted")
+            done = run(testbed_cache, method, str(folder), *(["--zero3"] if zero3 else []))
+            assert done.returncode == 0, done.stderr[-2000:]
+            results[method, zero3] = result(folder)
+        return results[method, zero3]
+
+    return get
+
+
 @pytest.mark.parametrize(
     ("method", "kill_at"), [("SGA+KL", 7), ("TA", 18), ("TAU", 2), ("NPO+KL", 3), ("SGA+LoRA", 15)]
 )
 def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result(
-    small_testbed, testbed_cache, tmp_path, method, kill_at
+    small_testbed, testbed_cache, uninterrupted, tmp_path, method, kill_at
 ):
     """SIGKILL at a step mid-way, resume with ckpt_path="last": the same stop step and per-sample g (1e-6)."""
-    assert run(testbed_cache, method, str(tmp_path / "whole")).returncode == 0
     killed = run(testbed_cache, method, str(tmp_path / "killed"), "--kill-at", str(kill_at))
     assert killed.returncode == -9 and not (tmp_path / "killed" / "result.json").exists(), killed.stderr[-2000:]
     resumed = run(testbed_cache, method, str(tmp_path / "killed"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole, again = result(tmp_path / "whole"), result(tmp_path / "killed")
+    whole, again = uninterrupted(method), result(tmp_path / "killed")
     assert whole["rule_met"] and whole["stopped_step"] > kill_at
     assert again["stopped_step"] == whole["stopped_step"]
     assert again["g"] == pytest.approx(whole["g"], abs=1e-6)
 
 
 def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_last_complete_one(
-    small_testbed, testbed_cache, tmp_path
+    small_testbed, testbed_cache, uninterrupted, tmp_path
 ):
     killed = run(testbed_cache, "SGA+KL", str(tmp_path), "--kill-at", "7", "--while-saving")
     assert killed.returncode == -9
@@ -70,27 +85,24 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_last_complete_one
     assert checkpoints == [f"{PARTIAL_PREFIX}{'0' * 32}", "last.ckpt"]  # the half-written one is not "last"
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
     assert run(testbed_cache, "SGA+KL", str(tmp_path), "--resume").returncode == 0
-    whole = tmp_path / "whole"
-    assert run(testbed_cache, "SGA+KL", str(whole)).returncode == 0
-    assert result(tmp_path)["stopped_step"] == result(whole)["stopped_step"]
-    assert result(tmp_path)["g"] == pytest.approx(result(whole)["g"], abs=1e-6)
+    assert result(tmp_path)["stopped_step"] == uninterrupted("SGA+KL")["stopped_step"]
+    assert result(tmp_path)["g"] == pytest.approx(uninterrupted("SGA+KL")["g"], abs=1e-6)
 
 
 @pytest.mark.parametrize(("method", "kill_at"), [("SGA+KL", 7), ("TA", 18), ("TAU", 2)])
 def test_a_zero3_run_killed_mid_way_resumes_to_the_uninterrupted_result(
-    small_testbed, testbed_cache, tmp_path, method, kill_at
+    small_testbed, testbed_cache, uninterrupted, tmp_path, method, kill_at
 ):
     """Two processes under ZeRO-3, the whole process group killed mid-way and resumed from DeepSpeed's last
     checkpoint: the same stop step (±1), per-sample g within 0.05, and a model folder plain transformers loads."""
     pytest.importorskip("deepspeed")
     from transformers import AutoModelForCausalLM
 
-    assert run(testbed_cache, method, str(tmp_path / "whole"), "--zero3").returncode == 0
     killed = run(testbed_cache, method, str(tmp_path / "killed"), "--kill-at", str(kill_at), "--zero3")
     assert killed.returncode == -9, killed.stderr[-2000:]
     resumed = run(testbed_cache, method, str(tmp_path / "killed"), "--resume", "--zero3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    whole, again = result(tmp_path / "whole"), result(tmp_path / "killed")
+    whole, again = uninterrupted(method, zero3=True), result(tmp_path / "killed")
     assert whole["rule_met"] and whole["stopped_step"] > kill_at
     assert abs(again["stopped_step"] - whole["stopped_step"]) <= 1
     assert again["g"] == pytest.approx(whole["g"], abs=0.05)
@@ -111,3 +123,21 @@ def test_a_zero3_run_killed_while_saving_the_model_leaves_no_folder_and_resumes(
     resumed = run(testbed_cache, "SGA+KL", str(tmp_path), "--resume", "--zero3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert result(tmp_path)["rule_met"] and AutoModelForCausalLM.from_pretrained(tmp_path / "model") is not None
+
+
+def test_a_zero3_run_killed_while_a_checkpoint_is_written_resumes_from_the_last_complete_one(
+    small_testbed, testbed_cache, uninterrupted, tmp_path
+):
+    """AtomicDeepSpeedStrategy: the job dies once every process has written step 7's shards, before last.ckpt links
+    to them: last.ckpt is step 6's, whole, and the resumed run ends as an uninterrupted one."""
+    pytest.importorskip("deepspeed")
+    killed = run(testbed_cache, "SGA+KL", str(tmp_path / "killed"), "--kill-at", "7", "--while-saving", "--zero3")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert last.is_symlink() and (last / "latest").is_file()
+    states = last / "checkpoint" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    assert torch.load(states, weights_only=False)["global_step"] == 6
+    assert run(testbed_cache, "SGA+KL", str(tmp_path / "killed"), "--resume", "--zero3").returncode == 0
+    whole, again = uninterrupted("SGA+KL", zero3=True), result(tmp_path / "killed")
+    assert abs(again["stopped_step"] - whole["stopped_step"]) <= 1
+    assert again["g"] == pytest.approx(whole["g"], abs=0.05)

@@ -114,7 +114,8 @@ def test_deepspeed_examples_resolve_on_top_of_a_method(config, exported, capsys)
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     json_path = f"examples/deepspeed/{config.removesuffix('.yaml')}.json"
-    assert "class_path: lightning.pytorch.strategies.DeepSpeedStrategy" in printed and f"config: {json_path}" in printed
+    assert "class_path: lightning_unlearn.checkpoints.AtomicDeepSpeedStrategy" in printed
+    assert f"config: {json_path}" in printed
     written = json.loads((EXAMPLES.parent / json_path).read_text())
     assert written == deepspeed_config(on_gpu=True, **DEEPSPEED_SETTINGS[config])
     assert DeepSpeedStrategy(config=str(EXAMPLES.parent / json_path)).config == written
