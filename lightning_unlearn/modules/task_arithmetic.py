@@ -250,11 +250,11 @@ class TAU(TaskArithmetic):
         checkpoint["task_arithmetic"]["switch_step"] = self.switch_step
         if is_adapted(self.model):  # frozen, so not in the state dict
             names = adapter_parameter_names(self.model, ASCENT_ADAPTER)
-            checkpoint["task_arithmetic"]["ascent"] = snapshot(self.model, names=names)
+            checkpoint["task_arithmetic"]["ascent"] = gather_local_shards(self.model, snapshot(self.model, names=names))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("task_arithmetic", {})
         self.switch_step = state.get("switch_step")
-        if "ascent" in state:
-            load_parameters(self.model, state["ascent"])
+        if "ascent" in state:  # whole in the checkpoint: this process's shards of it
+            load_parameters(self.model, partition_like(self.model, state["ascent"]))
