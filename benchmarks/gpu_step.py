@@ -29,6 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 from peak_memory import PeakTensorMemory
+from random_data import IdTokenizer, random_texts
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lightning_unlearn import GradientAscent, SelectiveGradientAscent, TaskArithmetic, UnlearningDataModule
@@ -74,25 +75,6 @@ SHAPES: dict[str, dict[str, Any]] = {
         "lora": False,
     },
 }
-
-
-class IdTokenizer:
-    """Texts of space-separated token ids as their ids: random data needs no real tokenizer."""
-
-    def __init__(self, vocabulary: int) -> None:
-        self.vocabulary, self.pad_token_id, self.eos_token_id = vocabulary, 0, 0
-
-    def __len__(self) -> int:
-        return self.vocabulary
-
-    def __call__(self, texts: list[str], **_: Any) -> dict[str, list[list[int]]]:
-        return {"input_ids": [[int(word) for word in text.split()] for text in texts]}
-
-
-def random_texts(count: int, length: int, vocabulary: int, seed: int) -> list[str]:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, vocabulary, (count, length), generator=generator)
-    return [" ".join(map(str, row.tolist())) for row in ids]
 
 
 def build_model(shape: dict[str, Any], precision: str) -> torch.nn.Module:

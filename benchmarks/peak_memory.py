@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 
+import lightning as L
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -35,3 +36,17 @@ class PeakTensorMemory(TorchDispatchMode):
 
     def _free(self, size: int) -> None:
         self.live -= size
+
+
+class StepPeak(L.Callback):
+    """Peak tensor memory (bytes) of the training steps (forward, backward, optimizer step), the largest over the
+    steps, not counting the scoring passes that a monitor runs before training starts."""
+
+    peak = 0
+
+    def on_train_batch_start(self, *args: object) -> None:
+        self.memory = PeakTensorMemory().__enter__()
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.memory.__exit__(None, None, None)
+        self.peak = max(self.peak, self.memory.peak)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from peak_memory import PeakTensorMemory
+from peak_memory import PeakTensorMemory, StepPeak
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
 from lightning_unlearn import GradientAscent, SelectiveGradientAscent, UnlearningDataModule
@@ -136,19 +136,6 @@ def large_vocabulary_memory(testbed: object, vocabulary: int, dtype: torch.dtype
         quiet_trainer(1, step).fit(module, datamodule)
         peaks[name] = step.peak / 2**20
     return peaks
-
-
-class StepPeak(L.Callback):
-    """Peak tensor memory of the training step (forward, backward, optimizer step), not of the scoring passes
-    that a monitor runs before training starts."""
-
-    def on_train_batch_start(self, *args: object) -> None:
-        self.memory = PeakTensorMemory()
-        self.memory.__enter__()
-
-    def on_train_batch_end(self, *args: object) -> None:
-        self.memory.__exit__(None, None, None)
-        self.peak = self.memory.peak
 
 
 def interleaved(variants: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, list[float]]:

@@ -105,7 +105,7 @@ def main() -> None:
     nll_after, predicted_after, entropy_after, per_record_after = token_nll(module.model, holdout)
 
     print(
-        f"{method.label} on the testbed: holdout NLL {float(per_record.mean()):.2f} -> "
+        f"{method.description} on the testbed: holdout NLL {float(per_record.mean()):.2f} -> "
         f"{float(per_record_after.mean()):.2f} nats ({float(per_record_after.mean() / per_record.mean()):.2f}x)"
     )
     print("\n| after steps | holdout NLL | forget mean g | forget max g | next step ascends |\n|---|---|---|---|---|")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -29,9 +30,8 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,15 @@ from lightning_unlearn.callbacks import (
     MemorizationEarlyStopping,
     MemorizationMonitor,
     UnlearningProgress,
-    per_sample_control,
 )
 from lightning_unlearn.data import UnlearningDataModule
 from lightning_unlearn.files import atomic_file, write_text_atomically
 from lightning_unlearn.memorization import score_memorization
+from lightning_unlearn.methods import METHODS as NAMED_METHODS
+from lightning_unlearn.methods import Method
 from lightning_unlearn.modules import (
-    NPO,
-    TAU,
     GradientAscent,
     SelectiveGradientAscent,
-    TaskArithmetic,
-    UnlearningModule,
 )
 from lightning_unlearn.report import Report, memorization_report, plot_histograms
 from lightning_unlearn.robustness import ATTACK_NAMES
@@ -65,39 +62,33 @@ from lightning_unlearn.utility import evaluate_utility, require_lm_eval, write_r
 UTILITY_TASKS = ("testbed_fields", "testbed_perplexity")  # what write_record_tasks(prefix="testbed") writes
 
 
-@dataclass(frozen=True)
-class DemoMethod:
-    """One row of the demo: how to make the module (from a model) and the extra Trainer callbacks it needs."""
-
-    label: str
-    make: Callable[[PreTrainedModel], UnlearningModule]
-    callbacks: Callable[[], list[Callback]] = field(default=list)
+def _labelled(name: str, label: str) -> Method:
+    """The method ``name`` of :data:`~lightning_unlearn.methods.METHODS`, under the demo's label."""
+    return dataclasses.replace(NAMED_METHODS[name], description=label)
 
 
-METHODS: dict[str, DemoMethod] = {
-    "GA": DemoMethod(
+# The demo's rows: the methods by name (their ``description`` is the row's label), and two of its own.
+METHODS: dict[str, Method] = {
+    "GA": Method(
         "GA, mean rule (Jang)",
         lambda model: GradientAscent(model, learning_rate=5e-5),
-        lambda: [MemorizationMonitor(), MemorizationEarlyStopping(criterion="mean", threshold="holdout_mean")],
+        callbacks=lambda: [
+            MemorizationMonitor(),
+            MemorizationEarlyStopping(criterion="mean", threshold="holdout_mean"),
+        ],
     ),
-    "SGA": DemoMethod("SGA", lambda model: SelectiveGradientAscent(model, learning_rate=5e-5)),
-    "SGA+KL": DemoMethod(
-        "SGA + KL retain (recommended)",
-        lambda model: SelectiveGradientAscent(model, learning_rate=5e-5, retain_loss="kl", retain_weight=3.0),
-    ),
-    "NPO+KL": DemoMethod(
-        "selective NPO (β = 0.01) + KL retain",
-        lambda model: NPO(model, beta=0.01, learning_rate=1e-4, retain_loss="kl", retain_weight=1.0),
-        per_sample_control,
-    ),
-    "SGA+KL+RA": DemoMethod(
+    "SGA": _labelled("sga", "SGA"),
+    "SGA+KL": _labelled("sga-kl", "SGA + KL retain (recommended)"),
+    "NPO+KL": _labelled("npo-kl", "selective NPO (β = 0.01) + KL retain"),
+    "SGA+KL+RA": Method(
         "SGA + KL, relearning-aware",
         lambda model: SelectiveGradientAscent(
             model, learning_rate=5e-5, retain_loss="kl", retain_weight=5.0, relearn_steps=4, relearn_learning_rate=5e-4
         ),
+        needs_retain=True,
     ),
-    "TA": DemoMethod("TA, λ = −3", lambda model: TaskArithmetic(model, learning_rate=3e-4)),
-    "TAU": DemoMethod("TAU, λ searched in [−3, 0)", lambda model: TAU(model, learning_rate=1e-4)),
+    "TA": _labelled("ta", "TA, λ = −3"),
+    "TAU": _labelled("tau", "TAU, λ searched in [−3, 0)"),
 }
 
 COLUMNS = {  # summary key -> table heading
@@ -249,7 +240,7 @@ def run_demo(
         reports[name] = measure(module.model.eval(), testbed, datamodule, miau, threshold, retain_before, utility_tasks)
         summary = reports[name].summary
         rows[name] = {
-            "method": method.label,
+            "method": method.description,
             "steps": stopped if stopped is not None else trainer.global_step,
             "rule_met": rule_met,
             "seconds": seconds,

@@ -9,6 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, GPTNeoModel
 
+from benchmarks.peak_memory import StepPeak
+from benchmarks.random_data import IdTokenizer, random_texts
 from lightning_unlearn import (
     NPO,
     TAU,
@@ -382,41 +384,6 @@ def test_a_stop_rule_given_to_the_trainer_is_the_one_that_decides(small_testbed,
     assert "using the MemorizationEarlyStopping given to the Trainer" in caplog.text
 
 
-class _IdTokenizer:
-    """Texts of space-separated token ids as those ids (random data for a model built from config)."""
-
-    pad_token_id = eos_token_id = 0
-
-    def __init__(self, vocabulary: int) -> None:
-        self.vocabulary = vocabulary
-
-    def __len__(self) -> int:
-        return self.vocabulary
-
-    def __call__(self, texts, **_):
-        return {"input_ids": [[int(word) for word in text.split()] for text in texts]}
-
-
-def _random_texts(count: int, length: int, vocabulary: int, seed: int) -> list[str]:
-    ids = torch.randint(1, vocabulary, (count, length), generator=torch.Generator().manual_seed(seed))
-    return [" ".join(map(str, row.tolist())) for row in ids]
-
-
-class _StepPeak(L.Callback):
-    """The peak tensor memory of the training steps (forward, backward, optimizer step)."""
-
-    peak = 0
-
-    def on_train_batch_start(self, *args):
-        from benchmarks.peak_memory import PeakTensorMemory
-
-        self.memory = PeakTensorMemory().__enter__()
-
-    def on_train_batch_end(self, *args):
-        self.memory.__exit__(None, None, None)
-        self.peak = max(self.peak, self.memory.peak)
-
-
 def _logits_heavy_run(retain_loss, steps=2, **options):
     """SGA (every record ascended, no stop) for ``steps`` steps on a model whose memory is its logits: vocabulary
     32k, hidden size 64, 8 x 64 tokens. Returns the model and the steps' peak tensor memory in bytes."""
@@ -432,11 +399,11 @@ def _logits_heavy_run(retain_loss, steps=2, **options):
     )
     torch.manual_seed(0)
     model = GPTNeoForCausalLM(config).eval()
-    tokenizer, forget = _IdTokenizer(vocabulary), _random_texts(8, 64, vocabulary, seed=1)
-    retain = _random_texts(8, 64, vocabulary, seed=2)
+    tokenizer, forget = IdTokenizer(vocabulary), random_texts(8, 64, vocabulary, seed=1)
+    retain = random_texts(8, 64, vocabulary, seed=2)
     data = UnlearningDataModule(tokenizer, forget, retain=retain, max_length=64, batch_size=8, shuffle=False)
     module = SelectiveGradientAscent(model, gamma=0.0, threshold=-1.0, retain_loss=retain_loss, **options)
-    probe = _StepPeak()
+    probe = StepPeak()
     make_trainer(max_steps=steps, callbacks=[probe]).fit(module, data)
     return module.model, probe.peak
 
