@@ -263,13 +263,15 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """The model in eval mode inside; its previous mode restored after (also on error)."""
-    was_training = model.training
+    """The model in eval mode inside; after (also on error), every module back in the mode it had (dropout modules
+    in eval mode in a model that trains stay so)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 @torch.no_grad()

@@ -33,11 +33,12 @@ from lightning_unlearn.models import check_causal_lm, load_causal_lm
 from lightning_unlearn.modules.retain import RetainTerm, check_finite
 from lightning_unlearn.reference import ReferenceLogitsCache, ReferenceWeights
 from lightning_unlearn.strategies import offloads_optimizer
+from lightning_unlearn.training_mode import checkpointing, set_checkpointing, train_without_dropout
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-# Expected here, not a problem: the model trains in eval mode (no dropout).
+# Expected here, not a problem: dropout modules are in eval mode while the model trains.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
@@ -67,7 +68,12 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         learning_rate: Adam learning rate (the paper: 5e-5).
         betas: Adam betas (the paper: (0.9, 0.98)).
         weight_decay: Adam weight decay.
-        dropout: keep the model's dropout during training (off by default: unlearning edits a trained model).
+        dropout: keep the model's dropout during training (off by default: unlearning edits a trained model). Off
+            means the dropout and attention modules in eval mode at every step, the model itself in training mode
+            (:func:`~lightning_unlearn.training_mode.train_without_dropout`), so that gradient checkpointing still runs.
+        gradient_checkpointing: ``True`` recomputes each decoder layer's activations in the backward pass
+            (Hugging Face's ``gradient_checkpointing_enable``, non-reentrant): much less activation memory for
+            about one more forward pass per step; ``False`` turns it off; ``None`` keeps the model's own setting.
         gguf_file: a GGUF file inside ``model``'s folder or repository.
         model_kwargs: more ``from_pretrained`` arguments (``torch_dtype``, ``revision``, …).
         refresh: the memorization monitor's policy for methods that bring one (SGA, TA, TAU): ``"all"`` re-scores
@@ -101,6 +107,7 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         weight_decay: float = 0.0,
         dropout: bool = False,
+        gradient_checkpointing: bool | None = None,
         gguf_file: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         refresh: Literal["all", "above_threshold"] = "all",
@@ -160,6 +167,9 @@ class UnlearningModule(RetainTerm, L.LightningModule):
             check_causal_lm(self.model)
         if self.hparams.get("peft") is not None and not is_adapted(self.model):
             self.model = add_adapter(self.model, config_from_plain(self.hparams.peft))
+        wanted = self.hparams.get("gradient_checkpointing")
+        if wanted is not None and wanted != checkpointing(self.model):  # None: the model's own setting
+            set_checkpointing(self.model, wanted)
 
     def memorization_monitors(self) -> list[MemorizationMonitor]:
         """The monitors that methods bring through ``configure_callbacks``: the forget-set monitor with this module's
@@ -187,9 +197,17 @@ class UnlearningModule(RetainTerm, L.LightningModule):
 
     def train(self, mode: bool = True) -> UnlearningModule:
         super().train(mode)
-        if mode and not self.hparams.dropout and self.model is not None:
-            self.model.eval()  # no dropout; gradients flow in eval mode all the same
+        if mode and self.model is not None:
+            self._set_training_mode()
         return self
+
+    def _set_training_mode(self) -> None:
+        """The model in training mode, with its dropout off unless ``dropout=True``: at every step, as Lightning
+        never calls ``train()`` on a model that came in one mode or the other, and scoring passes switch modes."""
+        if self.hparams.dropout:
+            self.model.train()
+        else:
+            train_without_dropout(self.model)
 
     def setup(self, stage: str) -> None:
         self.configure_model()
@@ -248,6 +266,7 @@ class UnlearningModule(RetainTerm, L.LightningModule):
             raise KeyError("training batches must be dicts with a 'forget' batch (as UnlearningDataModule makes)")
         forget = batch["forget"]
         ids = forget["sample_id"]
+        self._set_training_mode()
         retain = self._retain_batch(batch) if self.needs_retain else None
         deferred = retain is not None and self._backward_per_part()
         if retain is not None and not deferred:  # the reference first: its weights are swapped in place
