@@ -1,8 +1,9 @@
 """Memorization metrics as torchmetrics: per-sample values keyed by ``sample_id``, synchronized across processes.
 
-Each metric keeps the (sample_id, value) pairs it was given. Across processes the pairs are concatenated and
-de-duplicated by id (a ``DistributedSampler`` pads the last batch by repeating samples), keeping the latest value
-of each id, so results are the same on 1 or N processes. ``compute()`` gives the aggregate and ``per_sample()``
+Each metric keeps the (sample_id, value) pairs it was given, each with the number of the update that gave it.
+Across processes the pairs are concatenated and de-duplicated by id (a ``DistributedSampler`` pads the last batch by
+repeating samples), keeping each id's value from its latest update, whichever process scored it, so results are the
+same on 1 or N processes. ``compute()`` gives the aggregate and ``per_sample()``
 the ``{sample_id: value}`` map.
 """
 
@@ -19,12 +20,16 @@ from lightning_unlearn.memorization import extraction_likelihood, memorization_a
 from lightning_unlearn.thresholds import BAND, holdout_band
 
 
-def deduplicate(sample_ids: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-    """Sorted unique ids (``Tensor[N]``) and, for each, its value at its last occurrence (``Tensor[N]``)."""
+def deduplicate(sample_ids: Tensor, values: Tensor, updates: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Sorted unique ids (``Tensor[N]``) and, for each, its value at its last occurrence (``Tensor[N]``); with
+    ``updates`` (``Tensor[M]`` of int, one per pair: when it was given), its value from its latest update, the last
+    occurrence among those (processes' pairs come concatenated rank by rank, so position alone is not time)."""
     unique, inverse = torch.unique(sample_ids, return_inverse=True)
-    order = torch.arange(len(sample_ids), device=sample_ids.device)
-    last = torch.full_like(unique, -1).scatter_reduce(0, inverse, order, "amax")
-    return unique, values[last]
+    position = torch.arange(len(sample_ids), device=sample_ids.device)
+    if updates is not None:
+        position = updates.to(position.device).long() * len(sample_ids) + position
+    last = torch.full_like(unique, -1).scatter_reduce(0, inverse, position, "amax")
+    return unique, values[last % max(len(sample_ids), 1)]
 
 
 class _PerSampleMetric(Metric):
@@ -37,6 +42,7 @@ class _PerSampleMetric(Metric):
         super().__init__(**kwargs)
         self.add_state("sample_ids", default=[], dist_reduce_fx="cat")
         self.add_state("values", default=[], dist_reduce_fx="cat")
+        self.add_state("updates", default=[], dist_reduce_fx="cat")  # the update that gave each pair
 
     def _append(self, values: Tensor, sample_id: Tensor | list[int]) -> None:
         sample_id = torch.as_tensor(sample_id, device=values.device).long().flatten()
@@ -44,15 +50,16 @@ class _PerSampleMetric(Metric):
             raise ValueError(f"got {len(sample_id)} sample ids for {len(values)} values")
         self.sample_ids.append(sample_id)
         self.values.append(values.detach().float())
+        self.updates.append(torch.full_like(sample_id, self._update_count))  # the same count on every process
 
     def _unique(self) -> tuple[Tensor, Tensor]:
         if len(self.sample_ids) == 0:
             raise RuntimeError(f"{type(self).__name__} has no samples: call update() first")
-        return deduplicate(dim_zero_cat(self.sample_ids), dim_zero_cat(self.values))
+        return deduplicate(dim_zero_cat(self.sample_ids), dim_zero_cat(self.values), dim_zero_cat(self.updates))
 
     def per_sample(self) -> dict[int, float]:
         """``{sample_id: value}`` over all processes, each id once."""
-        with self.sync_context(should_sync=self._to_sync, should_unsync=True):
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=True):
             ids, values = self._unique()
         return dict(zip(ids.tolist(), values.tolist(), strict=True))
 

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_unlearn.distributed import _share, score_on_all_ranks
+from tests.collectives import CheckedDDP, HostTensors, HostTensorsInSteps
 from tests.conftest import DISTRIBUTED_METHODS, RankReport, make_trainer, unlearning_data
 
 
@@ -16,10 +17,14 @@ def run(tb, folder, devices, method="SGA", accumulate=1):
     make, callbacks = DISTRIBUTED_METHODS[method]
     module = make(copy.deepcopy(tb.model))
     datamodule = unlearning_data(tb, batch_size=len(tb.forget) // devices // accumulate)
-    strategy = "ddp_spawn" if devices > 1 else "auto"
+    # Every collective of every step is checked for host tensors (tests.collectives: the CPU stand-in for NCCL).
+    strategy = CheckedDDP(start_method="spawn") if devices > 1 else "auto"
     report = RankReport(folder)
     trainer = make_trainer(
-        devices=devices, strategy=strategy, accumulate_grad_batches=accumulate, callbacks=[*callbacks(), report]
+        devices=devices,
+        strategy=strategy,
+        accumulate_grad_batches=accumulate,
+        callbacks=[*callbacks(), report, HostTensorsInSteps()],
     )
     trainer.fit(module, datamodule)
     return report.read(devices)
@@ -78,3 +83,15 @@ def test_scoring_takes_a_dataloader_without_a_length(tiny_model):
 
     ids, values = score_on_all_ranks(tiny_model, DataLoader(Records(), batch_size=2))
     assert ids.tolist() == [0, 1, 2] and len(values) == 3
+
+
+def test_host_tensors_marks_what_a_gpu_run_would_hold_on_the_host():
+    device = torch.device("cpu")  # the strategy's device, on a GPU run the GPU
+    with HostTensors() as tracker:
+        on_device = torch.zeros(3, device=device)
+        host = torch.zeros(3)
+        written = torch.zeros(4, device=device)
+        written[:3] = host
+        assert not tracker.is_host(on_device) and not tracker.is_host(on_device * 2)
+        assert tracker.is_host(host) and tracker.is_host(host + on_device) and tracker.is_host(written)
+        assert tracker.is_host(on_device.cpu()) and not tracker.is_host(host.to(device))

@@ -119,3 +119,20 @@ def test_outliers_band_from_the_holdout_distribution():
     assert (metric.lower, metric.upper) == pytest.approx((0.13, 0.47))  # linear between order statistics
     metric.update(torch.tensor([0.05, 0.3, 0.9]), torch.arange(3))
     assert {k: int(v) for k, v in metric.compute().items()} == {"above": 1, "below": 1, "outliers": 2, "total": 3}
+
+
+def test_the_latest_value_wins_whichever_process_gave_it():
+    """Processes' pairs come concatenated rank by rank: a sample scored by process 1 at the first update and by
+    process 0 at the second keeps process 0's value (the last by position would be process 1's stale one)."""
+    other = MemorizationOutliers()  # process 1's state
+    other.update(torch.tensor([0.8]), sample_id=torch.tensor([5]))
+    other.update(torch.tensor([0.4]), sample_id=torch.tensor([2]))
+    states = iter([torch.cat(getattr(other, name)) for name in other._reductions])  # in the order synced
+
+    def gather(tensor, group=None):  # what gather_all_tensors returns on process 0 of 2
+        return [tensor, next(states)]
+
+    metric = MemorizationOutliers(dist_sync_fn=gather, distributed_available_fn=lambda: True)
+    metric.update(torch.tensor([0.5]), sample_id=torch.tensor([1]))
+    metric.update(torch.tensor([0.2]), sample_id=torch.tensor([5]))
+    assert metric.per_sample() == pytest.approx({1: 0.5, 2: 0.4, 5: 0.2})

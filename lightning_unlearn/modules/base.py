@@ -353,7 +353,7 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         for monitor in self._monitors("forget"):  # SelectiveAscent and the stopping rule require one
             batch_ids = monitor.record(self.trainer, self, sample_id, g)  # every process's ids
             if window_ids is not None:
-                no_values = torch.zeros(len(window_ids), dtype=torch.float32)
+                no_values = torch.zeros(len(window_ids), dtype=torch.float32, device=window_ids.device)
                 batch_ids, _ = gather_scores(self.trainer.strategy, window_ids, no_values)
                 monitor.refresh_stale(self.trainer, self, sample_ids=batch_ids.cpu())
             if any(cb.check(self.trainer) for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)):
