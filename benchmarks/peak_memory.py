@@ -50,3 +50,20 @@ class StepPeak(L.Callback):
     def on_train_batch_end(self, *args: object) -> None:
         self.memory.__exit__(None, None, None)
         self.peak = max(self.peak, self.memory.peak)
+
+
+class HostCopies(TorchDispatchMode):
+    """Bytes copied to the CPU inside the context (``aten._to_copy`` to the CPU, as ``.to("cpu", copy=True)`` and
+    every host copy on an accelerator dispatch): on a CPU run, the copies that a GPU run makes over PCIe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        device = kwargs.get("device")
+        if func is torch.ops.aten._to_copy.default and device is not None and torch.device(device).type == "cpu":
+            self.bytes += out.untyped_storage().nbytes()
+        return out

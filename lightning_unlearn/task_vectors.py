@@ -1,9 +1,10 @@
 """Task vectors (Ilharco et al.): τ = θ_tuned − θ_base, and edits θ = θ_base + λ·τ, on named parameters.
 
 Work on any set of named parameters: a whole model, or some of its parameters (``names``: e.g. a LoRA adapter's B
-factors, see :func:`lightning_unlearn.adapters.task_vector_names`). Vectors live on the CPU, so an edit never keeps
-a second model on the accelerator. Under DeepSpeed ZeRO-3 every function works on this process's parameter shards
-(each process keeps its own base and edits its own shards in place), see
+factors, see :func:`lightning_unlearn.adapters.task_vector_names`). Vectors and copies live where the weights are
+(on the accelerator, in the weights' dtype): an edit and its restore copy nothing to the host, at the price of one
+copy of the edited weights while the edit lasts. Under DeepSpeed ZeRO-3 every function works on this process's
+parameter shards (each process keeps its own base and edits its own shards in place), see
 :func:`lightning_unlearn.strategies.local_shards`.
 """
 
@@ -19,13 +20,9 @@ from lightning_unlearn.strategies import local_shards
 
 
 def snapshot(model: torch.nn.Module, names: Collection[str] | None = None) -> dict[str, Tensor]:
-    """A CPU copy of ``model``'s parameters by name (only those in ``names`` when given)."""
+    """A copy of ``model``'s parameters by name (only those in ``names`` when given), each on its own device."""
     wanted = set(names) if names is not None else None
-    return {
-        name: data.detach().to("cpu", copy=True)
-        for name, data in local_shards(model)
-        if wanted is None or name in wanted
-    }
+    return {name: data.detach().clone() for name, data in local_shards(model) if wanted is None or name in wanted}
 
 
 def task_vector(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -33,7 +30,7 @@ def task_vector(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> dict
     missing = set(base) - set(tuned)
     if missing:
         raise KeyError(f"the tuned weights lack {len(missing)} parameters of the base, e.g. {sorted(missing)[0]}")
-    return {name: tuned[name].detach().cpu() - value.detach().cpu() for name, value in base.items()}
+    return {name: tuned[name].detach().to(value.device) - value.detach() for name, value in base.items()}
 
 
 @torch.no_grad()
@@ -55,11 +52,16 @@ def load_parameters(model: torch.nn.Module, values: Mapping[str, Tensor]) -> Non
         parameters[name].copy_(value)
 
 
+@torch.no_grad()
 def edit(model: torch.nn.Module, base: Mapping[str, Tensor], scale: float) -> dict[str, Tensor]:
-    """Sets ``model``'s parameters named in ``base`` to base + scale · (their weights − base), in place, the others
-    untouched; returns a CPU copy of their weights before the edit."""
-    current = snapshot(model, names=base.keys())
-    apply_task_vector(model, task_vector(base, current), scale, base)
+    """Sets ``model``'s parameters named in ``base`` to base + scale · (their weights − base), in place, one
+    parameter at a time, the others untouched; returns a copy of their weights before the edit (on their device)."""
+    parameters, current = dict(local_shards(model)), {}
+    for name, value in base.items():
+        p = parameters[name]
+        current[name] = p.clone()
+        base32 = value.to(p.device, torch.float32)
+        p.copy_((base32 + scale * (p.to(torch.float32) - base32)).to(p.dtype))
     return current
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import lightning as L
 import pytest
 
+from benchmarks.peak_memory import HostCopies, PeakTensorMemory
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
 from lightning_unlearn.methods import METHODS, make_method
 from lightning_unlearn.modules import NPO, TAU, GradientAscent, SelectiveGradientAscent, TaskArithmetic
+from tests.conftest import make_trainer, unlearning_data
 
 
 def test_every_method_is_stopped_by_the_per_sample_rule(tiny_model):
@@ -41,3 +44,37 @@ def test_method_settings_are_the_ones_that_meet_the_rule_and_options_override_th
     assert make_method("tau", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 1e-4
     with pytest.raises(ValueError, match="unknown method 'dpo'; choose from sga-kl, sga, npo-kl, ta, tau, ga"):
         make_method("dpo", tiny_model)
+
+
+class StepCycle(L.Callback):
+    """The second step cycle (its training step and the scoring after it, up to the third step's start): bytes
+    copied to the CPU and the peak of tensor memory allocated in it."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 1:
+            self.peak, self.copies = PeakTensorMemory(), HostCopies()
+            self.peak.__enter__(), self.copies.__enter__()
+        elif trainer.global_step == 2:
+            self.copies.__exit__(None, None, None), self.peak.__exit__(None, None, None)
+
+
+def _step_cycle(testbed, method: str) -> StepCycle:
+    options = {"learning_rate": 1e-5} | ({"switch_at": 1.0} if method == "tau" else {})  # TAU: its TA phase
+    module, callbacks = make_method(method, copy.deepcopy(testbed.model), **options)
+    cycle = StepCycle()
+    make_trainer(max_steps=3, callbacks=[*callbacks, cycle]).fit(module, unlearning_data(testbed))
+    return cycle
+
+
+def test_no_method_copies_the_model_to_the_host_in_a_step(small_testbed):
+    """Every method's step cycle after the first: host copies at most 10% of the parameter bytes (TA and TAU used
+    to copy every edited weight to the CPU and back to score their edit), and a peak of tensor memory within SGA's
+    plus 10% of the parameter bytes (TA and TAU: plus one copy of the edited weights), the retain pass aside."""
+    parameters = sum(p.nbytes for p in small_testbed.model.parameters())
+    sga = _step_cycle(small_testbed, "sga")
+    for method in METHODS:
+        cycle = sga if method == "sga" else _step_cycle(small_testbed, method)
+        edited = parameters if method in ("ta", "tau") else 0  # every weight is edited without an adapter
+        assert cycle.copies.bytes <= 0.1 * parameters, (method, cycle.copies.bytes / parameters)
+        if not METHODS[method].needs_retain:
+            assert cycle.peak.peak <= sga.peak.peak + edited + 0.1 * parameters, (method, cycle.peak.peak / parameters)

@@ -34,7 +34,8 @@ class TaskArithmetic(UnlearningModule):
     """TA: fine-tune (gradient *descent*) on the forget set from θ_base, and score the **edited** model
     θ_base + λ·(θ − θ_base), λ = ``scale`` < 0, after every step; stop when the rule holds for the edit.
 
-    θ_base is a CPU copy; scoring applies the edit in place, scores, and restores the weights bit for bit. After
+    θ_base is a copy of the edited weights where they are (on the accelerator); scoring applies the edit in place,
+    scores, and restores the weights bit for bit from one more such copy, so nothing goes to the host in a step. After
     ``fit``, ``.model`` *is* the edited model (``save_pretrained`` saves the edit) and ``.scale`` the λ used.
 
     With a LoRA adapter (``peft=``) the task vector is the adapter's update ΔW = (α/r)·B·A, and the edit
@@ -87,7 +88,7 @@ class TaskArithmetic(UnlearningModule):
         self.search_scale = search_scale
         self.search_steps = search_steps
         self.stopping = MemorizationEarlyStopping(criterion=criterion, threshold=threshold, quantile=quantile)
-        self.base: dict[str, Tensor] | None = None  # θ_base, on the CPU
+        self.base: dict[str, Tensor] | None = None  # θ_base, where the weights are
 
     def configure_callbacks(self) -> list[Callback]:
         self.stopping = self.users_or_own(self.stopping)
@@ -157,7 +158,7 @@ class TaskArithmetic(UnlearningModule):
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("task_arithmetic", {})
         base, self.scale = state.get("base"), state.get("scale", self.scale)
-        self.base = None if base is None else {k: v.cpu() for k, v in partition_like(self.model, base).items()}
+        self.base = None if base is None else partition_like(self.model, base)
 
 
 class TAU(TaskArithmetic):
