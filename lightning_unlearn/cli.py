@@ -2,7 +2,8 @@
 
     lightning-unlearn unlearn --model ID_OR_DIR --forget FILE --holdout FILE [--retain FILE] --output DIR
                               [--method sga-kl|sga|npo-kl|ta|tau|ga] [--peft lora] [--accelerator auto]
-                              [--precision 32-true] [--max-steps 600] [--trainer.KEY=VALUE] [--method.KEY=VALUE]
+                              [--precision bf16-mixed|32-true] [--max-steps 600] [--trainer.KEY=VALUE]
+                              [--method.KEY=VALUE]
     lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N | --seeds 0,1,2] [--small]
                            [--base-model ID_OR_DIR] [--no-retrain]
     lightning-unlearn testbed [--output DIR] [--small] [--base-model ID_OR_DIR]
@@ -48,13 +49,26 @@ def _names(text: str | None) -> list[str]:
     return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
+def _precision(args: argparse.Namespace, mixed: bool = True) -> str:
+    """``--precision``, else :func:`~lightning_unlearn.models.default_precision` for ``--accelerator``, said when it
+    is not float32."""
+    from lightning_unlearn.models import default_precision
+
+    if args.precision is not None:
+        return args.precision
+    precision = default_precision(args.accelerator, mixed)
+    if precision != "32-true":
+        print(f"precision {precision}: the default on this GPU (--precision 32-true for float32)", file=sys.stderr)
+    return precision
+
+
 def _demo(args: argparse.Namespace) -> None:
     from lightning_unlearn.demo import METHODS, check_methods, run_demo, run_seeds
     from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
 
     methods = _names(args.methods) or list(METHODS)
     check_methods(methods)
-    options = (SMALL_TESTBED if args.small else {}) | {"accelerator": args.accelerator, "precision": args.precision}
+    options = (SMALL_TESTBED if args.small else {}) | {"accelerator": args.accelerator, "precision": _precision(args)}
     if args.seeds is not None:
         try:
             seeds = [int(seed) for seed in _names(args.seeds)]
@@ -91,7 +105,7 @@ def _unlearn(args: argparse.Namespace) -> int:
         from peft import LoraConfig
 
         options.setdefault("peft", LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear"))
-    trainer = {"accelerator": args.accelerator, "precision": args.precision, "max_steps": args.max_steps}
+    trainer = {"accelerator": args.accelerator, "precision": _precision(args), "max_steps": args.max_steps}
     result = unlearn(
         args.model,
         args.forget,
@@ -141,7 +155,7 @@ def _testbed(args: argparse.Namespace) -> None:
 
     if Path(args.output).exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists already: choose another --output, or pass --overwrite")
-    options = (SMALL_TESTBED if args.small else {}) | {"accelerator": args.accelerator, "precision": args.precision}
+    options = (SMALL_TESTBED if args.small else {}) | {"accelerator": args.accelerator, "precision": _precision(args)}
     testbed = build_testbed(args.seed, args.cache_dir, progress=True, base_model=args.base_model, **options)
     testbed.export(args.output, overwrite=args.overwrite)
     print(f"{describe(testbed)}\nwritten to {args.output}/: model/, forget.jsonl, retain.jsonl, holdout.jsonl")
@@ -173,7 +187,7 @@ def _audit(args: argparse.Namespace) -> None:
         relearn=args.relearn_data,
     )
     datamodule.setup()  # bad data fails here, before a possibly large model loads
-    dtype = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": torch.float16}[args.precision]
+    dtype = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": torch.float16}[_precision(args, False)]
     model = load_causal_lm(args.model, args.gguf_file, dtype=dtype)
     check_causal_lm(model)
     datamodule.check_fits(model)
@@ -281,7 +295,9 @@ def _where(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--accelerator", default="auto", help=f"cpu, gpu or auto (the GPU when there is one), for {what}"
     )
-    parser.add_argument("--precision", default="32-true", help=f"32-true, bf16-mixed, … (Lightning's), for {what}")
+    parser.add_argument(
+        "--precision", help=f"32-true, bf16-mixed, … (default bf16-mixed on a GPU, else 32-true), for {what}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     unlearn.add_argument("--peft", choices=("lora",), help="train a LoRA adapter on every linear layer, then merge it")
     unlearn.add_argument("--lora-r", type=int, default=16, help="the adapter's rank (alpha: twice it)")
     unlearn.add_argument("--accelerator", default="auto", help="cpu, gpu, … (Lightning's; default auto)")
-    unlearn.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, … (Lightning's)")
+    unlearn.add_argument(
+        "--precision", help="32-true, bf16-mixed, … (Lightning's; default: bf16-mixed on a GPU, else 32-true)"
+    )
     unlearn.add_argument("--max-steps", type=int, default=600, help="optimizer steps at most")
     unlearn.add_argument("--max-length", type=int, default=200, help="tokens per text")
     unlearn.add_argument(
@@ -371,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         "--accelerator", default="auto", help="where to measure: auto (the GPU when there is one), cpu, gpu"
     )
     audit.add_argument(
-        "--precision", choices=("32-true", "bf16-true", "16-true"), default="32-true", help="the model's weights"
+        "--precision",
+        choices=("32-true", "bf16-true", "16-true"),
+        help="the model's weights (default: bf16-true on a GPU, else 32-true)",
     )
 
     if argv[:1] == ["fit"]:

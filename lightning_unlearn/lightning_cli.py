@@ -11,6 +11,8 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_unlearn.models import default_precision
+
 
 class UnlearningCLI(LightningCLI):
     """LightningCLI with ``--output``: the folder ``save_pretrained`` writes the unlearned model to after fit, with
@@ -19,6 +21,7 @@ class UnlearningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument("--output", default=None, help="save the unlearned model here (save_pretrained)")
+        parser.set_defaults({"trainer.precision": default_precision()})  # bf16-mixed on a GPU, else 32-true
 
     def after_fit(self) -> None:
         from lightning_unlearn.unlearning import training_record

@@ -68,6 +68,17 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module) ->
     return torch.device("cuda" if device == "auto" else device)
 
 
+def default_precision(accelerator: str = "auto", mixed: bool = True) -> str:
+    """Lightning's precision to unlearn with when none is given: on a CUDA GPU (``accelerator`` ``"auto"``,
+    ``"gpu"`` or ``"cuda"`` with one present) ``"bf16-mixed"`` where it supports bfloat16, else ``"16-mixed"``
+    (``mixed=False``: the weights themselves, ``"bf16-true"`` / ``"16-true"``); elsewhere ``"32-true"``. An 8B model
+    in float32 with Adam needs 128 GB before its activations."""
+    if accelerator not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return "32-true"
+    half = "bf16" if torch.cuda.is_bf16_supported() else "16"
+    return f"{half}-{'mixed' if mixed else 'true'}"
+
+
 @contextmanager
 def on_device(model: torch.nn.Module, device: str | torch.device | None = "auto") -> Iterator[torch.device]:
     """Inside: ``model`` on ``device`` (:func:`resolve_device`; a model whose parameters ZeRO-3 shards stays where

@@ -27,7 +27,7 @@ from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationM
 from lightning_unlearn.checkpoints import AtomicCheckpointIO
 from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
 from lightning_unlearn.methods import check_method, make_method
-from lightning_unlearn.models import check_causal_lm, load_causal_lm
+from lightning_unlearn.models import check_causal_lm, default_precision, load_causal_lm
 from lightning_unlearn.modules import UnlearningModule
 from lightning_unlearn.report import Report, memorization_report
 from lightning_unlearn.strategies import has_sharded_parameters
@@ -105,7 +105,8 @@ def unlearn(
             of a long document is scored and unlearned, each a record of its own) or ``"error"``.
         batch_size: texts per training step, forget and retain alike.
         progress: a bar of the steps with the max g, the records above the level and the level.
-        **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints;
+        **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints,
+            ``precision`` :func:`~lightning_unlearn.models.default_precision`: bf16-mixed on a GPU, else 32-true;
             checkpoints, when asked for, are written whole or not at all by
             :class:`~lightning_unlearn.checkpoints.AtomicCheckpointIO`).
 
@@ -134,7 +135,12 @@ def unlearn(
     check_causal_lm(model)
     datamodule.check_fits(model)
     callbacks = [*trainer_options.pop("callbacks", []), UnlearningProgress(method, progress)]
-    defaults = {**TRAINER_DEFAULTS, "enable_progress_bar": False, "plugins": [AtomicCheckpointIO()]}
+    defaults = {
+        **TRAINER_DEFAULTS,
+        "enable_progress_bar": False,
+        "plugins": [AtomicCheckpointIO()],
+        "precision": default_precision(trainer_options.get("accelerator", "auto")),
+    }
     trainer = L.Trainer(**{**defaults, **trainer_options, "callbacks": callbacks})
     device = trainer.strategy.root_device
     before = _measure(model, datamodule, device, "holdout_quantile")

@@ -463,3 +463,32 @@ def test_unlearn_command_refuses_bad_input_writing_nothing(small_testbed, export
     lines = [line for line in result.stderr.strip().splitlines() if "error:" in line]
     assert len(lines) == 1 and lines[0].startswith("lightning-unlearn unlearn: error:") and message in lines[0]
     assert not Path("out").exists()
+
+
+def test_on_a_gpu_every_command_defaults_to_bf16_mixed_and_says_so(exported, monkeypatch, capsys):
+    """An 8B model in float32 with Adam needs 128 GB: on a GPU the commands default to bf16-mixed (and audit's
+    weights to bf16-true); on the CPU, and when given, the precision is what it was."""
+    import lightning_unlearn.unlearning
+    from lightning_unlearn.models import default_precision
+
+    assert default_precision("auto") == "32-true"  # this machine has no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert (default_precision("auto"), default_precision("gpu", mixed=False)) == ("bf16-mixed", "bf16-true")
+    assert default_precision("cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert default_precision("cuda") == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    given = []
+
+    def unlearn(*args, **trainer):  # stops the command once it has chosen its Trainer's precision
+        given.append(trainer["precision"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(lightning_unlearn.unlearning, "unlearn", unlearn)
+    on_gpu = [*UNLEARN, "--accelerator", "auto"]
+    assert main([*on_gpu, "--output", "a"]) == 2
+    assert "precision bf16-mixed: the default on this GPU" in capsys.readouterr().err
+    assert main([*on_gpu, "--output", "b", "--precision", "32-true"]) == 2
+    assert main([*UNLEARN, "--output", "c"]) == 2  # --accelerator cpu
+    assert given == ["bf16-mixed", "32-true", "32-true"]
