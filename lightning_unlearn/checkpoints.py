@@ -17,6 +17,8 @@ from typing import Any
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
+from lightning_unlearn.files import local_path
+
 PARTIAL_PREFIX = ".partial-"  # what a checkpoint being written is called (hex digits follow: never "last")
 PUBLISHED_PREFIX = ".checkpoint-"  # a complete DeepSpeed checkpoint folder, which a checkpoint's path links to
 
@@ -24,14 +26,19 @@ PUBLISHED_PREFIX = ".checkpoint-"  # a complete DeepSpeed checkpoint folder, whi
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes each checkpoint to ``.partial-<hex>`` beside its path, syncs it to disk
     and renames it into place: the path holds the previous checkpoint or the new one, never part of one. Partial
-    files that a killed process left are removed at the next save in the same folder.
+    files that a killed process left are removed at the next save in the same folder. A remote fsspec URL
+    (``s3://…``) is written as Lightning writes it: object stores publish an object whole once it is uploaded.
 
     Example:
         >>> trainer = L.Trainer(plugins=[AtomicCheckpointIO()])  # doctest: +SKIP
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        path = Path(path)
+        local = local_path(path)
+        if local is None:  # a remote fsspec URL: an object store publishes an object whole once it is uploaded
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = local
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f"{PARTIAL_PREFIX}*"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)

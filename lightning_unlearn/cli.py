@@ -3,7 +3,7 @@
     lightning-unlearn unlearn --model ID_OR_DIR --forget FILE --holdout FILE [--retain FILE] --output DIR
                               [--method sga-kl|sga|npo-kl|ta|tau|ga] [--peft lora] [--accelerator auto]
                               [--precision bf16-mixed|32-true] [--max-steps 600] [--trainer.KEY=VALUE]
-                              [--method.KEY=VALUE]
+                              [--method.KEY=VALUE] [--checkpoints DIR [--checkpoint-every 10]]
     lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N | --seeds 0,1,2] [--small]
                            [--base-model ID_OR_DIR] [--no-retrain]
     lightning-unlearn testbed [--output DIR] [--small] [--base-model ID_OR_DIR]
@@ -93,9 +93,10 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _unlearn(args: argparse.Namespace) -> int:
+    from lightning_unlearn.files import exists
     from lightning_unlearn.unlearning import unlearn
 
-    if Path(args.output).exists() and not args.overwrite:
+    if exists(args.output) and not args.overwrite:
         raise FileExistsError(f"{args.output} exists already: choose another --output, or pass --overwrite")
     options = dict(args.method_options)
     if args.peft == "lora":
@@ -117,6 +118,8 @@ def _unlearn(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         long_texts=args.long_texts,
         batch_size=args.batch_size,
+        checkpoints=args.checkpoints,
+        checkpoint_every=args.checkpoint_every,
         **(trainer | args.trainer_options),
     )
     result.save(args.output)
@@ -344,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     unlearn.add_argument("--retain", help="texts whose memorization must be kept (sga-kl and npo-kl need them)")
     unlearn.add_argument("--output", required=True, help="folder for the unlearned model and unlearning.json")
     unlearn.add_argument("--method", default="sga-kl", help="sga-kl (default), sga, npo-kl, ta, tau or ga")
+    unlearn.add_argument(
+        "--checkpoints",
+        help="a folder (or fsspec URL) for checkpoints: run the same command again after a kill and it resumes",
+    )
+    unlearn.add_argument("--checkpoint-every", type=int, default=10, help="optimizer steps between checkpoints")
     unlearn.add_argument("--tokenizer", help="default: the model's own")
     unlearn.add_argument("--peft", choices=("lora",), help="train a LoRA adapter on every linear layer, then merge it")
     unlearn.add_argument("--lora-r", type=int, default=16, help="the adapter's rank (alpha: twice it)")

@@ -19,13 +19,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedModel
 
 from lightning_unlearn import __version__
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, UnlearningProgress
 from lightning_unlearn.checkpoints import AtomicCheckpointIO
 from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
+from lightning_unlearn.files import exists
 from lightning_unlearn.methods import check_method, make_method
 from lightning_unlearn.models import check_causal_lm, default_precision, load_causal_lm
 from lightning_unlearn.modules import UnlearningModule
@@ -83,6 +85,8 @@ def unlearn(
     long_texts: str = "truncate",
     batch_size: int = 32,
     progress: bool = True,
+    checkpoints: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
     **trainer_options: Any,
 ) -> UnlearningResult:
     """Unlearns ``forget`` from ``model`` until every record is no more memorized than unseen texts of the same kind
@@ -105,6 +109,10 @@ def unlearn(
             of a long document is scored and unlearned, each a record of its own) or ``"error"``.
         batch_size: texts per training step, forget and retain alike.
         progress: a bar of the steps with the max g, the records above the level and the level.
+        checkpoints: a folder (or an fsspec URL) for checkpoints, every ``checkpoint_every`` optimizer steps, each
+            whole or absent. Called again with the same arguments after a kill (a pre-empted node), ``unlearn``
+            resumes from the last complete one, says so, and ends where an uninterrupted run ends.
+        checkpoint_every: optimizer steps between checkpoints.
         **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints,
             ``precision`` :func:`~lightning_unlearn.models.default_precision`: bf16-mixed on a GPU, else 32-true;
             checkpoints, when asked for, are written whole or not at all by
@@ -141,12 +149,21 @@ def unlearn(
         "plugins": [AtomicCheckpointIO()],
         "precision": default_precision(trainer_options.get("accelerator", "auto")),
     }
+    resume_from = None
+    if checkpoints is not None:
+        every = ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every)
+        callbacks.append(every)
+        defaults["enable_checkpointing"] = True
+        last = f"{str(checkpoints).rstrip('/')}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        resume_from = last if exists(last) else None
     trainer = L.Trainer(**{**defaults, **trainer_options, "callbacks": callbacks})
     device = trainer.strategy.root_device
     before = _measure(model, datamodule, device, "holdout_quantile")
     module, callbacks = make_method(method, model, **(method_options or {}))
     trainer.callbacks.extend(callbacks)
-    trainer.fit(module, datamodule)
+    if resume_from is not None:
+        rank_zero_info(f"unlearn: resuming from {resume_from}, the last complete checkpoint of an earlier run")
+    trainer.fit(module, datamodule, ckpt_path=resume_from)
     record = training_record(trainer, module)
     level = record["level"]["value"]
     after = _measure(module.get_model(), datamodule, device, level)

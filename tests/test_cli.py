@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -492,3 +493,53 @@ def test_on_a_gpu_every_command_defaults_to_bf16_mixed_and_says_so(exported, mon
     assert main([*on_gpu, "--output", "b", "--precision", "32-true"]) == 2
     assert main([*UNLEARN, "--output", "c"]) == 2  # --accelerator cpu
     assert given == ["bf16-mixed", "32-true", "32-true"]
+
+
+def test_the_one_command_killed_mid_way_and_started_again_resumes_to_the_uninterrupted_result(exported, caplog):
+    """``--checkpoints``: a ``lightning-unlearn unlearn`` SIGKILLed at step 12 (its process group) and started again
+    with the same arguments resumes from step 10's checkpoint, says so, and ends at the uninterrupted run's stop
+    step with every record's g within 1e-6."""
+    from tests.test_checkpoints import DISTRIBUTED_ENVIRONMENT, ROOT
+
+    def args(name):
+        return [*UNLEARN, "--output", f"out-{name}", "--checkpoints", f"ck-{name}", "--checkpoint-every", "5"]
+
+    with pytest.warns(UserWarning, match="the holdout has 16"):
+        assert main(args("whole")) == 0
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENVIRONMENT} | {"PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "tests.unlearn_killed", "12", *args("killed")]
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, start_new_session=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert Path("ck-killed/last.ckpt").exists() and not Path("out-killed").exists()
+    with pytest.warns(UserWarning, match="the holdout has 16"):
+        assert main(args("killed")) == 0
+    assert "resuming from ck-killed/last.ckpt" in caplog.text  # Lightning's console logger
+    whole, resumed = (json.loads(Path(f"out-{name}/unlearning.json").read_text()) for name in ("whole", "killed"))
+    assert resumed["rule_met"] and resumed["steps"] == whole["steps"] > 12
+    for a, b in zip(resumed["records"], whole["records"], strict=True):
+        assert abs(a["g_after"] - b["g_after"]) <= 1e-6 and a["g_before"] == b["g_before"]
+
+
+def test_checkpoints_and_the_result_to_an_fsspec_url(exported):
+    """Checkpoints and the saved model go to a remote folder (fsspec's memory://), whole."""
+    import fsspec
+
+    from lightning_unlearn.unlearning import unlearn
+
+    with pytest.warns(UserWarning, match="the holdout has 16"):
+        result = unlearn(
+            "testbed/model",
+            "testbed/forget.jsonl",
+            "testbed/holdout.jsonl",
+            retain="testbed/retain.jsonl",
+            accelerator="cpu",
+            checkpoints="memory://run/checkpoints",
+            checkpoint_every=5,
+            progress=False,
+        )
+    result.save("memory://run/model")
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/run/checkpoints/last.ckpt")
+    saved = {Path(name).name for name in fs.ls("/run/model", detail=False)}
+    assert {"config.json", "model.safetensors", "unlearning.json", "tokenizer.json"} <= saved
+    assert not [name for name in fs.ls("/run", detail=False) if Path(name).name.startswith(".")]

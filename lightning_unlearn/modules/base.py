@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
@@ -424,7 +423,7 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         (written aside, then renamed).
 
         Args:
-            path: the folder.
+            path: the folder: a local path or an fsspec URL (``s3://…``; uploaded once complete).
             tokenizer: saved with the model.
             merge: with an adapter: ``True`` writes a plain Hugging Face folder with the adapter merged into the
                 base's weights (``AutoModelForCausalLM.from_pretrained`` loads it, no peft needed; the model in
@@ -433,7 +432,6 @@ class UnlearningModule(RetainTerm, L.LightningModule):
                 is always a plain one.
             files: ``{name: text}`` written into the folder with the model (e.g. ``unlearning.json``).
         """
-        path = Path(path)
         if tokenizer is None and self._trainer is not None and self.trainer.datamodule is not None:
             tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         target, state = saved_state(self.get_model(), merge)  # every process: ZeRO-3 gathers on all of them
