@@ -93,6 +93,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _unlearn(args: argparse.Namespace) -> int:
+    from lightning.pytorch.utilities import rank_zero_only
+
     from lightning_unlearn.files import exists
     from lightning_unlearn.unlearning import unlearn
 
@@ -122,8 +124,9 @@ def _unlearn(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         **(trainer | args.trainer_options),
     )
-    result.save(args.output)
-    print(f"{result.summary()}\nwritten to {args.output}/: the model and unlearning.json")
+    result.save(args.output)  # every process takes part (ZeRO-3 gathers); the first writes
+    if rank_zero_only.rank == 0:  # one summary, whatever the number of processes
+        print(f"{result.summary()}\nwritten to {args.output}/: the model and unlearning.json")
     return 0 if result.rule_met or args.allow_unmet else 1
 
 

@@ -32,7 +32,6 @@ from lightning_unlearn.methods import check_method, make_method
 from lightning_unlearn.models import check_causal_lm, default_precision, load_causal_lm
 from lightning_unlearn.modules import UnlearningModule
 from lightning_unlearn.report import Report, memorization_report
-from lightning_unlearn.strategies import has_sharded_parameters
 
 MIN_HOLDOUT = 16  # fewer holdout records cannot place a 0.95 quantile at all
 ADVISED_HOLDOUT = 64  # the level's bootstrap interval is about ±0.02 g from here on (BENCHMARKS.md)
@@ -269,9 +268,10 @@ def summary_text(record: dict[str, Any]) -> str:
 
 
 def _measure(model: torch.nn.Module, datamodule: UnlearningDataModule, device: torch.device, threshold: Any) -> Report:
-    """The report (without EL_n) on ``device``; the model goes back where it was."""
-    if has_sharded_parameters(model):
-        raise ValueError("unlearn() measures the whole model: use a strategy that does not shard it (not ZeRO-3)")
+    """The report (without EL_n) on ``device``; the model goes back where it was. On N processes each one measures
+    the same records with the same forward passes, so that under ZeRO-3, whose every forward pass gathers the
+    parameters from all processes, they take part together (a sharded model stays where it is), and every process
+    returns the same report."""
     return memorization_report(model.eval(), datamodule, el_n=None, threshold=threshold, device=device)
 
 
