@@ -3,7 +3,9 @@
 Lightning's ``TorchCheckpointIO`` writes a checkpoint file in place, so a process killed while writing
 ``last.ckpt`` leaves a truncated file that ``ckpt_path="last"`` then picks up. :class:`AtomicCheckpointIO` writes
 it beside its path under a name that no ``"last"`` search matches, then renames it into place.
-:class:`AtomicDeepSpeedStrategy` does the same for DeepSpeed's checkpoint folders.
+:class:`AtomicDeepSpeedStrategy` does the same for DeepSpeed's checkpoint folders, and saves what each process
+holds of our own state under ZeRO-3 (the KL reference's, TA's base's and TAU's ascent adapter's shards) beside
+DeepSpeed's shards, each process its own file, as DeepSpeed saves its own: nothing is gathered whole.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from lightning_unlearn.files import local_path
 
+PER_PROCESS = "per_process"  # a checkpoint's part that each process saves and loads on its own (ZeRO-3 shards)
+PER_PROCESS_FOLDER = "per_process"  # in a DeepSpeed checkpoint folder: rank{r}.pt, one per process
 PARTIAL_PREFIX = ".partial-"  # what a checkpoint being written is called (hex digits follow: never "last")
 PUBLISHED_PREFIX = ".checkpoint-"  # a complete DeepSpeed checkpoint folder, which a checkpoint's path links to
 
@@ -60,17 +65,29 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
     DeepSpeed itself overwrites a checkpoint folder in place, so a job killed while writing ``last.ckpt`` leaves
     a mix of two steps' shards that ``ckpt_path="last"`` would load.
 
+    The checkpoint's :data:`PER_PROCESS` part (this process's shards of our modules' own state under ZeRO-3) goes
+    to ``per_process/rank{r}.pt`` in the folder, written and read by each process; a checkpoint written by another
+    number of processes is refused with what to do.
+
     Example:
         >>> trainer = L.Trainer(strategy=AtomicDeepSpeedStrategy(stage=3), devices=8)  # doctest: +SKIP
         >>> # lightning-unlearn fit ... --trainer.strategy=lightning_unlearn.checkpoints.AtomicDeepSpeedStrategy
     """
+
+    saves_per_process_state = True  # our modules hand it their shards instead of gathering them
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: str | os.PathLike, storage_options: Any = None
     ) -> None:
         path = Path(self.broadcast(str(filepath)))
         folder = path.parent / self.broadcast(f"{PARTIAL_PREFIX}{uuid.uuid4().hex}")  # one name on every process
+        own = checkpoint.pop(PER_PROCESS, None)
         super().save_checkpoint(checkpoint, folder, storage_options)
+        if own is not None:
+            (folder / PER_PROCESS_FOLDER).mkdir(parents=True, exist_ok=True)
+            torch.save(
+                own | {"world_size": self.world_size}, folder / PER_PROCESS_FOLDER / f"rank{self.global_rank}.pt"
+            )
         self.barrier("checkpoint written")
         if self.is_global_zero:
             self.publish(folder, path)
@@ -89,6 +106,22 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
         os.replace(link, path)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
+
+    def load_checkpoint(self, checkpoint_path: str | os.PathLike, weights_only: bool | None = None) -> dict[str, Any]:
+        """DeepSpeed's checkpoint, with this process's :data:`PER_PROCESS` part when the folder has one."""
+        folder = Path(checkpoint_path) / PER_PROCESS_FOLDER
+        written = len(list(folder.glob("rank*.pt"))) if folder.is_dir() else None
+        if written is not None and written != self.world_size:
+            raise RuntimeError(
+                f"{checkpoint_path} holds the per-process shards of {written} processes (the KL reference, TA's base, "
+                f"TAU's ascent adapter), and this job has {self.world_size}: resume with {written} processes "
+                "(devices × nodes), or start again from the original model"
+            )
+        state = super().load_checkpoint(checkpoint_path, weights_only)
+        if written is not None:
+            own = folder / f"rank{self.global_rank}.pt"
+            state[PER_PROCESS] = torch.load(own, map_location="cpu", weights_only=False)
+        return state
 
     def remove_checkpoint(self, filepath: str | os.PathLike) -> None:
         """Removes a checkpoint: the link and the folder it points to."""

@@ -19,7 +19,13 @@ import torch
 from torch import Tensor
 
 from lightning_unlearn.memorization import eval_mode
-from lightning_unlearn.strategies import gather_local_shards, has_sharded_parameters, local_shards, partition_like
+from lightning_unlearn.strategies import (
+    gather_local_shards,
+    has_sharded_parameters,
+    local_shards,
+    partition_like,
+    place_like,
+)
 
 
 class ReferenceWeights:
@@ -73,9 +79,13 @@ class ReferenceWeights:
         with self.active(model), eval_mode(model):
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
-    def state_dict(self, model: torch.nn.Module) -> dict[str, Any]:
-        """The copy, whole and on the CPU, for a checkpoint: under ZeRO-3 every process's shards of it are
-        gathered (call it on every process), as DeepSpeed writes the checkpoint from one process."""
+    def state_dict(self, model: torch.nn.Module, per_process: bool = False) -> dict[str, Any]:
+        """The copy for a checkpoint: with ``per_process`` this process's own shards as they are (each process saves
+        its own: :class:`~lightning_unlearn.checkpoints.AtomicDeepSpeedStrategy`); otherwise whole and on the CPU,
+        under ZeRO-3 every process's shards gathered (call it on every process), for a checkpoint that one
+        process writes."""
+        if per_process:
+            return {"sharded": False, "per_process": True, "weights": self.weights}
         return {"sharded": False, "weights": gather_local_shards(model, self.weights)}
 
     @classmethod
@@ -99,7 +109,8 @@ class ReferenceWeights:
         missing = set(parameters) - set(state["weights"])
         if missing:
             raise KeyError(f"the checkpoint's reference model lacks {len(missing)} parameters, e.g. {min(missing)}")
-        reference.weights = partition_like(model, {name: state["weights"][name] for name in parameters})
+        weights = {name: state["weights"][name] for name in parameters}
+        reference.weights = place_like(model, weights) if state.get("per_process") else partition_like(model, weights)
         return reference
 
 

@@ -139,6 +139,21 @@ def partition_like(model: torch.nn.Module, whole: Mapping[str, Tensor]) -> dict[
     return parts
 
 
+def place_like(model: torch.nn.Module, shards: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """This process's ``shards`` as saved (laid out as :func:`local_shards` lays out ``model``'s data), on that
+    data's device and dtype; a shard of another shape (a checkpoint of another process count) is refused."""
+    local, placed = dict(local_shards(model)), {}
+    for name, shard in shards.items():
+        data = local[name]
+        if shard.shape != data.shape:
+            raise RuntimeError(
+                f"the checkpoint's shard of {name} has shape {tuple(shard.shape)}, this process's {tuple(data.shape)}: "
+                "it was written by another number of processes; resume with that number"
+            )
+        placed[name] = shard.to(data.device, data.dtype, copy=True)
+    return placed
+
+
 def _collective_device() -> torch.device:
     """Where a collective's tensors must be: the GPU under NCCL, the CPU under gloo."""
     if torch.distributed.get_backend() == "nccl":

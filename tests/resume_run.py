@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from benchmarks.peak_memory import PeakTensorMemory
 from lightning_unlearn import NPO, TAU, SelectiveGradientAscent, TaskArithmetic
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
 from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO, AtomicDeepSpeedStrategy
@@ -74,6 +75,17 @@ class AtomicCPUDeepSpeed(CPUDeepSpeedStrategy, AtomicDeepSpeedStrategy):
     """AtomicDeepSpeedStrategy on CPU processes."""
 
 
+class SavePeakTrainer(L.Trainer):
+    """A Trainer that keeps the largest peak of tensor memory allocated while saving a checkpoint (bytes)."""
+
+    save_peak = saves = 0
+
+    def save_checkpoint(self, *args, **kwargs) -> None:
+        with PeakTensorMemory() as memory:
+            super().save_checkpoint(*args, **kwargs)
+        self.save_peak, self.saves = max(self.save_peak, memory.peak), self.saves + 1
+
+
 class Report(L.Callback):
     """At fit end, on every process: the model to ``folder/model``; on the first, ``folder/result.json``. With
     ``kill_in_save``, the job dies once the model's files are written, before the folder is complete."""
@@ -93,6 +105,10 @@ class Report(L.Callback):
 
             PreTrainedModel.save_pretrained = dies_after_writing
         pl_module.save_pretrained(self.folder / "model")
+        parameters = sum(p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.nbytes
+                         for p in pl_module.model.parameters() if p.requires_grad)  # fmt: skip
+        peak = {"save_peak": trainer.save_peak, "saves": trainer.saves, "trainable_bytes": parameters}
+        (self.folder / f"save_peak_rank{trainer.global_rank}.json").write_text(json.dumps(peak))
         if trainer.global_rank == 0:
             stopping = next(cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
             monitor = next(
@@ -134,7 +150,7 @@ def main() -> None:
         config = deepspeed_config(stage=3, micro_batch_size=half, bucket_size=10**6)
         strategy = AtomicCPUDeepSpeed(config=config)
         where, data = {"devices": 2, "strategy": strategy}, testbed.datamodule(batch_size=half)
-    trainer = L.Trainer(
+    trainer = SavePeakTrainer(
         accelerator="cpu",
         max_epochs=200,
         logger=False,

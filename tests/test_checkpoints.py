@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO
+from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO, AtomicDeepSpeedStrategy
 
 ROOT = Path(__file__).parents[1]
 DISTRIBUTED_ENVIRONMENT = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
@@ -57,7 +57,7 @@ def uninterrupted(testbed_cache, tmp_path_factory):
             folder = tmp_path_factory.mktemp("uninterrupted")
             done = run(testbed_cache, method, str(folder), *(["--zero3"] if zero3 else []))
             assert done.returncode == 0, done.stderr[-2000:]
-            results[method, zero3] = result(folder)
+            results[method, zero3] = result(folder) | {"folder": folder}
         return results[method, zero3]
 
     return get
@@ -127,3 +127,27 @@ def test_a_zero3_run_killed_while_saving_the_model_leaves_no_folder_and_resumes(
     resumed = run(testbed_cache, "SGA+KL", str(tmp_path), "--resume", "--zero3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert result(tmp_path)["rule_met"] and AutoModelForCausalLM.from_pretrained(tmp_path / "model") is not None
+
+
+@pytest.mark.parametrize("method", ["SGA+KL", "TA"])
+def test_a_zero3_checkpoint_allocates_each_processs_share_only(uninterrupted, method):
+    """Under 2-process ZeRO-3 with AtomicDeepSpeedStrategy, saving a checkpoint allocates on each process no more
+    than its share of the KL reference (TA: its base) plus 10% of the trainable bytes: each process saves its own
+    shards beside DeepSpeed's (they used to be gathered whole on every process)."""
+    pytest.importorskip("deepspeed")
+    folder = uninterrupted(method, zero3=True)["folder"]
+    for rank in (0, 1):
+        peak = json.loads((folder / f"save_peak_rank{rank}.json").read_text())
+        assert peak["saves"] > 0
+        assert peak["save_peak"] <= (0.5 + 0.1) * peak["trainable_bytes"], peak
+
+
+def test_a_zero3_checkpoint_of_another_process_count_is_refused_with_what_to_do(tmp_path):
+    from types import SimpleNamespace
+
+    for rank in (0, 1):
+        (tmp_path / "per_process").mkdir(exist_ok=True)
+        torch.save({}, tmp_path / "per_process" / f"rank{rank}.pt")
+    job = SimpleNamespace(world_size=4, global_rank=0)  # 4 processes resuming what 2 wrote
+    with pytest.raises(RuntimeError, match=r"shards of 2 processes.*this job has 4: resume with 2 processes"):
+        AtomicDeepSpeedStrategy.load_checkpoint(job, tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lightning_unlearn.unlearning import check_holdout_size, summary_text, unlearn
+from tests.test_cli import UNLEARN
 
 
 def test_the_holdout_must_place_a_quantile():
@@ -71,16 +72,8 @@ def test_the_one_command_and_unlearn_on_two_processes_give_what_one_gives(small_
     one = json.loads((tmp_path / "one/rank0.json").read_text())
     assert one["rule_met"]
     small_testbed.export(tmp_path / "testbed")
-    unlearn_files = [
-        "--model",
-        "testbed/model",
-        "--forget",
-        "testbed/forget.jsonl",
-        "--holdout",
-        "testbed/holdout.jsonl",
-    ]
     ddp = _processes(
-        str(bin_folder / "lightning-unlearn"), "unlearn", *unlearn_files, "--accelerator", "cpu", "--method", "sga",
+        str(bin_folder / "lightning-unlearn"), *UNLEARN, "--method", "sga",  # UNLEARN: the files of testbed/
         "--method.learning_rate=1e-3", "--trainer.devices=2", "--trainer.strategy=ddp", "--output", "ddp-out",
         folder=tmp_path, testbed_cache=testbed_cache,
     )  # fmt: skip

@@ -23,6 +23,7 @@ from lightning_unlearn.adapters import (
 )
 from lightning_unlearn.adversary import RelearningAdversary
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
+from lightning_unlearn.checkpoints import PER_PROCESS
 from lightning_unlearn.deprecation import renamed_argument
 from lightning_unlearn.distributed import gather_scores
 from lightning_unlearn.extras import require_gguf, require_peft
@@ -31,7 +32,7 @@ from lightning_unlearn.memorization import nll_and_accuracy, output_layer_input,
 from lightning_unlearn.models import check_causal_lm, load_causal_lm
 from lightning_unlearn.modules.retain import RetainTerm, check_finite
 from lightning_unlearn.reference import ReferenceLogitsCache, ReferenceWeights
-from lightning_unlearn.strategies import offloads_optimizer
+from lightning_unlearn.strategies import has_sharded_parameters, offloads_optimizer
 from lightning_unlearn.training_mode import checkpointing, set_checkpointing, train_without_dropout
 
 if TYPE_CHECKING:
@@ -397,9 +398,19 @@ class UnlearningModule(RetainTerm, L.LightningModule):
                 state.pop(key, None)
         return state
 
+    def per_process_checkpoints(self) -> bool:
+        """Whether this process saves its own shards of the module's state (the KL reference, TA's base) beside
+        DeepSpeed's, under ZeRO-3 with a strategy that takes them (:class:`~lightning_unlearn.checkpoints.
+        AtomicDeepSpeedStrategy`), instead of gathering them whole into the checkpoint."""
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        return getattr(strategy, "saves_per_process_state", False) and has_sharded_parameters(self.model)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["forget_weights"] = self.forget_weights.clone()
-        if self.reference is not None:
+        if self.reference is not None and self.per_process_checkpoints():
+            own = checkpoint.setdefault(PER_PROCESS, {})
+            own["reference_weights"] = self.reference.state_dict(self.model, per_process=True)
+        elif self.reference is not None:
             checkpoint["reference_weights"] = self.reference.state_dict(self.model)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -412,7 +423,8 @@ class UnlearningModule(RetainTerm, L.LightningModule):
                     "the same peft config?"
                 )
         self.forget_weights = checkpoint.get("forget_weights", torch.ones(0)).clone()
-        self._reference_state = checkpoint.get("reference_weights")
+        own = checkpoint.get(PER_PROCESS, {})
+        self._reference_state = checkpoint.get("reference_weights", own.get("reference_weights"))
         self.reference = None
 
     def save_pretrained(
