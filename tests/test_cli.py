@@ -532,7 +532,8 @@ def test_checkpoints_and_the_result_to_an_fsspec_url(exported):
             "testbed/model",
             "testbed/forget.jsonl",
             "testbed/holdout.jsonl",
-            retain="testbed/retain.jsonl",
+            method="ga",
+            method_options={"learning_rate": 3e-4},  # the rule in a few steps
             accelerator="cpu",
             checkpoints="memory://run/checkpoints",
             checkpoint_every=5,
