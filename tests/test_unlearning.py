@@ -80,7 +80,8 @@ def test_the_one_command_and_unlearn_on_two_processes_give_what_one_gives(small_
     assert ddp.stdout.count("written to ddp-out/") == 1 and ddp.stdout.count("rule met after") == 1, ddp.stdout
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
     assert len(list((tmp_path / "ddp-out").glob("*.safetensors"))) == 1
-    torchrun = [str(bin_folder / "torchrun"), "--nproc_per_node", "2", "-m", "tests.unlearn_run", "zero3", "--zero3"]
+    torchrun = [str(bin_folder / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "tests.unlearn_run"]
+    torchrun += ["zero3", "--zero3"]  # --standalone: a free port
     _processes(*torchrun, folder=tmp_path, testbed_cache=testbed_cache)
     ranks = [json.loads((tmp_path / f"zero3/rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks[0] == ranks[1]

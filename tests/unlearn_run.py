@@ -1,7 +1,7 @@
 """Test-only: ``unlearn()`` (SGA, learning rate 1e-3) on the small testbed, on every process that ``torchrun``
 starts, as a user's job runs it on many GPUs; on one process when started alone.
 
-    torchrun --nproc_per_node 2 -m tests.unlearn_run FOLDER [--zero3]
+    torchrun --standalone --nproc_per_node 2 -m tests.unlearn_run FOLDER [--zero3]
 
 Each process writes ``FOLDER/rank{r}.json`` (the fields of the ``UnlearningResult`` it returned) and saves the model
 to ``FOLDER/model`` (every process takes part; the first writes).
