@@ -32,7 +32,13 @@ from lightning_unlearn.memorization import nll_and_accuracy, output_layer_input,
 from lightning_unlearn.models import check_causal_lm, load_causal_lm
 from lightning_unlearn.modules.retain import RetainTerm, check_finite
 from lightning_unlearn.reference import ReferenceLogitsCache, ReferenceWeights
-from lightning_unlearn.strategies import has_sharded_parameters, offloads_optimizer
+from lightning_unlearn.strategies import (
+    gather_local_shards,
+    has_sharded_parameters,
+    offloads_optimizer,
+    partition_like,
+    place_like,
+)
 from lightning_unlearn.training_mode import checkpointing, set_checkpointing, train_without_dropout
 
 if TYPE_CHECKING:
@@ -404,6 +410,27 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         AtomicDeepSpeedStrategy`), instead of gathering them whole into the checkpoint."""
         strategy = self.trainer.strategy if self._trainer is not None else None
         return getattr(strategy, "saves_per_process_state", False) and has_sharded_parameters(self.model)
+
+    def shards_for_checkpoint(
+        self, checkpoint: dict[str, Any], key: str, shards: dict[str, Tensor]
+    ) -> dict[str, Tensor] | None:
+        """This process's ``shards`` (as :func:`~lightning_unlearn.strategies.local_shards` lays them out) for a
+        checkpoint: under :meth:`per_process_checkpoints` they go to its per-process part under ``key`` and None
+        is returned; otherwise they are returned whole (under ZeRO-3 gathered: call it on every process)."""
+        if self.per_process_checkpoints():
+            checkpoint.setdefault(PER_PROCESS, {})[key] = shards
+            return None
+        return gather_local_shards(self.model, shards)
+
+    def shards_from_checkpoint(
+        self, checkpoint: dict[str, Any], key: str, whole: dict[str, Tensor] | None
+    ) -> dict[str, Tensor] | None:
+        """The inverse of :meth:`shards_for_checkpoint`: this process's shards, from ``whole`` when the checkpoint
+        held them whole, else from its per-process part under ``key``; None when it has neither."""
+        if whole is not None:
+            return partition_like(self.model, whole)
+        own = checkpoint.get(PER_PROCESS, {})
+        return place_like(self.model, own[key]) if key in own else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["forget_weights"] = self.forget_weights.clone()

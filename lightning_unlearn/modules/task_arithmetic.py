@@ -22,16 +22,9 @@ from lightning_unlearn.adapters import (
 )
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
 from lightning_unlearn.callbacks.stopping import find_monitor
-from lightning_unlearn.checkpoints import PER_PROCESS
 from lightning_unlearn.deprecation import renamed_argument
 from lightning_unlearn.modules.base import UnlearningModule
-from lightning_unlearn.strategies import (
-    gather_local_shards,
-    local_shards,
-    partition_like,
-    place_like,
-    release_gathered_parameters,
-)
+from lightning_unlearn.strategies import local_shards, release_gathered_parameters
 from lightning_unlearn.task_vectors import edit, edited, load_parameters, snapshot
 
 ASCENT_ADAPTER = "ascent"  # TAU with an adapter: the selective-ascent phase's adapter, frozen at the switch
@@ -157,23 +150,14 @@ class TaskArithmetic(UnlearningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        base = None
-        if self.base is not None and self.per_process_checkpoints():  # this process's shards, saved by it
-            checkpoint.setdefault(PER_PROCESS, {})["task_arithmetic_base"] = self.base
-        elif self.base is not None:  # whole (under ZeRO-3 every process's shards gathered) for one writer
-            base = gather_local_shards(self.model, self.base)
+        base = None if self.base is None else self.shards_for_checkpoint(checkpoint, "task_arithmetic_base", self.base)
         checkpoint["task_arithmetic"] = {"base": base, "scale": self.scale}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        state, own = checkpoint.get("task_arithmetic", {}), checkpoint.get(PER_PROCESS, {})
-        base, self.scale = state.get("base"), state.get("scale", self.scale)
-        if base is not None:
-            self.base = partition_like(self.model, base)
-        elif "task_arithmetic_base" in own:
-            self.base = place_like(self.model, own["task_arithmetic_base"])
-        else:
-            self.base = None
+        state = checkpoint.get("task_arithmetic", {})
+        self.scale = state.get("scale", self.scale)
+        self.base = self.shards_from_checkpoint(checkpoint, "task_arithmetic_base", state.get("base"))
 
 
 class TAU(TaskArithmetic):
@@ -267,17 +251,14 @@ class TAU(TaskArithmetic):
         if is_adapted(self.model):  # frozen, so not in the state dict
             names = set(adapter_parameter_names(self.model, ASCENT_ADAPTER))
             ascent = {name: data for name, data in local_shards(self.model) if name in names}
-            if self.per_process_checkpoints():
-                checkpoint.setdefault(PER_PROCESS, {})["ascent"] = ascent
-            else:
-                checkpoint["task_arithmetic"]["ascent"] = gather_local_shards(self.model, ascent)
+            whole = self.shards_for_checkpoint(checkpoint, "ascent", ascent)
+            if whole is not None:
+                checkpoint["task_arithmetic"]["ascent"] = whole
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("task_arithmetic", {})
         self.switch_step = state.get("switch_step")
-        own = checkpoint.get(PER_PROCESS, {})
-        if "ascent" in state:  # whole in the checkpoint: this process's shards of it
-            load_parameters(self.model, partition_like(self.model, state["ascent"]))
-        elif "ascent" in own:
-            load_parameters(self.model, place_like(self.model, own["ascent"]))
+        ascent = self.shards_from_checkpoint(checkpoint, "ascent", state.get("ascent"))
+        if ascent is not None:
+            load_parameters(self.model, ascent)
