@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import weakref
 
 import lightning as L
@@ -66,4 +67,39 @@ class HostCopies(TorchDispatchMode):
         device = kwargs.get("device")
         if func is torch.ops.aten._to_copy.default and device is not None and torch.device(device).type == "cpu":
             self.bytes += out.untyped_storage().nbytes()
+        return out
+
+
+class TotalTensorMemory(TorchDispatchMode):
+    """Bytes of every tensor storage alive (``live``) and the most alive at once inside the context (``peak``):
+    the storages that exist on entry (found by the garbage collector, after a collection) and those the
+    operators inside allocate, each until it is freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self._alive: set[int] = set()
+        gc.collect()
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.Tensor) and not obj.is_meta:
+                self._count(obj.untyped_storage())
+        self.start = self.peak = self.live
+
+    def _count(self, storage: torch.UntypedStorage) -> None:
+        key, size = storage.data_ptr(), storage.nbytes()
+        if size and key not in self._alive:
+            self._alive.add(key)
+            self.live += size
+            weakref.finalize(storage, self._free, key, size)
+
+    def _free(self, key: int, size: int) -> None:
+        self._alive.discard(key)
+        self.live -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self._count(tensor.untyped_storage())
+        self.peak = max(self.peak, self.live)
         return out

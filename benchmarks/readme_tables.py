@@ -173,6 +173,25 @@ TABLES = [
         slow=True,
     ),
     Table(
+        "memory model check",
+        "| method (size) | persistent, measured | persistent, model | peak, measured | peak, model | "
+        "peak: model error |",
+        [PYTHON, "benchmarks/memory.py"],
+        {
+            "persistent, measured": ("abs", 0.05),
+            "persistent, model": ("abs", 0.01),
+            "peak, measured": ("rel", 0.03),
+            "peak, model": ("rel", 0.001),
+        },
+        slow=True,
+    ),
+    Table(
+        "memory projections",
+        "| method | 8B, one GPU | 8B, ZeRO-3 x 8 | 70B, one GPU | 70B, ZeRO-3 x 8 |",
+        [PYTHON, "benchmarks/memory.py", "--project-only"],
+        dict.fromkeys(("8B, one GPU", "8B, ZeRO-3 x 8", "70B, one GPU", "70B, ZeRO-3 x 8"), ("rel", 0.001)),
+    ),
+    Table(
         "scaling",
         "| records | scoring tokens/s | above_threshold: s/step | steps | s to rule | peak MB | rescan all: s/step | "
         "steps | s to rule | peak MB | speed-up | max Δg |",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,3 +181,26 @@ def test_gpu_step_runs_on_a_cpu_with_the_tiny_shape(tmp_path):
     written = json.loads((tmp_path / "rows.json").read_text())
     assert [row["step"] for row in written["rows"]][:3] == ["bare loop", "GradientAscent", "SelectiveGradientAscent"]
     assert all(row["ms"] > 0 and row["peak_gb"] > 0 for row in written["rows"])
+
+
+def test_memory_model_matches_a_measured_step_cycle_and_the_readme_shows_its_projections():
+    """The memory model within 15% of a measured step cycle (persistent bytes and peak) on the small size, for a
+    method of each kind (a KL reference, TA's base, the adversary's copy; an adapter with gradient checkpointing);
+    and the README's Llama-3 table is the one it projects today."""
+    memory = load_script("memory")
+    shape, (records, tokens) = memory.SIZES["small"]
+    methods = {method.name: method for method in memory.METHODS}
+    for name, checkpointing in [
+        ("SGA + KL", False),
+        ("TA", False),
+        ("SGA + KL, relearning-aware", False),
+        ("TAU, LoRA", True),
+    ]:
+        method, s = methods[name], memory.setting("32-true", checkpointing)
+        persistent, peak = memory.measure(method, shape, records, tokens, "32-true", checkpointing)
+        assert sum(memory.persistent(method, shape, s).values()) == pytest.approx(persistent, rel=0.15), name
+        assert memory.peak(method, shape, records, tokens, s) == pytest.approx(peak, rel=0.15), name
+        assert peak > persistent * 1.2  # a step's activations are counted
+    checker = load_script("readme_tables")
+    table = next(t for t in checker.TABLES if t.name == "memory projections")
+    assert checker.compare(table, checker.tables(checker.published()), "\n".join(memory.projections())) == []
