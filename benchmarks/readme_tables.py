@@ -192,6 +192,21 @@ TABLES = [
         dict.fromkeys(("8B, one GPU", "8B, ZeRO-3 x 8", "70B, one GPU", "70B, ZeRO-3 x 8"), ("rel", 0.001)),
     ),
     Table(
+        "large forget set",
+        "| forget set, SGA + KL settings | batch | met | steps | epochs | records scored | seconds | holdout NLL | "
+        "retain g |",
+        [PYTHON, "benchmarks/large_forget_set.py"],
+        {
+            "met": ("abs", 0),
+            "steps": ("rel", 0.1),
+            "epochs": ("rel", 0.1),
+            "records scored": ("rel", 0.1),
+            "holdout NLL": ("rel", 0.03),
+            "retain g": ("abs", 0.02),
+        },
+        slow=True,
+    ),
+    Table(
         "scaling",
         "| records | scoring tokens/s | above_threshold: s/step | steps | s to rule | peak MB | rescan all: s/step | "
         "steps | s to rule | peak MB | speed-up | max Δg |",

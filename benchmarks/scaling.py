@@ -42,13 +42,15 @@ BATCH, EVAL_BATCH = 32, 128
 MAX_LENGTH = 96
 
 
-def forget_set(testbed, size: int) -> list[str]:
-    """``size`` distinct records: memorized ones first, then trained-once background, then never seen."""
+def forget_set(testbed, size: int, with_retain: bool = True) -> list[str]:
+    """``size`` distinct records: memorized ones first (the testbed's forget records, and with ``with_retain`` its
+    retain records), then trained-once background, then never seen."""
     trained = set(testbed.forget) | set(testbed.retain)
+    memorized = testbed.forget + (testbed.retain if with_retain else [])
     background = [r for r in dict.fromkeys(testbed.corpus) if r not in trained]
-    unseen = make_records(max(0, size - len(trained) - len(background)) + len(testbed.holdout), seed=10_000)
+    unseen = make_records(max(0, size - len(memorized) - len(background)) + len(testbed.holdout), seed=10_000)
     unseen = [r for r in unseen if r not in set(testbed.holdout)]
-    return (testbed.forget + testbed.retain + background + unseen)[:size]
+    return (memorized + background + unseen)[:size]
 
 
 def datamodule(testbed, size: int) -> UnlearningDataModule:

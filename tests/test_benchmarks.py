@@ -94,6 +94,14 @@ def test_scaling_runs_both_refresh_policies(small_testbed, testbed_cache):
     assert "bit-identical final g under both policies at every size: True" in out, out
 
 
+def test_large_forget_set_runs_the_recommended_method_at_both_batch_settings(small_testbed, testbed_cache):
+    args = ["--small", "--records", "48", "--max-steps", "2"]
+    out = run_on_small_testbed(testbed_cache, "benchmarks/large_forget_set.py", *args)
+    rows = [line for line in out.splitlines() if line.startswith(("| the testbed's", "| 48 records"))]
+    assert len(rows) == 3 and all(row.count("|") == 10 and "x |" in row for row in rows), out
+    assert re.search(r"holdout NLL before: \d+\.\d{3}", out), out
+
+
 def test_peak_tensor_memory_counts_each_storage_once_until_freed():
     peak_memory = load_script("peak_memory")
     with peak_memory.PeakTensorMemory() as memory:
