@@ -27,13 +27,17 @@ class PeakTensorMemory(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage() not in self._counted:
-                storage = tensor.untyped_storage()
-                self._counted[storage] = size = storage.nbytes()
-                self.live += size
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(storage, self._free, size)
+            if isinstance(tensor, torch.Tensor):
+                self._count(tensor.untyped_storage())
         return out
+
+    def _count(self, storage: torch.UntypedStorage) -> None:
+        """Counts ``storage`` as alive until it is freed, once however many tensors view it."""
+        if storage not in self._counted:
+            self._counted[storage] = size = storage.nbytes()
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, size)
 
     def _free(self, size: int) -> None:
         self.live -= size
@@ -70,36 +74,14 @@ class HostCopies(TorchDispatchMode):
         return out
 
 
-class TotalTensorMemory(TorchDispatchMode):
-    """Bytes of every tensor storage alive (``live``) and the most alive at once inside the context (``peak``):
-    the storages that exist on entry (found by the garbage collector, after a collection) and those the
-    operators inside allocate, each until it is freed."""
+class TotalTensorMemory(PeakTensorMemory):
+    """:class:`PeakTensorMemory` that also counts the storages alive on entry (found by the garbage collector,
+    after a collection): ``start`` is every tensor's bytes then, ``peak`` the most alive at once inside."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.live = 0
-        self._alive: set[int] = set()
         gc.collect()
         for obj in gc.get_objects():
             if isinstance(obj, torch.Tensor) and not obj.is_meta:
                 self._count(obj.untyped_storage())
         self.start = self.peak = self.live
-
-    def _count(self, storage: torch.UntypedStorage) -> None:
-        key, size = storage.data_ptr(), storage.nbytes()
-        if size and key not in self._alive:
-            self._alive.add(key)
-            self.live += size
-            weakref.finalize(storage, self._free, key, size)
-
-    def _free(self, key: int, size: int) -> None:
-        self._alive.discard(key)
-        self.live -= size
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                self._count(tensor.untyped_storage())
-        self.peak = max(self.peak, self.live)
-        return out
