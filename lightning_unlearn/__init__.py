@@ -4,10 +4,15 @@ __version__ = "0.1.0"  # before the imports: lightning_unlearn.unlearning record
 
 from lightning_unlearn.data import UnlearningDataModule
 from lightning_unlearn.modules import (
+    CEU,
     NPO,
+    RMU,
     TAU,
+    UNDIAL,
+    WGA,
     GradientAscent,
     GradientDifference,
+    SatImp,
     SelectiveGradientAscent,
     SimNPO,
     TaskArithmetic,
@@ -16,10 +21,15 @@ from lightning_unlearn.modules import (
 from lightning_unlearn.unlearning import UnlearningResult, unlearn
 
 __all__ = [
+    "CEU",
     "NPO",
+    "RMU",
     "TAU",
+    "UNDIAL",
+    "WGA",
     "GradientAscent",
     "GradientDifference",
+    "SatImp",
     "SelectiveGradientAscent",
     "SimNPO",
     "TaskArithmetic",

@@ -1,10 +1,10 @@
 """``lightning-unlearn``: the command line.
 
     lightning-unlearn unlearn --model ID_OR_DIR --forget FILE --holdout FILE [--retain FILE] --output DIR
-                              [--method sga-kl|sga|npo-kl|ta|tau|ga] [--peft lora] [--accelerator auto]
-                              [--precision bf16-mixed|32-true] [--max-steps 600] [--trainer.KEY=VALUE]
-                              [--method.KEY=VALUE] [--checkpoints DIR [--checkpoint-every 10]]
-    lightning-unlearn demo [--output DIR] [--methods GA,SGA,...] [--seed N | --seeds 0,1,2] [--small]
+                              [--method sga-kl|sga|npo-kl|ta|tau|ga|wga|satimp|ce-u|undial|rmu] [--peft lora]
+                              [--accelerator auto] [--precision bf16-mixed|32-true] [--max-steps 600]
+                              [--trainer.KEY=VALUE] [--method.KEY=VALUE] [--checkpoints DIR [--checkpoint-every 10]]
+    lightning-unlearn demo [--output DIR] [--methods GA,SGA,...|all] [--seed N | --seeds 0,1,2] [--small]
                            [--base-model ID_OR_DIR] [--no-retrain]
     lightning-unlearn testbed [--output DIR] [--small] [--base-model ID_OR_DIR]
     lightning-unlearn fit --config FILE.yaml [--trainer.max_epochs=...] [--output DIR]
@@ -63,10 +63,10 @@ def _precision(args: argparse.Namespace, mixed: bool = True) -> str:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from lightning_unlearn.demo import METHODS, check_methods, run_demo, run_seeds
+    from lightning_unlearn.demo import DEFAULT_METHODS, METHODS, check_methods, run_demo, run_seeds
     from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
 
-    methods = _names(args.methods) or list(METHODS)
+    methods = list(METHODS) if args.methods == "all" else _names(args.methods) or list(DEFAULT_METHODS)
     check_methods(methods)
     options = (SMALL_TESTBED if args.small else {}) | {"accelerator": args.accelerator, "precision": _precision(args)}
     if args.seeds is not None:
@@ -317,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="unlearn the embedded testbed with each method and compare")
     demo.add_argument("--output", default="demo-output", help="folder for summary.json, per_sample.csv, the plots")
-    demo.add_argument("--methods", help="comma-separated, from GA, SGA, SGA+KL, NPO+KL, TA, TAU (default: all)")
+    demo.add_argument(
+        "--methods",
+        help="comma-separated, from GA, SGA, SGA+KL, NPO+KL, SGA+KL+RA, TA, TAU (the default) and WGA, SatImp, CE-U, "
+        "UNDIAL, RMU; 'all' for every one",
+    )
     seeding = demo.add_mutually_exclusive_group()
     seeding.add_argument("--seed", type=int, default=0, help="one run on the testbed of this seed")
     seeding.add_argument("--seeds", help="one run per seed, e.g. 0,1,2: the table gives the median [min, max]")
@@ -349,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     unlearn.add_argument("--holdout", required=True, help="unseen texts of the same kind: 16 at least, 64+ advised")
     unlearn.add_argument("--retain", help="texts whose memorization must be kept (sga-kl and npo-kl need them)")
     unlearn.add_argument("--output", required=True, help="folder for the unlearned model and unlearning.json")
-    unlearn.add_argument("--method", default="sga-kl", help="sga-kl (default), sga, npo-kl, ta, tau or ga")
+    unlearn.add_argument(
+        "--method",
+        default="sga-kl",
+        help="sga-kl (default), sga, npo-kl, ta, tau, ga, wga, satimp, ce-u, undial or rmu",
+    )
     unlearn.add_argument(
         "--checkpoints",
         help="a folder (or fsspec URL) for checkpoints: run the same command again after a kill and it resumes",

@@ -12,9 +12,14 @@ from transformers import PreTrainedModel
 
 from lightning_unlearn.callbacks import per_sample_control
 from lightning_unlearn.modules import (
+    CEU,
     NPO,
+    RMU,
     TAU,
+    UNDIAL,
+    WGA,
     GradientAscent,
+    SatImp,
     SelectiveGradientAscent,
     TaskArithmetic,
     UnlearningModule,
@@ -56,6 +61,36 @@ METHODS: dict[str, Method] = {
         "gradient ascent, stopped by the per-sample rule",
         GradientAscent,
         callbacks=lambda: per_sample_control(select=False),
+    ),
+    "wga": Method(
+        "selective WGA (token weights p^β, β = 1) + KL retain",
+        _with(WGA, retain_loss="kl", retain_weight=3.0),
+        needs_retain=True,
+        callbacks=per_sample_control,
+    ),
+    "satimp": Method(
+        "selective SatImp (token weights p^5 · (1 − p)) + KL retain, lr 1e-3",
+        _with(SatImp, learning_rate=1e-3, retain_loss="kl", retain_weight=0.3),
+        needs_retain=True,
+        callbacks=per_sample_control,
+    ),
+    "ce-u": Method(
+        "selective CE-U (cross-entropy without the target token) + KL retain",
+        _with(CEU, retain_loss="kl", retain_weight=3.0),
+        needs_retain=True,
+        callbacks=per_sample_control,
+    ),
+    "undial": Method(
+        "selective UNDIAL (distil the original, target logit − 10) + KL retain, lr 5e-4",
+        _with(UNDIAL, learning_rate=5e-4, retain_loss="kl", retain_weight=1.0),
+        needs_retain=True,
+        callbacks=per_sample_control,
+    ),
+    "rmu": Method(
+        "selective RMU (steer layer ℓ to a random direction, keep the retain records'; α = 10, lr 1e-3)",
+        _with(RMU, learning_rate=1e-3, retain_weight=10.0),
+        needs_retain=True,
+        callbacks=per_sample_control,
     ),
 }
 

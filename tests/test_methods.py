@@ -10,7 +10,18 @@ import pytest
 from benchmarks.peak_memory import HostCopies, PeakTensorMemory
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
 from lightning_unlearn.methods import METHODS, make_method
-from lightning_unlearn.modules import NPO, TAU, GradientAscent, SelectiveGradientAscent, TaskArithmetic
+from lightning_unlearn.modules import (
+    CEU,
+    NPO,
+    RMU,
+    TAU,
+    UNDIAL,
+    WGA,
+    GradientAscent,
+    SatImp,
+    SelectiveGradientAscent,
+    TaskArithmetic,
+)
 from tests.conftest import make_trainer, unlearning_data
 
 
@@ -22,6 +33,11 @@ def test_every_method_is_stopped_by_the_per_sample_rule(tiny_model):
         "ta": TaskArithmetic,
         "tau": TAU,
         "ga": GradientAscent,
+        "wga": WGA,
+        "satimp": SatImp,
+        "ce-u": CEU,
+        "undial": UNDIAL,
+        "rmu": RMU,
     }
     assert set(METHODS) == set(kinds)
     for name, kind in kinds.items():
@@ -42,7 +58,8 @@ def test_method_settings_are_the_ones_that_meet_the_rule_and_options_override_th
     assert (npo.beta, npo.hparams.learning_rate, npo.hparams.retain_weight) == (0.01, 1e-4, 2.0)
     assert make_method("ta", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 3e-4
     assert make_method("tau", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 1e-4
-    with pytest.raises(ValueError, match="unknown method 'dpo'; choose from sga-kl, sga, npo-kl, ta, tau, ga"):
+    choices = "sga-kl, sga, npo-kl, ta, tau, ga, wga, satimp, ce-u, undial, rmu"
+    with pytest.raises(ValueError, match=f"unknown method 'dpo'; choose from {choices}"):
         make_method("dpo", tiny_model)
 
 

@@ -324,7 +324,7 @@ def test_npo_reference_and_kl_reference_are_restored_on_resume(small_testbed, tm
         (lambda m: NPO(m, beta=0.0), "beta must be > 0"),
         (lambda m: SimNPO(m, beta=-1.0), "beta must be > 0"),
         (lambda m: GradientAscent(m, retain_loss="kl", retain_weight=-0.5), "retain_weight must be >= 0"),
-        (lambda m: GradientAscent(m, retain_loss="mse"), "retain_loss must be None, 'nll' or 'kl'"),
+        (lambda m: GradientAscent(m, retain_loss="mse"), "retain_loss must be one of None, 'nll', 'kl'"),
         (lambda m: TaskArithmetic(m, retain_loss="kl"), "takes no retain_loss"),
         (lambda m: GradientDifference(m, retain_loss=None), "needs a retain term"),
     ],

@@ -2,15 +2,22 @@
 
 from lightning_unlearn.models import check_causal_lm, load_causal_lm
 from lightning_unlearn.modules.base import UnlearningModule
-from lightning_unlearn.modules.gradient import GradientAscent, GradientDifference, SelectiveGradientAscent
+from lightning_unlearn.modules.gradient import WGA, GradientAscent, GradientDifference, SatImp, SelectiveGradientAscent
 from lightning_unlearn.modules.npo import NPO, SimNPO
+from lightning_unlearn.modules.rmu import RMU
+from lightning_unlearn.modules.soft_targets import CEU, UNDIAL
 from lightning_unlearn.modules.task_arithmetic import TAU, TaskArithmetic
 
 __all__ = [
+    "CEU",
     "NPO",
+    "RMU",
     "TAU",
+    "UNDIAL",
+    "WGA",
     "GradientAscent",
     "GradientDifference",
+    "SatImp",
     "SelectiveGradientAscent",
     "SimNPO",
     "TaskArithmetic",

@@ -106,6 +106,9 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         relearn_learning_rate: the simulated attacker's Adam learning rate.
     """
 
+    retain_losses: tuple[str | None, ...] = RETAIN_LOSSES  # the retain terms this method takes
+    forget_uses_reference = False  # forget_inputs needs the model as it was before unlearning (self.reference)
+
     def __init__(
         self,
         model: PreTrainedModel | str | os.PathLike,
@@ -133,8 +136,9 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         )
         if deprecated:
             raise TypeError(f"{owner} got unexpected arguments: {', '.join(sorted(deprecated))}")
-        if retain_loss not in RETAIN_LOSSES:
-            raise ValueError(f"retain_loss must be None, 'nll' or 'kl', got {retain_loss!r}")
+        if retain_loss not in self.retain_losses:
+            choices = ", ".join(repr(kind) for kind in self.retain_losses)
+            raise ValueError(f"{owner}'s retain_loss must be one of {choices}, got {retain_loss!r}")
         if not retain_weight >= 0:
             raise ValueError(f"retain_weight must be >= 0, got {retain_weight}")
         if gguf_file is not None:
@@ -257,6 +261,18 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         """Per-sample loss to minimize on forget samples (``Tensor[B]``); ``nll`` is their mean token NLL."""
         raise NotImplementedError(f"{type(self).__name__} must define forget_loss()")
 
+    def forget_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The forget batch with what :meth:`forget_loss` needs besides the model's logits, computed before the
+        training forward pass (a reference pass swaps the weights in place; see :attr:`forget_uses_reference`):
+        the batch itself by default."""
+        return batch
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the model as it was before unlearning is kept (:class:`ReferenceWeights`, taken at train start):
+        for a KL retain term, or a forget loss that needs it."""
+        return self.hparams.get("retain_loss") == "kl" or self.forget_uses_reference
+
     def on_train_start(self) -> None:
         """Keeps the reference weights of a KL retain term (the model now, before the first step), and makes the
         relearning adversary (``relearn_steps`` > 0)."""
@@ -277,6 +293,7 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         deferred = retain is not None and self._backward_per_part()
         if retain is not None and not deferred:  # the reference first: its weights are swapped in place
             retain = self._with_reference(retain)
+        forget = self.forget_inputs(forget)
         logits, head = self._logits(forget)
         if self._scores_in_loop() and self._monitors("forget"):  # the callbacks take each sample's g as it comes
             nll, g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"], **head)

@@ -1,4 +1,5 @@
-"""Gradient-based unlearning: gradient ascent (Jang et al.), gradient difference, and selective gradient ascent."""
+"""Gradient-based unlearning: gradient ascent (Jang et al.), gradient difference, selective gradient ascent, and
+the token-weighted ascents WGA and SatImp."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch import Tensor
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
 from lightning_unlearn.deprecation import renamed_argument
+from lightning_unlearn.losses import satimp_loss, wga_loss
 from lightning_unlearn.modules.base import UnlearningModule
 
 
@@ -83,3 +85,43 @@ class SelectiveGradientAscent(GradientAscent):
     def configure_callbacks(self) -> list[Callback]:
         self.selective, self.stopping = self.users_or_own(self.selective), self.users_or_own(self.stopping)
         return [*self.memorization_monitors(), self.selective, self.stopping]
+
+
+class WGA(UnlearningModule):
+    """WGA (Wang et al. 2025, "Rethinking LLM Unlearning Objectives: A Gradient Perspective and Go Beyond"):
+    gradient ascent with each token's NLL weighted by its probability to the power β
+    (:func:`~lightning_unlearn.losses.wga_loss`), so that tokens already unlikely stop being pushed.
+
+    Args:
+        beta: β >= 0 (the authors and open-unlearning: 1).
+        **kwargs: :class:`UnlearningModule` arguments (open-unlearning pairs it with ``retain_loss="nll"``).
+    """
+
+    def __init__(self, model: Any, beta: float = 1.0, **kwargs: Any) -> None:
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        super().__init__(model, **kwargs)
+        self.beta = beta
+
+    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        return wga_loss(logits, batch["input_ids"], batch["attention_mask"], self.beta)
+
+
+class SatImp(UnlearningModule):
+    """SatImp (Yang et al. 2025, "Exploring Criteria of Loss Reweighting to Enhance LLM Unlearning"): gradient
+    ascent with token weights p^β1 · (1 − p)^β2 that combine saturation and importance
+    (:func:`~lightning_unlearn.losses.satimp_loss`).
+
+    Args:
+        beta1, beta2: the exponents (the authors: 5 and 1).
+        **kwargs: :class:`UnlearningModule` arguments.
+    """
+
+    def __init__(self, model: Any, beta1: float = 5.0, beta2: float = 1.0, **kwargs: Any) -> None:
+        if not (beta1 >= 0 and beta2 >= 0):
+            raise ValueError(f"beta1 and beta2 must be >= 0, got {beta1} and {beta2}")
+        super().__init__(model, **kwargs)
+        self.beta1, self.beta2 = beta1, beta2
+
+    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        return satimp_loss(logits, batch["input_ids"], batch["attention_mask"], self.beta1, self.beta2)

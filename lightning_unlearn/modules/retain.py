@@ -115,9 +115,9 @@ class RetainTerm:
         return self._reference_cache.logits(self.reference, self.model, retain, any_missing)
 
     def _take_reference(self) -> None:
-        """Keeps the reference weights of a KL retain term: the model now, before the first step, or as a
+        """Keeps the reference weights (:attr:`uses_reference`): the model now, before the first step, or as a
         checkpoint restored it."""
-        if self.hparams.get("retain_loss") != "kl" or self.reference is not None:
+        if not self.uses_reference or self.reference is not None:
             return
         release = partial(release_gathered_parameters, self.trainer.strategy)
         if self._reference_state is not None:  # resumed: the reference is the model before the first step

@@ -1,0 +1,146 @@
+"""RMU, representation misdirection for unlearning (Li et al. 2024, "The WMDP Benchmark")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_unlearn.adapters import is_adapted
+from lightning_unlearn.losses import rmu_loss
+from lightning_unlearn.memorization import eval_mode
+from lightning_unlearn.modules.base import RETAIN_LOSSES, UnlearningModule
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layers of a Hugging Face causal LM (``model.layers``, ``transformer.h``, …; also under peft): the
+    first ``ModuleList`` with ``config.num_hidden_layers`` entries."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"found no list of {count} decoder layers in {type(model).__name__}")
+
+
+@contextmanager
+def layer_output(layer: torch.nn.Module) -> Iterator[list[Tensor]]:
+    """Inside, every forward pass of ``layer`` appends its output hidden states (``Tensor[B, T, D]``) to the list
+    yielded."""
+    captured: list[Tensor] = []
+
+    def keep(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+class RMU(UnlearningModule):
+    """RMU (Li et al. 2024, eq. 1–3): on forget records, push the output of decoder layer ℓ towards a fixed random
+    direction c·u (u uniform in [0, 1)^D, normalized, drawn once from ``seed``); on retain records, keep it equal to
+    the original model's (``retain_loss="activations"``, weight α). Only the MLPs of layers ℓ−2..ℓ train.
+
+    The forget loss of each record is its own distance to c·u (:func:`~lightning_unlearn.losses.rmu_loss`), so the
+    per-sample selection weights records as for every method, and the per-sample rule stops on g. The original
+    model's activations come from :class:`~lightning_unlearn.reference.ReferenceWeights` (a copy of the trained
+    MLPs only, no second model): one no-grad forward pass per step on the retain batch. Deviations from the authors'
+    code: the MLPs train whole (they train ``mlp.down_proj`` only, a name other architectures lack); the distance
+    is averaged over each record's tokens, then records are weighted, instead of averaged over the batch's tokens.
+
+    Args:
+        layer: ℓ, the decoder layer (0-based) whose output is steered (default: a quarter of the depth, as the
+            paper's layer 7 of 32).
+        steering_coefficient: c, the norm of the target (the paper: 6.5 on Zephyr-7B; scale it to the norm of
+            layer ℓ's activations, which differs by model).
+        trained_layers: how many layers up to ℓ train their MLPs (the paper: 3); None trains every parameter.
+            With ``peft``, the adapter trains instead.
+        retain_loss: ``"activations"`` (the paper's), or any other method's retain term.
+        retain_weight: α (the paper: 1200 on Zephyr-7B).
+        seed: of the random direction u.
+        **kwargs: :class:`UnlearningModule` arguments (not ``relearn_steps``: the loss is on activations).
+    """
+
+    retain_losses = (*RETAIN_LOSSES, "activations")
+
+    def __init__(
+        self,
+        model: Any,
+        layer: int | None = None,
+        steering_coefficient: float = 6.5,
+        trained_layers: int | None = 3,
+        retain_loss: str | None = "activations",
+        retain_weight: float = 1200.0,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("relearn_steps"):
+            raise ValueError("RMU's loss is on a layer's activations: relearning-aware training does not apply")
+        if trained_layers is not None and trained_layers < 1:
+            raise ValueError(f"trained_layers must be >= 1 or None, got {trained_layers}")
+        if not steering_coefficient > 0:
+            raise ValueError(f"steering_coefficient must be > 0, got {steering_coefficient}")
+        super().__init__(model, retain_loss=retain_loss, retain_weight=retain_weight, **kwargs)
+        self.layer, self.steering_coefficient = layer, steering_coefficient
+        self.trained_layers, self.seed = trained_layers, seed
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.hparams.get("retain_loss") == "activations" or super().uses_reference
+
+    def steered_layer(self) -> torch.nn.Module:
+        """Decoder layer ℓ."""
+        layers = decoder_layers(self.model)
+        index = len(layers) // 4 if self.layer is None else self.layer
+        if not 0 <= index < len(layers):
+            raise ValueError(f"layer must be in [0, {len(layers)}), got {index}")
+        return layers[index]
+
+    def configure_model(self) -> None:
+        """Loads the model, and (without an adapter) freezes every parameter but the MLPs of layers ℓ−2..ℓ."""
+        super().configure_model()
+        if self.trained_layers is None or is_adapted(self.model):
+            return
+        layers = list(decoder_layers(self.model))
+        last = layers.index(self.steered_layer())
+        trained = layers[max(0, last - self.trained_layers + 1) : last + 1]
+        mlps = [getattr(layer, "mlp", None) for layer in trained]
+        if any(mlp is None for mlp in mlps):
+            raise ValueError(f"RMU trains the layers' MLPs: {type(trained[0]).__name__} has no `mlp`")
+        self.model.requires_grad_(False)
+        for mlp in mlps:
+            mlp.requires_grad_(True)
+
+    def target(self, like: Tensor) -> Tensor:
+        """c·u (``Tensor[D]``) in ``like``'s dtype and device: the same on every process and after a resume."""
+        generator = torch.Generator().manual_seed(self.seed)
+        u = torch.rand(like.shape[-1], generator=generator)
+        return (self.steering_coefficient * u / u.norm()).to(like.device, like.dtype)
+
+    def _logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
+        with layer_output(self.steered_layer()) as captured:
+            logits, head = super()._logits(batch)
+        batch["activations"] = captured[0]  # the training pass's: recomputed passes come after the hook is gone
+        return logits, head
+
+    def _with_reference(self, retain: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.hparams.get("retain_loss") != "activations":
+            return super()._with_reference(retain)
+        layer = self.steered_layer()
+        with self.reference.active(self.model), eval_mode(self.model), torch.no_grad(), layer_output(layer) as captured:
+            self.model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"])
+        return {**retain, "reference_activations": captured[0]}
+
+    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        activations = batch["activations"]
+        return rmu_loss(activations, self.target(activations), batch["attention_mask"])
+
+    def retain_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        if self.hparams.get("retain_loss") != "activations":
+            return super().retain_loss(batch, logits, nll)
+        return rmu_loss(batch["activations"], batch["reference_activations"], batch["attention_mask"])

@@ -1,0 +1,53 @@
+"""Unlearning by cross-entropy against a soft target that gives the memorized token no (or less) mass: UNDIAL
+(Dong et al. 2025), which distils the original model with the target token's logit lowered, and CE-U (Yang 2025),
+which trains towards the model's own distribution without the target token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from lightning_unlearn.losses import ce_u_loss, undial_loss
+from lightning_unlearn.modules.base import UnlearningModule
+
+
+class UNDIAL(UnlearningModule):
+    """UNDIAL (Dong et al. 2025, "UNDIAL: Self-Distillation with Adjusted Logits for Robust Unlearning in Large
+    Language Models"): on forget records, distil the original model's next-token distribution with each target
+    token's logit lowered by β (:func:`~lightning_unlearn.losses.undial_loss`). The teacher is the model as it was
+    when training started (:class:`~lightning_unlearn.reference.ReferenceWeights`, no second model): one no-grad
+    forward pass of it on each forget batch. The loss is bounded below, so it does not diverge as ascent does.
+
+    Args:
+        beta: β >= 0, the logit adjustment (the paper and open-unlearning: 10).
+        learning_rate: Adam's (open-unlearning: 1e-4).
+        **kwargs: :class:`UnlearningModule` arguments.
+    """
+
+    forget_uses_reference = True
+
+    def __init__(self, model: Any, beta: float = 10.0, learning_rate: float = 1e-4, **kwargs: Any) -> None:
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        super().__init__(model, learning_rate=learning_rate, **kwargs)
+        self.beta = beta
+
+    def forget_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {**batch, "reference_logits": self.reference.logits(self.model, batch)}
+
+    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        return undial_loss(logits, batch["reference_logits"], batch["input_ids"], batch["attention_mask"], self.beta)
+
+
+class CEU(UnlearningModule):
+    """CE-U (Yang 2025, "CE-U: Cross Entropy Unlearning"): on forget records, the cross-entropy against the model's
+    own next-token distribution with the target token removed (:func:`~lightning_unlearn.losses.ce_u_loss`). No
+    reference model; its gradient on the logits is bounded (p − q), unlike gradient ascent's.
+
+    Args:
+        **kwargs: :class:`UnlearningModule` arguments.
+    """
+
+    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        return ce_u_loss(logits, batch["input_ids"], batch["attention_mask"])
