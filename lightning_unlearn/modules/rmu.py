@@ -11,7 +11,6 @@ from torch import Tensor
 
 from lightning_unlearn.adapters import is_adapted
 from lightning_unlearn.losses import rmu_loss
-from lightning_unlearn.memorization import eval_mode
 from lightning_unlearn.modules.base import RETAIN_LOSSES, UnlearningModule
 
 
@@ -131,9 +130,8 @@ class RMU(UnlearningModule):
     def _with_reference(self, retain: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.hparams.get("retain_loss") != "activations":
             return super()._with_reference(retain)
-        layer = self.steered_layer()
-        with self.reference.active(self.model), eval_mode(self.model), torch.no_grad(), layer_output(layer) as captured:
-            self.model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"])
+        with layer_output(self.steered_layer()) as captured:
+            self.reference.logits(self.model, retain)  # the reference's forward pass, whose layer ℓ is kept
         return {**retain, "reference_activations": captured[0]}
 
     def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
