@@ -27,11 +27,11 @@ import torch
 
 from lightning_unlearn import SelectiveGradientAscent, UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
-from lightning_unlearn.demo import quiet_trainer
-from lightning_unlearn.memorization import score_memorization
-from lightning_unlearn.report import memorization_report
-from lightning_unlearn.testbed import SMALL_TESTBED, Testbed, build_testbed
-from lightning_unlearn.thresholds import bootstrap_interval, holdout_level
+from lightning_unlearn.evaluation.report import memorization_report
+from lightning_unlearn.evaluation.scoring import score_memorization
+from lightning_unlearn.functional.thresholds import bootstrap_interval, holdout_threshold
+from lightning_unlearn.testbed.build import SMALL_TESTBED, Testbed, build_testbed
+from lightning_unlearn.testbed.demo import quiet_trainer
 
 LEVELS = {"mean": "holdout_mean", "0.95 quantile": "holdout_quantile"}
 METHODS = {"SGA": {}, "gradient difference + selection": {"retain_loss": "nll", "retain_weight": 1.0}}
@@ -53,7 +53,7 @@ def audit(testbed: Testbed, seed: int, alpha: float = 0.05) -> None:
         report = memorization_report(testbed.model, datamodule, el_n=None, alpha=alpha)
         rows = [row for row in report.rows if name.startswith("never") or row["g"] >= 0.7]
         holdout_g = scores(testbed.model, testbed, testbed.holdout)
-        mean, quantile = holdout_level(holdout_g, "mean"), holdout_level(holdout_g, "quantile")
+        mean, quantile = holdout_threshold(holdout_g, "mean"), holdout_threshold(holdout_g, "quantile")
         above_mean = sum(row["g"] > mean for row in rows)
         above_quantile = sum(row["g"] > quantile for row in rows)
         flagged = sum(row["flagged"] for row in rows)
@@ -71,7 +71,7 @@ def holdout_sizes(testbed: Testbed, seed: int) -> None:
         cells = []
         for kind in ("mean", "quantile"):
             low, high = bootstrap_interval(g, kind)
-            cells += [f"{holdout_level(g, kind):.3f}", f"{low:.3f}–{high:.3f} (±{(high - low) / 2:.3f})"]
+            cells += [f"{holdout_threshold(g, kind):.3f}", f"{low:.3f}–{high:.3f} (±{(high - low) / 2:.3f})"]
         print(f"| {size} | " + " | ".join(cells) + " |")
 
 
@@ -99,7 +99,7 @@ def per_sample_rule(testbed: Testbed, learning_rate: float, max_steps: int) -> N
             print(
                 f"| {method} | {level} ({stopping.threshold_value:.3f}) | {steps} | "
                 f"{s['holdout_nll'] / before.summary['holdout_nll']:.2f}x | {s['retain_g']:.3f} (from "
-                f"{retain_before:.3f}) | {s['attack_auc']['loss']:.3f} | {s['over_forgotten']} |"
+                f"{retain_before:.3f}) | {s['membership_auc']['loss']:.3f} | {s['over_forgotten']} |"
             )
 
 

@@ -29,9 +29,10 @@ from scaling import MAX_LENGTH, forget_set
 
 from lightning_unlearn import UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
-from lightning_unlearn.memorization import score_memorization, sequence_nll
+from lightning_unlearn.evaluation.scoring import score_memorization
+from lightning_unlearn.functional.memorization import sequence_nll
 from lightning_unlearn.methods import make_method
-from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
 
 BATCH, EVAL_BATCH = 32, 128
 HEADER = (

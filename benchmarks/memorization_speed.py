@@ -17,7 +17,8 @@ import time
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-from lightning_unlearn.memorization import extraction_likelihood, memorization_accuracy
+from lightning_unlearn.evaluation.scoring import extraction_likelihood
+from lightning_unlearn.functional.memorization import memorization_accuracy
 
 
 def baseline_extraction_likelihood(model, input_ids: torch.Tensor, n: int) -> torch.Tensor:

@@ -47,7 +47,7 @@ from lightning_unlearn import (
     TaskArithmetic,
     UnlearningDataModule,
 )
-from lightning_unlearn.memorization import CHUNK_ELEMENTS
+from lightning_unlearn.functional.memorization import CHUNK_ELEMENTS
 
 GB = 1e9
 LORA_RANK = 16
@@ -159,7 +159,7 @@ def activations(shape: Shape, tokens: int, s: Setting) -> int:
 def head(shape: Shape, tokens: int, s: Setting, backward: bool = False, temporaries: bool = True) -> int:
     """Bytes of the output layer and the per-sample NLL. Float32 logits: the logits and their log-softmax at the
     forward's end; at the backward's start the log-softmax and two gradients (the logits are freed when the
-    training step returns). Half-precision logits (:func:`~lightning_unlearn.memorization.token_nll`): the
+    training step returns). Half-precision logits (:func:`~lightning_unlearn.functional.memorization.token_nll`): the
     logits, kept for backward, their gradient in backward, and while the NLL is taken two float32 chunks."""
     logits = tokens * shape.vocab
     if s.activation_bytes == 4:
@@ -183,9 +183,9 @@ def forward(shape: Shape, tokens: int, s: Setting, freed: int, temporaries: bool
 
 
 def kl_head(shape: Shape, tokens: int, s: Setting) -> int:
-    """Bytes of the KL retain term's output layer at its backward (:func:`~lightning_unlearn.losses.token_kl`):
-    the logits, the reference's, their gradient, and per chunk the two float32 softmaxes and, for half-precision
-    logits, the float32 copy of the reference's chunk."""
+    """Bytes of the KL retain term's output layer at its backward
+    (:func:`~lightning_unlearn.functional.losses.token_kl`): the logits, the reference's, their gradient, and per chunk
+    the two float32 softmaxes and, for half-precision logits, the float32 copy of the reference's chunk."""
     logits = tokens * shape.vocab
     chunk = min(logits, max(1, CHUNK_ELEMENTS // 4 // shape.vocab) * shape.vocab)
     return 3 * s.activation_bytes * logits + (2 if s.activation_bytes == 4 else 3) * 4 * chunk
@@ -222,7 +222,7 @@ METHODS = [
     Row("TAU", lambda model, **o: TAU(model, switch_at=1.0, **NEVER, **o), base=True),
     Row(
         "SGA + KL, relearning-aware",
-        lambda model, **o: SelectiveGradientAscent(model, **SGA_NEVER, **KL, relearn_steps=2, **o),
+        lambda model, **o: SelectiveGradientAscent(model, **SGA_NEVER, **KL, adversary_steps=2, **o),
         reference=True,
         adversary=True,
         retain=True,

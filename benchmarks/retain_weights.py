@@ -19,11 +19,11 @@ import torch
 
 from lightning_unlearn import SelectiveGradientAscent
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
-from lightning_unlearn.demo import quiet_trainer
-from lightning_unlearn.memorization import score_memorization
-from lightning_unlearn.report import memorization_report
-from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
-from lightning_unlearn.thresholds import holdout_level
+from lightning_unlearn.evaluation.report import memorization_report
+from lightning_unlearn.evaluation.scoring import score_memorization
+from lightning_unlearn.functional.thresholds import holdout_threshold
+from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
+from lightning_unlearn.testbed.demo import quiet_trainer
 
 VARIANTS = {  # row label -> retain options
     "SGA, no retain term": {},
@@ -48,7 +48,7 @@ def main() -> None:
     before = memorization_report(testbed.model, datamodule, el_n=None)
     retain_before = score_memorization(testbed.model, datamodule.scoring_dataloader("retain"))
     holdout_g = torch.tensor(list(score_memorization(testbed.model, datamodule.scoring_dataloader("holdout")).values()))
-    floor = holdout_level(holdout_g, "quantile", 0.05)
+    floor = holdout_threshold(holdout_g, "quantile", 0.05)
     start = statistics.fmean(retain_before.values())
     print(f"retain g before {start:.3f}; unseen 5th percentile of g {floor:.3f}; learning rate {args.learning_rate:g}")
     print(
@@ -69,7 +69,7 @@ def main() -> None:
         below = sum(row["g"] < floor for row in after.rows)
         print(
             f"| {label} | {steps} | {s['holdout_nll'] / before.summary['holdout_nll']:.2f}x | {s['retain_g']:.3f} "
-            f"({s['retain_g'] / start:.2f}) | {s['collateral']} | {below} | {s['attack_auc']['loss']:.3f} |",
+            f"({s['retain_g'] / start:.2f}) | {s['collateral']} | {below} | {s['membership_auc']['loss']:.3f} |",
             flush=True,
         )
 

@@ -1,18 +1,22 @@
-"""Does forgetting stay forgotten? Each method against the relearning attack under several protocols, quantization,
-and the exact-retrain reference; then sequential requests.
+"""Does forgetting stay forgotten, like in the model that never saw the records? Each method under several recovery
+attacks, judged against the exact retrain under the same attack; then sequential requests.
 
-Prints two tables for the testbed of each seed (level: the 0.95 quantile of the original model's holdout g):
+Prints two tables for the testbed of each seed (the threshold: the original model's holdout 0.95 quantile of g, as
+the demo and the stop rule take it):
 
-1. **Attacks.** Per model (the original, the exact retrain, each method as the demo runs it): forget records above
-   the level with no attack, after relearning under each protocol (Adam, full batch, NLL; on the retain split, or on
-   32 fresh records of the same kind that no method trained against), after int4 round-to-nearest; the holdout's
-   count after the first protocol (the control); holdout NLL and retain g against the original.
+1. **Attacks.** Per model (the original, each method as the registry runs it; the exact retrain is the reference):
+   under each protocol (none; relearning with Adam, full batch, NLL, on the retain split or on 32 fresh records of
+   the same kind that no method trained against; int4 round-to-nearest), the forget records above the threshold,
+   the retrain's under the same protocol, and the two-sample KS p-value of their forget g (like the retrain: p ≥
+   0.05); holdout NLL and retain g against the original, seconds and steps.
 2. **Sequential requests** (``--sequential``): 4 requests of 8 forget records each, run one after another from the
-   previous request's model with relearning-aware SGA + KL, carrying the records already forgotten forward in the
-   forget split (the per-sample rule then watches them too); after each request, earlier records above the level,
-   the request's own, the same after relearning, and the holdout NLL ratio.
+   previous request's model, carrying the records already forgotten forward in the forget split (the per-sample rule
+   then watches them too); after each request, earlier records above the threshold, the request's own, the same
+   after relearning, and the holdout NLL ratio.
 
-    python benchmarks/robust_forgetting.py [--seeds 0] [--methods SGA+KL,SGA+KL+RA,TA] [--sequential] [--small]
+``--figure FILE`` draws each method's forget g under each protocol beside the retrain's (an ECDF panel each).
+
+    python benchmarks/robust_forgetting.py [--seeds 0] [--methods sga-kl,sga-kl-ra,ta] [--sequential] [--small]
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ import time
 import lightning as L
 import torch
 
-from lightning_unlearn.attacks import loss_attack
-from lightning_unlearn.demo import METHODS, quiet_trainer
-from lightning_unlearn.memorization import score_memorization
-from lightning_unlearn.robustness import above, quantize, relearn
-from lightning_unlearn.testbed import SMALL_TESTBED, Testbed, build_testbed
-from lightning_unlearn.thresholds import holdout_level
+from lightning_unlearn.evaluation.membership import loss_attack
+from lightning_unlearn.evaluation.recovery import quantize, relearn
+from lightning_unlearn.evaluation.report import memorization_report
+from lightning_unlearn.evaluation.scoring import score_memorization
+from lightning_unlearn.functional.verdict import retrain_verdict
+from lightning_unlearn.methods import METHODS
+from lightning_unlearn.testbed.build import SMALL_TESTBED, Testbed, build_testbed
+from lightning_unlearn.testbed.demo import plot_verdict, quiet_trainer
 
-# name -> (relearning data, steps, learning rate)
+# name -> (relearning data, steps, learning rate); "none" and "int4" are the model as it is and quantized
 PROTOCOLS = {
     "retain 20 @ 1e-4": ("retain", 20, 1e-4),
     "retain 50 @ 3e-4": ("retain", 50, 3e-4),
@@ -52,17 +58,28 @@ def g(model: torch.nn.Module, datamodule, split: str = "forget") -> dict[int, fl
     return score_memorization(model, datamodule.scoring_dataloader(split))
 
 
-def unlearn(
-    name: str, model: torch.nn.Module, testbed: Testbed, datamodule, max_steps: int
-) -> tuple[torch.nn.Module, int]:
+def unlearn(name: str, model: torch.nn.Module, datamodule, max_steps: int) -> tuple[torch.nn.Module, int]:
     method = METHODS[name]
     module = method.make(copy.deepcopy(model))
     trainer = quiet_trainer(max_steps, method.callbacks())
     trainer.fit(module, datamodule)
-    return module.model.eval(), trainer.global_step
+    return module.get_model().eval(), trainer.global_step
 
 
-def attacks_table(testbed: Testbed, methods: list[str], max_steps: int, retrain: bool) -> list[str]:
+def attacked(model: torch.nn.Module, data, loaders, protocols) -> dict[str, dict[int, float]]:
+    """Each protocol's forget g (and the first relearning protocol's holdout g, the control, as ``"holdout"``)."""
+    scores = {"none": g(model, data)}
+    for protocol in protocols:
+        source, count, rate = PROTOCOLS[protocol]
+        relearned = relearn(model, loaders[source], steps=count, learning_rate=rate)
+        scores[protocol] = g(relearned, data)
+        if "holdout" not in scores:
+            scores["holdout"] = g(relearned, data, "holdout")
+    scores["int4"] = g(quantize(model, bits=4), data)
+    return scores
+
+
+def attacks_table(testbed: Testbed, methods: list[str], max_steps: int, protocols: list[str], figure: str | None):
     data = testbed.datamodule(relearn=testbed.relearn_records())
     data.setup()
     fresh = testbed.datamodule(relearn=testbed.fresh_records(32, seed=FRESH_SEED))
@@ -71,39 +88,43 @@ def attacks_table(testbed: Testbed, methods: list[str], max_steps: int, retrain:
         "fresh": fresh.scoring_dataloader("relearn", batch_size=32),
     }
     original = testbed.model.eval()
-    level = holdout_level(torch.tensor(list(g(original, data, "holdout").values())), "quantile")
+    threshold = memorization_report(original, data, el_n=None).summary["threshold"]  # as the demo takes it
     nll_before, retain_before = holdout_nll(original, data), statistics.fmean(g(original, data, "retain").values())
+    retrain = attacked(testbed.retrained(progress=False).model.eval(), data, loaders, protocols)
     models = {"original": (original, 0, 0.0)}
-    if retrain:
-        models["exact retrain"] = (testbed.retrained(progress=False).model.eval(), 0, 0.0)
     for name in methods:
         L.seed_everything(testbed.seed, verbose=False)
         start = time.perf_counter()
-        model, steps = unlearn(name, original, testbed, data, max_steps)
+        model, steps = unlearn(name, original, data, max_steps)
         models[name] = (model, steps, time.perf_counter() - start)
-    header = ["seed", "model", "steps", "seconds", "above", *(f"after relearn {p}" for p in PROTOCOLS)]
-    header += ["holdout after relearn (retain 20 @ 1e-4)", "after int4", "holdout NLL", "retain g"]
-    lines = []
+    columns = ["none", *protocols, "int4"]
+    header = ["seed", "model", "steps", "seconds", *columns, "holdout above (relearned)", "holdout NLL", "retain g"]
+    lines, panels = [], {}
     for name, (model, steps, seconds) in models.items():
-        cells = [str(testbed.seed), name, str(steps), f"{seconds:.0f}", str(above(g(model, data), level))]
-        for protocol, (source, count, rate) in PROTOCOLS.items():
-            attacked = relearn(model, loaders[source], steps=count, learning_rate=rate)
-            cells.append(str(above(g(attacked, data), level)))
-            if protocol == next(iter(PROTOCOLS)):
-                control = str(above(g(attacked, data, "holdout"), level))
-        cells.append(control)
-        cells.append(str(above(g(quantize(model, bits=4), data), level)))
+        scores = attacked(model, data, loaders, protocols)
+        cells = [str(testbed.seed), name, str(steps), f"{seconds:.0f}"]
+        for column in columns:
+            v = retrain_verdict(scores[column], retrain[column], threshold)
+            cells.append(
+                f"{v['above']} / {v['retrain_above']} ({v['p_value']:.2f}{'' if v['indistinguishable'] else ' ✗'})"
+            )
+        cells.append(str(sum(value > threshold for value in scores["holdout"].values())))
         cells.append(f"{holdout_nll(model, data) / nll_before:.2f}x")
         cells.append(f"{statistics.fmean(g(model, data, 'retain').values()) / retain_before:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
-    print(f"seed {testbed.seed}: level {level:.3f} (0.95 quantile of the original model's holdout g)")
-    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"], lines
+        panels[name] = [{"sample_id": i, **{c: scores[c][i] for c in columns}} for i in scores["none"]]
+    if figure:
+        retrain_rows = [{"sample_id": i, **{c: retrain[c][i] for c in columns}} for i in retrain["none"]]
+        plot_verdict(panels, retrain_rows, threshold, figure, columns={c: c for c in columns})
+    print(f"seed {testbed.seed}: threshold {threshold:.3f} (the original model's holdout 0.95 quantile of g)")
+    table_header = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return table_header, lines
 
 
 def sequential_table(testbed: Testbed, method: str, requests: int, size: int, max_steps: int) -> list[str]:
     original = testbed.model.eval()
     reference = testbed.datamodule()
-    level = holdout_level(torch.tensor(list(g(original, reference, "holdout").values())), "quantile")
+    threshold = memorization_report(original, reference, el_n=None).summary["threshold"]
     nll_before = holdout_nll(original, reference)
     retain = reference.scoring_dataloader("retain", batch_size=len(testbed.retain))
     lines = [
@@ -118,43 +139,49 @@ def sequential_table(testbed: Testbed, method: str, requests: int, size: int, ma
             forget=earlier + current, relearn=testbed.relearn_records(), batch_size=len(earlier) + size
         )
         L.seed_everything(testbed.seed + request, verbose=False)
-        model, steps = unlearn(method, model, testbed, data, max_steps)
+        model, steps = unlearn(method, model, data, max_steps)
         scores = g(model, data)
-        old = {i: v for i, v in scores.items() if i < len(earlier)}
-        new = {i: v for i, v in scores.items() if i >= len(earlier)}
+        old = [v for i, v in scores.items() if i < len(earlier)]
+        new = [v for i, v in scores.items() if i >= len(earlier)]
         relearned = g(relearn(model, retain, steps=20, learning_rate=1e-4), data)
         cells = [
             str(request + 1),
             str(testbed.seed),
             str(steps),
-            f"{above(old, level)} of {len(old)}",
-            f"{above(new, level)} of {len(new)}",
-            f"{above(relearned, level)} of {len(relearned)}",
+            f"{sum(v > threshold for v in old)} of {len(old)}",
+            f"{sum(v > threshold for v in new)} of {len(new)}",
+            f"{sum(v > threshold for v in relearned.values())} of {len(relearned)}",
             f"{holdout_nll(model, data) / nll_before:.2f}x",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return [f"{method}, {requests} requests of {size} records, level {level:.3f}", *lines]
+    return [f"{method}, {requests} requests of {size} records, threshold {threshold:.3f}", *lines]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0", help="comma-separated testbed seeds")
-    parser.add_argument("--methods", default="SGA+KL,SGA+KL+RA,TA", help="comma-separated names from the demo")
+    parser.add_argument("--methods", default="sga-kl,sga-kl-ra,ta", help="comma-separated names from the registry")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated relearning protocols")
     parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--figure", help="a PNG of the first seed's forget g beside the retrain's, per protocol")
     parser.add_argument("--sequential", action="store_true", help="also run the sequential requests")
     parser.add_argument("--only-sequential", action="store_true", help="run the sequential requests alone")
-    parser.add_argument("--sequential-method", default="SGA+KL+RA")
+    parser.add_argument("--sequential-method", default="sga-kl")
     parser.add_argument("--requests", type=int, default=4)
     parser.add_argument("--request-size", type=int, default=8)
-    parser.add_argument("--no-retrain", action="store_true", help="skip the exact-retrain reference")
     parser.add_argument("--small", action="store_true", help="the small testbed (a smoke run)")
     args = parser.parse_args()
+    methods, protocols = args.methods.split(","), args.protocols.split(",")
+    unknown = [m for m in methods if m not in METHODS] + [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        parser.error(f"unknown method(s) or protocol(s): {', '.join(unknown)}")
     options = SMALL_TESTBED if args.small else {}
     attacks, sequential = [], []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for index, seed in enumerate(int(s) for s in args.seeds.split(",")):
         testbed = build_testbed(seed=seed, progress=False, **options)
         if not args.only_sequential:
-            header, rows = attacks_table(testbed, args.methods.split(","), args.max_steps, not args.no_retrain)
+            figure = args.figure if index == 0 else None
+            header, rows = attacks_table(testbed, methods, args.max_steps, protocols, figure)
             attacks = [*(attacks or header), *rows]
             print("\n".join(attacks), flush=True)  # so far: a run cut short keeps its seeds
         if args.sequential or args.only_sequential:
@@ -162,7 +189,10 @@ def main() -> None:
             sequential = [*(sequential or lines[1:3]), *lines[3:]]
             print(lines[0], flush=True)
     if attacks:
-        print("\n1. attacks\n" + "\n".join(attacks))
+        print(
+            "\n1. attacks: forget records above the threshold, model / exact retrain under the same attack (KS p-value)"
+        )
+        print("\n".join(attacks))
     if sequential:
         print("\n2. sequential requests\n" + "\n".join(sequential))
 

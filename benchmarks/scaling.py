@@ -34,8 +34,8 @@ from peak_memory import PeakTensorMemory
 
 from lightning_unlearn import SelectiveGradientAscent, UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
-from lightning_unlearn.memorization import score_memorization
-from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed, make_records
+from lightning_unlearn.evaluation.scoring import score_memorization
+from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed, make_records
 
 THRESHOLD = 0.5
 BATCH, EVAL_BATCH = 32, 128

@@ -35,7 +35,7 @@ from peak_memory import PeakTensorMemory, StepPeak
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
 from lightning_unlearn import GradientAscent, SelectiveGradientAscent, UnlearningDataModule
-from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
 
 
 class StepTimer(L.Callback):

@@ -1,6 +1,6 @@
 """Where an unlearning method's utility cost comes from: holdout NLL step by step, and token by token.
 
-Runs the demo's SGA (per-sample rule) or GA (mean rule) on the testbed and prints:
+Runs the registry's sga (per-sample rule) or ga-mean (mean rule) on the testbed and prints:
 
 - before every optimizer step and after the last: holdout NLL / its starting value (the demo's measure: the mean
   over holdout records of each one's mean token NLL), the forget set's mean and max g, and how many forget samples
@@ -8,7 +8,7 @@ Runs the demo's SGA (per-sample rule) or GA (mean rule) on the testbed and print
 - the NLL increase on holdout tokens, split by each token's NLL before unlearning (nats);
 - the holdout tokens the model predicts most often, and the mean entropy of its predictions (nats), before and after.
 
-    python benchmarks/utility_cost.py [--method SGA] [--small]
+    python benchmarks/utility_cost.py [--method sga|ga-mean] [--small]
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
-from lightning_unlearn.demo import METHODS
-from lightning_unlearn.memorization import score_memorization, sequence_nll
-from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+from lightning_unlearn.evaluation.scoring import score_memorization
+from lightning_unlearn.functional.memorization import sequence_nll
+from lightning_unlearn.methods import METHODS
+from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
 
 BANDS = (0.0, 0.1, 1.0, 3.0, 6.0, float("inf"))  # edges of the before-unlearning token NLL bands, nats
 
@@ -76,7 +77,7 @@ class HoldoutTrace(L.Callback):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="SGA", choices=["GA", "SGA"])
+    parser.add_argument("--method", default="sga", choices=["ga-mean", "sga"])
     parser.add_argument("--max-steps", type=int, default=400)
     parser.add_argument("--small", action="store_true", help="the small testbed (seconds to build)")
     args = parser.parse_args()

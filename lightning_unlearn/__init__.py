@@ -1,7 +1,5 @@
 """lightning-unlearn: PyTorch Lightning plugins for unlearning memorized sequences from LLMs."""
 
-__version__ = "0.1.0"  # before the imports: lightning_unlearn.unlearning records it
-
 from lightning_unlearn.data import UnlearningDataModule
 from lightning_unlearn.modules import (
     CEU,
@@ -19,6 +17,10 @@ from lightning_unlearn.modules import (
     UnlearningModule,
 )
 from lightning_unlearn.unlearning import UnlearningResult, unlearn
+from lightning_unlearn.utilities.deprecation import install_moved_modules
+from lightning_unlearn.utilities.version import __version__
+
+install_moved_modules()  # the modules of the flat layout before 0.2, for one release
 
 __all__ = [
     "CEU",
@@ -36,5 +38,6 @@ __all__ = [
     "UnlearningDataModule",
     "UnlearningModule",
     "UnlearningResult",
+    "__version__",
     "unlearn",
 ]

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_unlearn.extras import require_gguf
+from lightning_unlearn.utilities.extras import require_gguf
 
 SplitSource = Union[Sequence[str], str, Path, "datasets.Dataset"]  # noqa: F821
 SPLITS = ("forget", "retain", "holdout", "relearn")
@@ -254,7 +254,7 @@ class UnlearningDataModule(L.LightningDataModule):
         shuffle: shuffle training batches.
         num_workers: dataloader workers.
         relearn: texts of the same kind that the model has not memorized, for relearning-aware unlearning's
-            simulated attacks (``relearn_steps``) and the relearning attack; never the holdout, which is the control.
+            simulated attacks (``adversary_steps``) and the relearning attack; never the holdout, which is the control.
         long_texts: texts longer than ``max_length``: ``"truncate"`` (with a warning that counts them),
             ``"windows"`` (every part of a long text becomes a sample of its own, so all of it is scored and
             unlearned; ``split(name).documents`` maps samples to texts) or ``"error"`` (see :class:`TokenizedSplit`).
@@ -375,3 +375,15 @@ class UnlearningDataModule(L.LightningDataModule):
         return DataLoader(
             split, batch_sampler=batches, collate_fn=self.collate, num_workers=self.num_workers, generator=generator
         )
+
+
+def relearn_split(datamodule: Any, who: str) -> str:
+    """The split a relearning attacker fine-tunes on: the datamodule's relearn split, else its retain split; a clear
+    error naming ``who`` needs it when there is neither."""
+    names = [name for name in ("relearn", "retain") if datamodule is not None and datamodule.has_split(name)]
+    if not names:
+        raise ValueError(
+            f"{who} needs texts to relearn on: give the UnlearningDataModule a relearn or a retain split (a relearn "
+            "split: texts of the same kind that the model has not memorized)"
+        )
+    return names[0]

@@ -1,5 +1,5 @@
-"""The methods by name, as ``lightning-unlearn unlearn --method`` and :func:`lightning_unlearn.unlearn` take them:
-each a module with the settings that meet the per-sample rule on the testbed, and the callbacks that stop it."""
+"""The methods by name, one registry for ``lightning-unlearn unlearn --method``, :func:`lightning_unlearn.unlearn` and
+the demo's rows: each a module with the settings that meet its rule on the testbed, and the callbacks that stop it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from transformers import PreTrainedModel
 
-from lightning_unlearn.callbacks import per_sample_control
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
 from lightning_unlearn.modules import (
     CEU,
     NPO,
@@ -35,6 +35,7 @@ class Method:
     make: Callable[..., UnlearningModule]
     needs_retain: bool = False
     callbacks: Callable[[], list[Callback]] = field(default=list)
+    in_demo: bool = True  # a row of ``lightning-unlearn demo`` by default (the others on request: ``--methods``)
 
 
 def _with(cls: type[UnlearningModule], **settings: Any) -> Callable[..., UnlearningModule]:
@@ -42,6 +43,7 @@ def _with(cls: type[UnlearningModule], **settings: Any) -> Callable[..., Unlearn
     return lambda model, **options: cls(model, **{**settings, **options})
 
 
+#: The methods by name (``--method``, ``unlearn(method=)``, the demo's rows), in the order the demo runs them.
 METHODS: dict[str, Method] = {
     "sga-kl": Method(
         "selective gradient ascent + KL to the original model on the retain texts (recommended)",
@@ -57,40 +59,66 @@ METHODS: dict[str, Method] = {
     ),
     "ta": Method("task arithmetic, λ = −3", TaskArithmetic),
     "tau": Method("SGA, then task arithmetic with λ searched in [−3, 0)", TAU),
+    "sga-kl-ra": Method(
+        "relearning-aware SGA + KL: each step's loss after 4 simulated relearning steps (3x the time)",
+        _with(
+            SelectiveGradientAscent,
+            retain_loss="kl",
+            retain_weight=5.0,
+            adversary_steps=4,
+            adversary_learning_rate=5e-4,
+        ),
+        needs_retain=True,
+        in_demo=False,
+    ),
     "ga": Method(
         "gradient ascent, stopped by the per-sample rule",
         GradientAscent,
         callbacks=lambda: per_sample_control(select=False),
+        in_demo=False,
+    ),
+    "ga-mean": Method(
+        "gradient ascent, stopped by the mean rule (Jang et al.): mean g at or below the holdout's mean",
+        GradientAscent,
+        callbacks=lambda: [
+            MemorizationMonitor(),
+            MemorizationEarlyStopping(criterion="mean", threshold="holdout_mean"),
+        ],
     ),
     "wga": Method(
         "selective WGA (token weights p^β, β = 1) + KL retain",
         _with(WGA, retain_loss="kl", retain_weight=3.0),
         needs_retain=True,
         callbacks=per_sample_control,
+        in_demo=False,
     ),
     "satimp": Method(
         "selective SatImp (token weights p^5 · (1 − p)) + KL retain, lr 1e-3",
         _with(SatImp, learning_rate=1e-3, retain_loss="kl", retain_weight=0.3),
         needs_retain=True,
         callbacks=per_sample_control,
+        in_demo=False,
     ),
     "ce-u": Method(
         "selective CE-U (cross-entropy without the target token) + KL retain",
         _with(CEU, retain_loss="kl", retain_weight=3.0),
         needs_retain=True,
         callbacks=per_sample_control,
+        in_demo=False,
     ),
     "undial": Method(
         "selective UNDIAL (distil the original, target logit − 10) + KL retain, lr 5e-4",
         _with(UNDIAL, learning_rate=5e-4, retain_loss="kl", retain_weight=1.0),
         needs_retain=True,
         callbacks=per_sample_control,
+        in_demo=False,
     ),
     "rmu": Method(
         "selective RMU (steer layer ℓ to a random direction, keep the retain records'; α = 10, lr 1e-3)",
         _with(RMU, learning_rate=1e-3, retain_weight=10.0),
         needs_retain=True,
         callbacks=per_sample_control,
+        in_demo=False,
     ),
 }
 

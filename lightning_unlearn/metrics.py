@@ -16,20 +16,10 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from lightning_unlearn.memorization import extraction_likelihood, memorization_accuracy
-from lightning_unlearn.thresholds import BAND, holdout_band
-
-
-def deduplicate(sample_ids: Tensor, values: Tensor, updates: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Sorted unique ids (``Tensor[N]``) and, for each, its value at its last occurrence (``Tensor[N]``); with
-    ``updates`` (``Tensor[M]`` of int, one per pair: when it was given), its value from its latest update, the last
-    occurrence among those (processes' pairs come concatenated rank by rank, so position alone is not time)."""
-    unique, inverse = torch.unique(sample_ids, return_inverse=True)
-    position = torch.arange(len(sample_ids), device=sample_ids.device)
-    if updates is not None:
-        position = updates.to(position.device).long() * len(sample_ids) + position
-    last = torch.full_like(unique, -1).scatter_reduce(0, inverse, position, "amax")
-    return unique, values[last % max(len(sample_ids), 1)]
+from lightning_unlearn.evaluation.scoring import extraction_likelihood
+from lightning_unlearn.functional.memorization import memorization_accuracy
+from lightning_unlearn.functional.per_sample import deduplicate
+from lightning_unlearn.functional.thresholds import BAND, holdout_band
 
 
 class _PerSampleMetric(Metric):

@@ -23,18 +23,21 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedModel
 
-from lightning_unlearn import __version__
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, UnlearningProgress
-from lightning_unlearn.checkpoints import AtomicCheckpointIO
 from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
-from lightning_unlearn.files import exists
+from lightning_unlearn.distributed.checkpoints import AtomicCheckpointIO
+from lightning_unlearn.evaluation.recovery import check_recovery_attacks
+from lightning_unlearn.evaluation.report import Report, memorization_report, verdict_text
+from lightning_unlearn.integrations.huggingface import check_causal_lm, default_precision, load_causal_lm
 from lightning_unlearn.methods import check_method, make_method
-from lightning_unlearn.models import check_causal_lm, default_precision, load_causal_lm
 from lightning_unlearn.modules import UnlearningModule
-from lightning_unlearn.report import Report, memorization_report
+from lightning_unlearn.utilities.files import exists
+from lightning_unlearn.utilities.version import __version__
 
-MIN_HOLDOUT = 16  # fewer holdout records cannot place a 0.95 quantile at all
-ADVISED_HOLDOUT = 64  # the level's bootstrap interval is about ±0.02 g from here on (BENCHMARKS.md)
+#: fewer holdout records cannot place a 0.95 quantile at all
+MIN_HOLDOUT = 16
+#: the threshold's bootstrap interval is about ±0.02 g from here on (BENCHMARKS.md)
+ADVISED_HOLDOUT = 64
 TRAINER_DEFAULTS = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False, "max_steps": 600}
 
 
@@ -44,9 +47,9 @@ class UnlearningResult:
 
     Attributes:
         module: the trained :class:`~lightning_unlearn.UnlearningModule` (``module.get_model()`` is the result).
-        rule_met: whether every forget record ended at or below the level.
-        before, after: :func:`~lightning_unlearn.report.memorization_report` of the model before and after, against
-            the level measured before.
+        rule_met: whether every forget record ended at or below the threshold.
+        before, after: :func:`~lightning_unlearn.evaluation.report.memorization_report` of the model before and
+            after, against the threshold measured before.
         record: the content of ``unlearning.json``.
     """
 
@@ -67,7 +70,7 @@ class UnlearningResult:
         self.module.save_pretrained(path, files={"unlearning.json": json.dumps(self.record, indent=2, default=str)})
 
     def summary(self) -> str:
-        """A few lines for people: the rule, the records above the level before and after, the costs."""
+        """A few lines for people: the rule, the records above the threshold before and after, the costs."""
         return summary_text(self.record)
 
 
@@ -86,6 +89,8 @@ def unlearn(
     progress: bool = True,
     checkpoints: str | os.PathLike | None = None,
     checkpoint_every: int = 10,
+    retrain: PreTrainedModel | str | os.PathLike | None = None,
+    recovery_attacks: tuple[str, ...] | list[str] = (),
     **trainer_options: Any,
 ) -> UnlearningResult:
     """Unlearns ``forget`` from ``model`` until every record is no more memorized than unseen texts of the same kind
@@ -95,8 +100,8 @@ def unlearn(
         model: a causal LM, a hub id or a local folder.
         forget: the texts to unlearn: a list of strings or a file (.jsonl/.json/.csv/.parquet with a ``text``
             column, or .txt, one text per line). Never empty.
-        holdout: texts of the same kind that the model never saw, at least 16 (64 or more for a level within
-            about ±0.02 g): they set the level.
+        holdout: texts of the same kind that the model never saw, at least 16 (64 or more for a threshold within
+            about ±0.02 g): they set the threshold.
         retain: texts whose memorization must be kept; required by ``"sga-kl"`` and ``"npo-kl"``.
         method: a name from :data:`~lightning_unlearn.methods.METHODS` (``sga-kl``, ``sga``, ``npo-kl``, ``ta``,
             ``tau``, ``ga``).
@@ -107,15 +112,21 @@ def unlearn(
         long_texts: texts longer than ``max_length``: ``"truncate"`` (with a warning), ``"windows"`` (every part
             of a long document is scored and unlearned, each a record of its own) or ``"error"``.
         batch_size: texts per training step, forget and retain alike.
-        progress: a bar of the steps with the max g, the records above the level and the level.
+        progress: a bar of the steps with the max g, the records above the threshold and the threshold.
         checkpoints: a folder (or an fsspec URL) for checkpoints, every ``checkpoint_every`` optimizer steps, each
             whole or absent. Called again with the same arguments after a kill (a pre-empted node), ``unlearn``
             resumes from the last complete one, says so, and ends where an uninterrupted run ends.
         checkpoint_every: optimizer steps between checkpoints.
+        retrain: a model that never saw the forget texts (the exact retrain, or any model trained without them;
+            instance, hub id or folder): the result is judged against it with no attack and under each of
+            ``recovery_attacks`` (``unlearning.json``'s ``retrain_verdict``: records above the threshold for each,
+            and a two-sample KS test of their forget g). Without it the verdict is against the holdout only.
+        recovery_attacks: names from :data:`~lightning_unlearn.evaluation.recovery.RECOVERY_ATTACKS` run on the result
+            (each on a copy; relearning fine-tunes on the retain texts): records above the threshold after each.
         **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints,
-            ``precision`` :func:`~lightning_unlearn.models.default_precision`: bf16-mixed on a GPU, else 32-true;
-            checkpoints, when asked for, are written whole or not at all by
-            :class:`~lightning_unlearn.checkpoints.AtomicCheckpointIO`).
+            ``precision`` :func:`~lightning_unlearn.integrations.huggingface.default_precision`: bf16-mixed on a GPU,
+            else 32-true; checkpoints, when asked for, are written whole or not at all by
+            :class:`~lightning_unlearn.distributed.checkpoints.AtomicCheckpointIO`).
 
     Example:
         >>> result = unlearn("testbed/model", "testbed/forget.jsonl", "testbed/holdout.jsonl",  # doctest: +SKIP
@@ -125,6 +136,9 @@ def unlearn(
     recipe = check_method(method)
     if recipe.needs_retain and retain is None:
         raise ValueError(f"method {method!r} keeps the retain texts: give retain=, or choose method 'sga'")
+    recovery_attacks = check_recovery_attacks(recovery_attacks)
+    if "relearn" in recovery_attacks and retain is None:
+        raise ValueError("the relearning attack fine-tunes on the retain texts: give retain=")
     tokenizer = tokenizer if tokenizer is not None else _model_tokenizer(model)
     datamodule = UnlearningDataModule(
         tokenizer,
@@ -164,8 +178,10 @@ def unlearn(
         rank_zero_info(f"unlearn: resuming from {resume_from}, the last complete checkpoint of an earlier run")
     trainer.fit(module, datamodule, ckpt_path=resume_from)
     record = training_record(trainer, module)
-    level = record["level"]["value"]
-    after = _measure(module.get_model(), datamodule, device, level)
+    threshold = record["threshold"]["value"]
+    if retrain is not None and not isinstance(retrain, torch.nn.Module):
+        retrain = load_causal_lm(retrain)
+    after = _measure(module.get_model(), datamodule, device, threshold, retrain, recovery_attacks)
     record |= {"method": method} | measured_record(before, after)
     documents = datamodule.split("forget").documents  # with long_texts="windows", the text each record is part of
     for row in record["records"]:
@@ -177,20 +193,21 @@ def check_holdout_size(size: int) -> None:
     """Raises under :data:`MIN_HOLDOUT` holdout records; warns under :data:`ADVISED_HOLDOUT`."""
     if size < MIN_HOLDOUT:
         raise ValueError(
-            f"the holdout has {size} records: the level is its 0.95 quantile of g, which needs at least {MIN_HOLDOUT} "
-            f"unseen texts of the same kind ({ADVISED_HOLDOUT} or more for a level within about ±0.02 g)"
+            f"the holdout has {size} records: the threshold is its 0.95 quantile of g, which needs at least "
+            f"{MIN_HOLDOUT} unseen texts of the same kind ({ADVISED_HOLDOUT} or more for a threshold within about "
+            "±0.02 g)"
         )
     if size < ADVISED_HOLDOUT:
         warnings.warn(
-            f"the holdout has {size} records: the level will be uncertain (its 95% interval is in unlearning.json); "
-            f"give {ADVISED_HOLDOUT} or more unseen texts for a level within about ±0.02 g",
+            f"the holdout has {size} records: the threshold will be uncertain (its 95% interval is in "
+            f"unlearning.json); give {ADVISED_HOLDOUT} or more unseen texts for a threshold within about ±0.02 g",
             UserWarning,
             stacklevel=3,
         )
 
 
 def training_record(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
-    """What a finished fit tells about the per-sample rule: the module and its settings, the level and its
+    """What a finished fit tells about the per-sample rule: the module and its settings, the threshold and its
     interval, ``rule_met``, the steps taken, and each forget record's g when training started and ended (from the
     Trainer's :class:`MemorizationEarlyStopping` and forget :class:`MemorizationMonitor`)."""
     stopping = _callback(trainer, MemorizationEarlyStopping)
@@ -204,8 +221,8 @@ def training_record(trainer: L.Trainer, module: L.LightningModule) -> dict[str, 
     if stopping is not None:
         record["rule_met"] = bool(stopping.rule_met)
         record["steps"] = stopping.stopped_step if stopping.stopped_step is not None else trainer.global_step
-        record["level"] = {
-            "threshold": stopping.threshold,
+        record["threshold"] = {
+            "rule": stopping.threshold,
             "criterion": stopping.criterion,
             "value": stopping.threshold_value,
             "interval": list(stopping.interval) if stopping.interval is not None else None,
@@ -219,8 +236,8 @@ def training_record(trainer: L.Trainer, module: L.LightningModule) -> dict[str, 
 
 
 def measured_record(before: Report, after: Report) -> dict[str, Any]:
-    """The before/after part of ``unlearning.json`` from two reports against the same level: per record g and
-    NLL, records above the level, holdout NLL and attack AUCs."""
+    """The before/after part of ``unlearning.json`` from two reports against the same threshold: per record g and
+    NLL, records above the threshold, holdout NLL and attack AUCs."""
     rows_after = {row["sample_id"]: row for row in after.rows}
     records = [
         {
@@ -238,41 +255,60 @@ def measured_record(before: Report, after: Report) -> dict[str, Any]:
     nll_ratio = a["holdout_nll"] / b["holdout_nll"]
     record = {
         "forget_records": b["forget_samples"],
-        "above_level": {"before": above_before, "after": a["above_threshold"]},
+        "above_threshold": {"before": above_before, "after": a["above_threshold"]},
         "holdout_nll": {"before": b["holdout_nll"], "after": a["holdout_nll"], "ratio": nll_ratio},
-        "attack_auc": {"before": b["attack_auc"], "after": a["attack_auc"]},
+        "membership_auc": {"before": b["membership_auc"], "after": a["membership_auc"]},
         "records": records,
     }
     if "retain_g" in b:
         record["retain_g"] = {"before": b["retain_g"], "after": a["retain_g"]}
+    record["recovery"] = {key: value for key, value in a.items() if key.endswith("_above") and key != "above_threshold"}
+    record["retrain_verdict"] = a.get("retrain_verdict")
     return record
 
 
 def summary_text(record: dict[str, Any]) -> str:
     """``unlearning.json`` in a few lines."""
-    level, above = record["level"], record["above_level"]
+    threshold, above = record["threshold"], record["above_threshold"]
     verdict = "rule met" if record["rule_met"] else "RULE NOT MET"
-    low, high = level["interval"] or (math.nan, math.nan)
-    auc = record["attack_auc"]
+    low, high = threshold["interval"] or (math.nan, math.nan)
+    auc = record["membership_auc"]
     lines = [
         f"{record['method']}: {verdict} after {record['steps']} steps: {above['after']} of {record['forget_records']} "
-        f"records above the level (before: {above['before']})",
-        f"level {level['value']:.4f} (holdout 0.95 quantile of g over {level['holdout_records']} records; 95% "
-        f"interval {low:.4f}–{high:.4f})",
+        f"records above the threshold (before: {above['before']})",
+        f"threshold {threshold['value']:.4f} (holdout 0.95 quantile of g over {threshold['holdout_records']} "
+        f"records; 95% interval {low:.4f}–{high:.4f})",
         f"holdout NLL {record['holdout_nll']['ratio']:.2f}x; LOSS attack AUC {auc['before']['loss']:.3f} -> "
         f"{auc['after']['loss']:.3f} (0.5: like unseen data)",
     ]
     if "retain_g" in record:
         lines.append(f"retain g {record['retain_g']['before']:.3f} -> {record['retain_g']['after']:.3f}")
+    if "retrain_verdict" in record:
+        lines.append(verdict_text(record["retrain_verdict"]))
     return "\n".join(lines)
 
 
-def _measure(model: torch.nn.Module, datamodule: UnlearningDataModule, device: torch.device, threshold: Any) -> Report:
+def _measure(
+    model: torch.nn.Module,
+    datamodule: UnlearningDataModule,
+    device: torch.device,
+    threshold: Any,
+    retrain: torch.nn.Module | None = None,
+    recovery_attacks: Any = (),
+) -> Report:
     """The report (without EL_n) on ``device``; the model goes back where it was. On N processes each one measures
     the same records with the same forward passes, so that under ZeRO-3, whose every forward pass gathers the
     parameters from all processes, they take part together (a sharded model stays where it is), and every process
     returns the same report."""
-    return memorization_report(model.eval(), datamodule, el_n=None, threshold=threshold, device=device)
+    return memorization_report(
+        model.eval(),
+        datamodule,
+        el_n=None,
+        threshold=threshold,
+        device=device,
+        retrain=retrain,
+        recovery_attacks=recovery_attacks,
+    )
 
 
 def _model_tokenizer(model: Any) -> Any:

@@ -97,7 +97,7 @@ def testbed_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_testbed(testbed_cache):
-    from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+    from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
 
     return build_testbed(seed=0, cache_dir=testbed_cache, progress=False, **SMALL_TESTBED)
 
@@ -155,3 +155,52 @@ class RankReport(L.Callback):
     def read(self, processes: int) -> list[dict]:
         """Every process's report, by rank."""
         return [json.loads((self.folder / f"rank{rank}.json").read_text()) for rank in range(processes)]
+
+
+# A float64 model of vocabulary VOCAB and sequences it has memorized to different degrees (memorization tests).
+VOCAB = 64
+
+
+def pad(samples: list[list[int]], pad_id: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(samples):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def model64():
+    return make_model(VOCAB, seed=0, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def samples(model64) -> list[list[int]]:
+    """Mixed lengths: memorized (the model's own greedy text), corrupted memorized, and random sequences."""
+    g = torch.Generator().manual_seed(1)
+    memorized = greedy(model64, [3, 17], 20)
+    short_memorized = greedy(model64, [40], 13)
+    corrupted = list(memorized)
+    corrupted[9] = (corrupted[9] + 1) % VOCAB
+    twice_corrupted = list(short_memorized)
+    twice_corrupted[4] = (twice_corrupted[4] + 7) % VOCAB
+    twice_corrupted[11] = (twice_corrupted[11] + 3) % VOCAB
+    random = torch.randint(1, VOCAB, (16,), generator=g).tolist()
+    random_long = torch.randint(1, VOCAB, (22,), generator=g).tolist()
+    return [memorized, corrupted, random, short_memorized, twice_corrupted, random_long]
+
+
+def greedy(model, prefix: list[int], num_tokens: int) -> list[int]:
+    """Reference greedy decoding: no padding, no cache, no stop at EOS."""
+    ids = list(prefix)
+    for _ in range(num_tokens):
+        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids
+
+
+@pytest.fixture(scope="session")
+def small_retrain(small_testbed):
+    """The small testbed's exact retrain (trained without its forget records), built once a session."""
+    return small_testbed.retrained(progress=False)

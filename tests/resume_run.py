@@ -24,9 +24,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from benchmarks.peak_memory import PeakTensorMemory
 from lightning_unlearn import NPO, TAU, SelectiveGradientAscent, TaskArithmetic
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
-from lightning_unlearn.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO, AtomicDeepSpeedStrategy
-from lightning_unlearn.strategies import deepspeed_config
-from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+from lightning_unlearn.distributed.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO, AtomicDeepSpeedStrategy
+from lightning_unlearn.distributed.zero import deepspeed_config
+from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
 from tests.conftest import lora
 from tests.deepspeed_cpu import CPUDeepSpeedStrategy
 

@@ -25,14 +25,17 @@ from lightning_unlearn.modules import (
 from tests.conftest import make_trainer, unlearning_data
 
 
-def test_every_method_is_stopped_by_the_per_sample_rule(tiny_model):
+def test_every_method_is_stopped_by_its_rule(tiny_model):
+    """Every method by the per-sample rule, but ga-mean (Jang et al.'s mean rule, the demo's baseline)."""
     kinds = {
         "sga-kl": SelectiveGradientAscent,
         "sga": SelectiveGradientAscent,
         "npo-kl": NPO,
         "ta": TaskArithmetic,
         "tau": TAU,
+        "sga-kl-ra": SelectiveGradientAscent,
         "ga": GradientAscent,
+        "ga-mean": GradientAscent,
         "wga": WGA,
         "satimp": SatImp,
         "ce-u": CEU,
@@ -45,10 +48,12 @@ def test_every_method_is_stopped_by_the_per_sample_rule(tiny_model):
         assert type(module) is kind
         stopping = [cb for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)]
         stopping = stopping or [module.stopping]  # SGA, TA and TAU bring theirs
-        assert stopping[0].criterion == "max" and stopping[0].threshold == "holdout_quantile", name
+        rule = ("mean", "holdout_mean") if name == "ga-mean" else ("max", "holdout_quantile")
+        assert (stopping[0].criterion, stopping[0].threshold) == rule, name
         assert module.needs_retain == METHODS[name].needs_retain
     ga = make_method("ga", copy.deepcopy(tiny_model))[1]
     assert not any(isinstance(cb, SelectiveAscent) for cb in ga)  # plain GA ascends every record
+    assert make_method("sga-kl-ra", copy.deepcopy(tiny_model))[0].hparams.adversary_steps == 4
 
 
 def test_method_settings_are_the_ones_that_meet_the_rule_and_options_override_them(tiny_model):
@@ -58,7 +63,7 @@ def test_method_settings_are_the_ones_that_meet_the_rule_and_options_override_th
     assert (npo.beta, npo.hparams.learning_rate, npo.hparams.retain_weight) == (0.01, 1e-4, 2.0)
     assert make_method("ta", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 3e-4
     assert make_method("tau", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 1e-4
-    choices = "sga-kl, sga, npo-kl, ta, tau, ga, wga, satimp, ce-u, undial, rmu"
+    choices = "sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, ga, ga-mean, wga, satimp, ce-u, undial, rmu"
     with pytest.raises(ValueError, match=f"unknown method 'dpo'; choose from {choices}"):
         make_method("dpo", tiny_model)
 

@@ -12,8 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from lightning_unlearn.memorization import extraction_likelihood, memorization_accuracy
-from lightning_unlearn.metrics import ExtractionLikelihood, MemorizationAccuracy, MemorizationOutliers, deduplicate
+from lightning_unlearn.evaluation.scoring import extraction_likelihood
+from lightning_unlearn.functional.memorization import memorization_accuracy
+from lightning_unlearn.functional.per_sample import deduplicate
+from lightning_unlearn.metrics import ExtractionLikelihood, MemorizationAccuracy, MemorizationOutliers
 from tests.conftest import make_model
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lightning_unlearn.unlearning import check_holdout_size, summary_text, unlearn
-from tests.test_cli import UNLEARN
+from tests.cli.test_main import UNLEARN
 
 
 def test_the_holdout_must_place_a_quantile():
@@ -38,19 +38,21 @@ def test_the_summary_says_whether_the_rule_was_met():
         "rule_met": False,
         "steps": 600,
         "forget_records": 32,
-        "above_level": {"before": 32, "after": 3},
-        "level": {"value": 0.3431, "interval": [0.31, 0.37], "holdout_records": 64},
+        "above_threshold": {"before": 32, "after": 3},
+        "threshold": {"value": 0.3431, "interval": [0.31, 0.37], "holdout_records": 64},
         "holdout_nll": {"ratio": 1.2},
-        "attack_auc": {"before": {"loss": 0.99}, "after": {"loss": 0.55}},
+        "membership_auc": {"before": {"loss": 0.99}, "after": {"loss": 0.55}},
     }
     text = summary_text(record)
-    assert text.splitlines()[0] == "sga-kl: RULE NOT MET after 600 steps: 3 of 32 records above the level (before: 32)"
-    assert "level 0.3431" in text and "0.3100–0.3700" in text and "LOSS attack AUC 0.990 -> 0.550" in text
+    assert (
+        text.splitlines()[0] == "sga-kl: RULE NOT MET after 600 steps: 3 of 32 records above the threshold (before: 32)"
+    )
+    assert "threshold 0.3431" in text and "0.3100–0.3700" in text and "LOSS attack AUC 0.990 -> 0.550" in text
 
 
 def _processes(*command: str, folder: Path, testbed_cache) -> subprocess.CompletedProcess:
     """``command`` in a fresh environment (no process group settings of earlier tests), from ``folder``."""
-    from tests.test_checkpoints import DISTRIBUTED_ENVIRONMENT, ROOT
+    from tests.distributed.test_checkpoints import DISTRIBUTED_ENVIRONMENT, ROOT
 
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENVIRONMENT}
     env |= {"PYTHONPATH": str(ROOT), "LIGHTNING_UNLEARN_CACHE": str(testbed_cache)}

@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from lightning_unlearn.strategies import deepspeed_config
-from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
+from lightning_unlearn.distributed.zero import deepspeed_config
+from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
 from lightning_unlearn.unlearning import unlearn
 from tests.deepspeed_cpu import CPUDeepSpeedStrategy
 

@@ -1,22 +1,36 @@
-"""Callbacks that score every forget sample during training, reweight gradient ascent, and stop it."""
+"""Callbacks for any Trainer whose LightningModule exposes a Hugging Face causal LM: score every forget record during
+training (:class:`MemorizationMonitor`), select what gradient ascent still pushes on (:class:`SelectiveAscent`), stop
+by the per-sample rule (:class:`MemorizationEarlyStopping`), and watch membership attacks, recovery attacks and
+utility as it goes."""
 
-from lightning_unlearn.callbacks.attacks import AttackMonitor
+from typing import Any
+
 from lightning_unlearn.callbacks.control import per_sample_control
+from lightning_unlearn.callbacks.membership import MembershipMonitor
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
 from lightning_unlearn.callbacks.progress import UnlearningProgress
-from lightning_unlearn.callbacks.robustness import RobustnessCheck
+from lightning_unlearn.callbacks.recovery import RecoveryCheck
 from lightning_unlearn.callbacks.selective import SelectiveAscent, selective_weights
 from lightning_unlearn.callbacks.stopping import MemorizationEarlyStopping
 from lightning_unlearn.callbacks.utility import UtilityEvaluation
 
 __all__ = [
-    "AttackMonitor",
+    "MembershipMonitor",
     "MemorizationEarlyStopping",
     "MemorizationMonitor",
-    "RobustnessCheck",
+    "RecoveryCheck",
     "SelectiveAscent",
     "UnlearningProgress",
     "UtilityEvaluation",
     "per_sample_control",
     "selective_weights",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The callbacks' names before 0.2 (``AttackMonitor``, ``RobustnessCheck``), with a warning."""
+    from lightning_unlearn.utilities.deprecation import moved
+
+    if name in ("AttackMonitor", "RobustnessCheck"):
+        return moved("callbacks", name, ("callbacks",))
+    raise AttributeError(f"module 'lightning_unlearn.callbacks' has no attribute {name!r}")

@@ -11,21 +11,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_unlearn.distributed import gather_scores, score_on_all_ranks
-from lightning_unlearn.files import write_text_atomically
-from lightning_unlearn.thresholds import BAND
-
-
-def get_model(pl_module: L.LightningModule) -> torch.nn.Module:
-    """The Hugging Face causal LM a LightningModule wraps: its ``get_model()``, else its ``model`` attribute."""
-    if hasattr(pl_module, "get_model"):
-        return pl_module.get_model()
-    model = getattr(pl_module, "model", None)
-    if not isinstance(model, torch.nn.Module):
-        raise AttributeError(
-            f"{type(pl_module).__name__} exposes no language model: give it a `model` attribute or a `get_model()`"
-        )
-    return model
+from lightning_unlearn.distributed.gather import gather_scores
+from lightning_unlearn.evaluation.scoring import score_on_all_ranks
+from lightning_unlearn.functional.thresholds import BAND
+from lightning_unlearn.integrations.huggingface import get_model
+from lightning_unlearn.utilities.files import write_text_atomically
 
 
 def has_split(trainer: L.Trainer, name: str) -> bool:
@@ -34,7 +24,7 @@ def has_split(trainer: L.Trainer, name: str) -> bool:
     return datamodule is not None and getattr(datamodule, "has_split", lambda _: False)(name)
 
 
-# What the progress bar shows while unlearning: the forget set's max g and the records still above the threshold.
+#: What the progress bar shows while unlearning: the forget set's max g and the records still above the threshold.
 PROGRESS_BAR_KEYS = ("forget/g_max", "forget/above_threshold")
 
 
@@ -46,6 +36,8 @@ class MemorizationMonitor(Callback):
     share, results gathered), and, with our :class:`~lightning_unlearn.UnlearningModule`, the training forward
     itself, which gives the g of the batch's samples for free (score-in-the-loop). When every training step
     covers the whole set (the paper's setting), the training forward keeps every score fresh and no extra pass runs.
+    A module with ``scoring_models()`` (relearning-aware unlearning: the model and its attacked copy) has each forget
+    sample scored on each of them, its g the largest.
 
     Logs ``{split}/g_mean``, ``{split}/g_max``, ``{split}/outliers_above``, ``{split}/outliers_below``
     (the band of :class:`~lightning_unlearn.metrics.MemorizationOutliers`), ``{split}/collateral`` (samples whose
@@ -188,17 +180,23 @@ class MemorizationMonitor(Callback):
         if sample_ids is not None and self._datamodule is not None:  # else: the whole given dataloader
             loader = self._datamodule.scoring_dataloader(self.split, sample_ids=sample_ids.tolist())
         with getattr(pl_module, "scoring_context", nullcontext)():  # e.g. task arithmetic scores its edit
-            ids, values = score_on_all_ranks(
-                get_model(pl_module),
-                loader,
-                trainer.strategy,
-                self.progress,
-                desc=f"{self.split} memorization",
-            )
+            ids, values = None, None
+            for model in self._models(pl_module):  # a record's g: its largest over them
+                ids, scored = score_on_all_ranks(
+                    model, loader, trainer.strategy, self.progress, desc=f"{self.split} memorization"
+                )
+                values = scored if values is None else torch.maximum(values, scored)
         self.samples_scored += len(ids)
         self._store(ids, values, trainer.global_step)
         if log:
             self.log_summary(pl_module)
+
+    def _models(self, pl_module: L.LightningModule) -> list[torch.nn.Module]:
+        """What the forget set is scored on: the module's ``scoring_models()`` when it has them (the relearning-aware
+        module's attacked copy too), else its model; other splits always on the model alone."""
+        if self.split == "forget" and hasattr(pl_module, "scoring_models"):
+            return pl_module.scoring_models()
+        return [get_model(pl_module)]
 
     def refresh_stale(self, trainer: L.Trainer, pl_module: L.LightningModule, sample_ids: Tensor | None = None) -> None:
         """Re-scores every sample (or every one of ``sample_ids``, the same on every process) whose score is older
@@ -285,3 +283,11 @@ class MemorizationMonitor(Callback):
         self.start_values = state_dict.get("start_values", torch.empty(0)).clone()
         self.threshold = state_dict["threshold"]
         self.floor = state_dict.get("floor")
+
+
+def find_monitor(trainer: L.Trainer, split: str = "forget") -> MemorizationMonitor:
+    """The trainer's MemorizationMonitor of ``split``; a clear error when there is none."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, MemorizationMonitor) and callback.split == split:
+            return callback
+    raise ValueError(f"no MemorizationMonitor watches the {split} split: add `MemorizationMonitor()` to the callbacks")

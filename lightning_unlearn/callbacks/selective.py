@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_unlearn.callbacks.stopping import find_monitor
+from lightning_unlearn.callbacks.monitor import find_monitor
 
 
 def selective_weights(

@@ -9,17 +9,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_unlearn.callbacks.monitor import MemorizationMonitor, get_model, has_split
-from lightning_unlearn.distributed import score_on_all_ranks
-from lightning_unlearn.thresholds import HOLDOUT_THRESHOLDS, bootstrap_interval, check_threshold, holdout_level
-
-
-def find_monitor(trainer: L.Trainer, split: str = "forget") -> MemorizationMonitor:
-    """The trainer's MemorizationMonitor of ``split``; a clear error when there is none."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, MemorizationMonitor) and callback.split == split:
-            return callback
-    raise ValueError(f"no MemorizationMonitor watches the {split} split: add `MemorizationMonitor()` to the callbacks")
+from lightning_unlearn.callbacks.monitor import find_monitor, has_split
+from lightning_unlearn.evaluation.scoring import score_on_all_ranks
+from lightning_unlearn.functional.thresholds import (
+    HOLDOUT_THRESHOLDS,
+    bootstrap_interval,
+    check_threshold,
+    holdout_threshold,
+)
+from lightning_unlearn.integrations.huggingface import get_model
 
 
 class MemorizationEarlyStopping(Callback):
@@ -30,13 +28,13 @@ class MemorizationEarlyStopping(Callback):
     samples far above. The threshold comes from the g of the model *before unlearning* on the holdout split
     (unseen data of the same distribution), measured once when training starts: ``"holdout_quantile"`` (the
     default) is its ``quantile`` (0.95: a record is forgotten when it is no more memorized than 95% of unseen
-    records; the level of the per-sample rule, as the mean of unseen data has about half of them above it),
-    ``"holdout_mean"`` its mean (the paper's level, for the mean rule). A float is taken as is. The level is logged as
-    ``holdout/threshold`` with a 95% bootstrap interval (``holdout/threshold_low``, ``holdout/threshold_high``:
-    how much it would move with another holdout of the same size), and the holdout's ``floor_quantile`` as
-    ``holdout/floor``: the monitor counts forget records below it as over-forgotten; the holdout's mean g is logged as
-    ``holdout/g_mean``. When training ends without the rule holding (``max_steps`` reached first), ``rule_met`` is
-    False and a warning says how far it was.
+    records; the threshold of the per-sample rule, as the mean of unseen data has about half of them above it),
+    ``"holdout_mean"`` its mean (the paper's threshold, for the mean rule). A float is taken as is. The threshold is
+    logged as ``holdout/threshold`` with a 95% bootstrap interval (``holdout/threshold_low``,
+    ``holdout/threshold_high``: how much it would move with another holdout of the same size), and the holdout's
+    ``floor_quantile`` as ``holdout/floor``: the monitor counts forget records below it as over-forgotten; the holdout's
+    mean g is logged as ``holdout/g_mean``. When training ends without the rule holding (``max_steps`` reached first),
+    ``rule_met`` is False and a warning says how far it was.
 
     Decisions use the :class:`MemorizationMonitor`'s scores, only when every score is fresh (belongs to the current
     weights; with its ``refresh="above_threshold"`` policy, the older scores are re-scored first), and are the same
@@ -124,10 +122,10 @@ class MemorizationEarlyStopping(Callback):
         """The threshold (for a holdout threshold), its bootstrap interval and the floor from the holdout's g."""
         self.holdout_size = len(holdout_g)
         self.holdout_mean = holdout_g.mean().item()
-        self.floor = holdout_level(holdout_g, "quantile", self.floor_quantile)
+        self.floor = holdout_threshold(holdout_g, "quantile", self.floor_quantile)
         if self.threshold in HOLDOUT_THRESHOLDS:
             kind = HOLDOUT_THRESHOLDS[self.threshold]
-            self.threshold_value = holdout_level(holdout_g, kind, self.quantile)
+            self.threshold_value = holdout_threshold(holdout_g, kind, self.quantile)
             self.interval = bootstrap_interval(holdout_g, kind, self.quantile)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:

@@ -12,9 +12,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_unlearn.callbacks.monitor import get_model
-from lightning_unlearn.strategies import release_gathered_parameters
-from lightning_unlearn.utility import Results, Task, check_tasks, evaluate_utility, task_manager, task_name
+from lightning_unlearn.distributed.zero import release_gathered_parameters
+from lightning_unlearn.evaluation.utility import Results, Task, check_tasks, evaluate_utility, task_manager, task_name
+from lightning_unlearn.integrations.huggingface import get_model
 
 
 class UtilityEvaluation(Callback):
@@ -23,9 +23,9 @@ class UtilityEvaluation(Callback):
 
     ``results`` is ``{"start": {task: {metric: value}}, "end": {...}, "steps": {step: {...}}}`` (``"steps"`` only
     with periodic runs) and is kept in checkpoints, so a resumed run keeps its start numbers and does not evaluate
-    them again. See :func:`~lightning_unlearn.utility.evaluate_utility` for how lm-eval is run: on the model in
-    memory, with the global random states untouched, so a run with this callback ends with the same weights as
-    one without it.
+    them again. See :func:`~lightning_unlearn.evaluation.utility.evaluate_utility` for how lm-eval is run: on the model
+    in memory, with the global random states untouched, so a run with this callback ends with the same weights as one
+    without it.
 
     With several processes, every process evaluates every task on the whole model, in the same order: under ZeRO-3
     each forward pass gathers parameters from all processes, so none may run a pass the others do not. Process 0's

@@ -1,6 +1,6 @@
 """Unlearning methods as LightningModules: one small class per method over :class:`UnlearningModule`."""
 
-from lightning_unlearn.models import check_causal_lm, load_causal_lm
+from lightning_unlearn.integrations.huggingface import check_causal_lm, load_causal_lm
 from lightning_unlearn.modules.base import UnlearningModule
 from lightning_unlearn.modules.gradient import WGA, GradientAscent, GradientDifference, SatImp, SelectiveGradientAscent
 from lightning_unlearn.modules.npo import NPO, SimNPO

@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from lightning_unlearn.adapters import (
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
+from lightning_unlearn.distributed.checkpoints import PER_PROCESS
+from lightning_unlearn.distributed.gather import gather_scores
+from lightning_unlearn.distributed.zero import (
+    gather_local_shards,
+    has_sharded_parameters,
+    offloads_optimizer,
+    partition_like,
+    place_like,
+    release_gathered_parameters,
+)
+from lightning_unlearn.evaluation.scoring import output_layer_input
+from lightning_unlearn.functional.losses import token_kl
+from lightning_unlearn.functional.memorization import nll_and_accuracy, sequence_nll
+from lightning_unlearn.integrations.huggingface import check_causal_lm, load_causal_lm
+from lightning_unlearn.integrations.peft import (
     add_adapter,
     config_from_plain,
     frozen_keys,
@@ -21,25 +38,12 @@ from lightning_unlearn.adapters import (
     plain_config,
     saved_state,
 )
-from lightning_unlearn.adversary import RelearningAdversary
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
-from lightning_unlearn.checkpoints import PER_PROCESS
-from lightning_unlearn.deprecation import renamed_argument
-from lightning_unlearn.distributed import gather_scores
-from lightning_unlearn.extras import require_gguf, require_peft
-from lightning_unlearn.files import atomic_folder
-from lightning_unlearn.memorization import nll_and_accuracy, output_layer_input, sequence_nll
-from lightning_unlearn.models import check_causal_lm, load_causal_lm
-from lightning_unlearn.modules.retain import RetainTerm, check_finite
-from lightning_unlearn.reference import ReferenceLogitsCache, ReferenceWeights
-from lightning_unlearn.strategies import (
-    gather_local_shards,
-    has_sharded_parameters,
-    offloads_optimizer,
-    partition_like,
-    place_like,
-)
-from lightning_unlearn.training_mode import checkpointing, set_checkpointing, train_without_dropout
+from lightning_unlearn.integrations.training_mode import checkpointing, set_checkpointing, train_without_dropout
+from lightning_unlearn.modules.adversary import RelearningAdversary
+from lightning_unlearn.modules.reference import ReferenceLogitsCache, ReferenceWeights
+from lightning_unlearn.utilities.deprecation import renamed_argument
+from lightning_unlearn.utilities.extras import require_gguf, require_peft
+from lightning_unlearn.utilities.files import atomic_folder
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -51,7 +55,15 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 RETAIN_LOSSES = (None, "nll", "kl")
 
 
-class UnlearningModule(RetainTerm, L.LightningModule):
+def check_finite(loss: Tensor, step: int) -> None:
+    """Raises a clear error on a NaN or infinite loss."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss ({loss.item()}) at step {step}: lower the learning rate or check the data"
+        )
+
+
+class UnlearningModule(L.LightningModule):
     """Base of every unlearning method: subclasses override :meth:`forget_loss` (and :meth:`retain_loss`).
 
     ``training_step`` runs the model on the forget batch, takes each sample's g from that forward pass (which the
@@ -76,7 +88,8 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         weight_decay: Adam weight decay.
         dropout: keep the model's dropout during training (off by default: unlearning edits a trained model). Off
             means the dropout and attention modules in eval mode at every step, the model itself in training mode
-            (:func:`~lightning_unlearn.training_mode.train_without_dropout`), so that gradient checkpointing still runs.
+            (:func:`~lightning_unlearn.integrations.training_mode.train_without_dropout`), so that gradient
+            checkpointing still runs.
         gradient_checkpointing: ``True`` recomputes each decoder layer's activations in the backward pass
             (Hugging Face's ``gradient_checkpointing_enable``, non-reentrant): much less activation memory for
             about one more forward pass per step; ``False`` turns it off; ``None`` keeps the model's own setting.
@@ -99,15 +112,17 @@ class UnlearningModule(RetainTerm, L.LightningModule):
             stay frozen and out of checkpoints (a resumed run loads the base from its source again);
             ``save_pretrained`` merges the adapter or writes it alone. A model given as an instance is wrapped in
             place (peft's ``get_peft_model``). A ``peft.PeftModel`` given as ``model`` trains as it is.
-        relearn_steps: k > 0 makes unlearning relearning-aware (:mod:`lightning_unlearn.adversary`): each step's
-            forget loss and g are taken after k simulated fine-tuning steps of a copy on the datamodule's relearn
+        adversary_steps: k > 0 makes unlearning relearning-aware (:mod:`lightning_unlearn.modules.adversary`): each
+            step's forget loss and g are taken after k simulated fine-tuning steps of a copy on the datamodule's relearn
             split (else its retain split), so records that relearning would bring back are unlearned too. Costs a
             copy of the model, its Adam state for the k steps, and k + 1 more forward and backward passes per step.
-        relearn_learning_rate: the simulated attacker's Adam learning rate.
+        adversary_learning_rate: the simulated attacker's Adam learning rate.
     """
 
-    retain_losses: tuple[str | None, ...] = RETAIN_LOSSES  # the retain terms this method takes
-    forget_uses_reference = False  # forget_inputs needs the model as it was before unlearning (self.reference)
+    #: the retain terms this method takes
+    retain_losses: tuple[str | None, ...] = RETAIN_LOSSES
+    #: forget_inputs needs the model as it was before unlearning (self.reference)
+    forget_uses_reference = False
 
     def __init__(
         self,
@@ -125,14 +140,18 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         retain_weight: float = 1.0,
         cache_reference: bool = False,
         peft: PeftConfig | None = None,
-        relearn_steps: int = 0,
-        relearn_learning_rate: float = 5e-4,
+        adversary_steps: int = 0,
+        adversary_learning_rate: float = 5e-4,
         **deprecated: Any,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
         every_n_train_steps = renamed_argument(
             deprecated, owner, "refresh_every", "every_n_train_steps", every_n_train_steps, 1
+        )
+        adversary_steps = renamed_argument(deprecated, owner, "relearn_steps", "adversary_steps", adversary_steps, 0)
+        adversary_learning_rate = renamed_argument(
+            deprecated, owner, "relearn_learning_rate", "adversary_learning_rate", adversary_learning_rate, 5e-4
         )
         if deprecated:
             raise TypeError(f"{owner} got unexpected arguments: {', '.join(sorted(deprecated))}")
@@ -161,7 +180,7 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         self.reference: ReferenceWeights | None = None  # the weights at fit start, for retain_loss="kl"
         self._reference_state: dict[str, Any] | None = None  # restored from a checkpoint, placed at train start
         self._reference_cache = ReferenceLogitsCache()  # cache_reference=True: each retain sample's reference logits
-        self.adversary: RelearningAdversary | None = None  # relearn_steps > 0: made at train start
+        self.adversary: RelearningAdversary | None = None  # adversary_steps > 0: made at train start
         self._deferred: tuple[dict[str, Tensor], float] | None = None  # the retain part, run in backward
         self._deferred_metrics: dict[str, Tensor] = {}
         if peft is not None or is_adapted(model):
@@ -198,6 +217,15 @@ class UnlearningModule(RetainTerm, L.LightningModule):
             return own
         rank_zero_info(f"{type(self).__name__}: using the {type(own).__name__} given to the Trainer, not its own")
         return given[0]
+
+    def scoring_models(self) -> list[torch.nn.Module]:
+        """The models whose largest g is a forget record's g when the memorization monitor scores it between steps:
+        the model, and with ``adversary_steps`` the copy attacked from its current weights with this step's batch
+        (forgotten means forgotten before and after the simulated attack, as for the training batch's records)."""
+        if self.adversary is None:
+            return [self.get_model()]
+        device = next(self.model.parameters()).device
+        return [self.model, self.adversary.attack_at(self.model, self.global_step, device)]
 
     def get_model(self) -> PreTrainedModel:
         """The Hugging Face model being edited (after fit: the result)."""
@@ -275,8 +303,8 @@ class UnlearningModule(RetainTerm, L.LightningModule):
 
     def on_train_start(self) -> None:
         """Keeps the reference weights of a KL retain term (the model now, before the first step), and makes the
-        relearning adversary (``relearn_steps`` > 0)."""
-        if self.hparams.get("relearn_steps") and self.adversary is None:
+        relearning adversary (``adversary_steps`` > 0)."""
+        if self.hparams.get("adversary_steps") and self.adversary is None:
             self.adversary = RelearningAdversary.for_module(self)
         self._take_reference()
 
@@ -409,6 +437,106 @@ class UnlearningModule(RetainTerm, L.LightningModule):
         """The parameters that train (with an adapter: the adapter's)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    # --- the retain term: NLL or KL to the model before unlearning, on the retain split; on one device its own
+    # forward and backward after the forget part's, so that the two passes' activations are never alive together
+
+    @property
+    def needs_retain(self) -> bool:
+        """Whether the method trains on the retain split too."""
+        return self.hparams.get("retain_loss") is not None
+
+    def retain_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        """Per-sample loss to minimize on retain samples (``Tensor[B]``), weighted by ``retain_weight``: their mean
+        token NLL for ``retain_loss="nll"``, their mean token KL(p_ref ‖ p_θ) for ``"kl"`` (the reference's logits
+        are ``batch["reference_logits"]``)."""
+        kind = self.hparams.get("retain_loss")
+        if kind == "nll":
+            return nll
+        if kind == "kl":
+            return token_kl(logits, batch["reference_logits"], batch["attention_mask"])
+        raise NotImplementedError(f"{type(self).__name__} must define retain_loss() when needs_retain is True")
+
+    def _retain_part(self, retain: dict[str, Tensor], scale: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """The retain term's share of the step's loss (normalized like the forget term's) and its metrics; the
+        retain forward scores its batch for the retain monitors for free."""
+        logits, head = self._logits(retain)
+        # The built-in KL term does not use the NLL: taken without a graph, whose saved softmax would be alive at
+        # the KL's peak.
+        kl_only = self.hparams.get("retain_loss") == "kl" and type(self).retain_loss is UnlearningModule.retain_loss
+        scored = logits.detach() if kl_only else logits
+        if self._monitors("retain"):
+            nll, g = nll_and_accuracy(scored, retain["input_ids"], retain["attention_mask"], **head)
+            for monitor in self._monitors("retain"):
+                monitor.record(self.trainer, self, retain["sample_id"], g)
+        else:
+            nll = sequence_nll(scored, retain["input_ids"], retain["attention_mask"])
+        term = self.retain_loss(retain, logits, nll)
+        part = scale * self.hparams.get("retain_weight", 1.0) * term.sum() / self._window["retain_count"]
+        return part, {"train/retain_nll": nll.detach().mean(), "train/retain_loss": term.detach().mean()}
+
+    def _backward_per_part(self) -> bool:
+        """Whether the retain part runs its own forward and backward after the forget part's backward, so that the
+        activations of the two passes are never alive together: on one device, where a step may take two backward
+        passes (DDP and DeepSpeed reduce gradients during the one backward pass they expect)."""
+        return isinstance(self.trainer.strategy, SingleDeviceStrategy) and self.automatic_optimization
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """The forget part's backward, then (one device, a retain term) the retain part's forward and backward,
+        scaled as Lightning scaled the first (gradient accumulation, a mixed-precision loss scaler)."""
+        super().backward(loss, *args, **kwargs)
+        if self._deferred is None:
+            return
+        retain, scale = self._deferred
+        self._deferred = None
+        with self.trainer.precision_plugin.forward_context():  # as training_step runs: autocast under mixed precision
+            part, self._deferred_metrics = self._retain_part(self._with_reference(retain), scale)
+        check_finite(part, self.global_step)
+        part = part / self.trainer.accumulate_grad_batches
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        super().backward(scaler.scale(part) if scaler is not None else part, *args, **kwargs)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self._deferred_metrics:  # the retain part's, logged once its backward has run
+            self.log_dict(self._deferred_metrics, on_step=True, on_epoch=False, batch_size=1)
+            self._deferred_metrics = {}
+
+    def _retain_batch(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The step's retain batch."""
+        if "retain" not in batch:
+            raise KeyError(
+                f"retain_loss={self.hparams.get('retain_loss')!r} needs training batches with a 'retain' batch: give "
+                "the UnlearningDataModule a retain split"
+            )
+        return batch["retain"]
+
+    def _with_reference(self, retain: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The retain batch with the reference's logits on it, for a KL retain term. The reference's weights are
+        swapped in place, so this runs before any forward pass whose graph a backward pass will use."""
+        if self.hparams.get("retain_loss") != "kl":
+            return retain
+        if self.reference is None:
+            raise RuntimeError("the reference weights are taken at train start: call super().on_train_start()")
+        return {**retain, "reference_logits": self._reference_logits(retain)}
+
+    def _reference_logits(self, retain: dict[str, Tensor]) -> Tensor:
+        """The reference's logits (``Tensor[B, T, V]``) on a retain batch, from the cache with ``cache_reference``."""
+        if not self.hparams.get("cache_reference"):
+            return self.reference.logits(self.model, retain)
+        any_missing = partial(self.trainer.strategy.reduce_boolean_decision, all=False)
+        return self._reference_cache.logits(self.reference, self.model, retain, any_missing)
+
+    def _take_reference(self) -> None:
+        """Keeps the reference weights (:attr:`uses_reference`): the model now, before the first step, or as a
+        checkpoint restored it."""
+        if not self.uses_reference or self.reference is not None:
+            return
+        release = partial(release_gathered_parameters, self.trainer.strategy)
+        if self._reference_state is not None:  # resumed: the reference is the model before the first step
+            self.reference = ReferenceWeights.from_state_dict(self._reference_state, self.model, release)
+            self._reference_state = None
+        else:
+            self.reference = ReferenceWeights(self.model, release=release)
+
     # --- checkpoints and saving ------------------------------------------------------------------------------
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -423,15 +551,16 @@ class UnlearningModule(RetainTerm, L.LightningModule):
 
     def per_process_checkpoints(self) -> bool:
         """Whether this process saves its own shards of the module's state (the KL reference, TA's base) beside
-        DeepSpeed's, under ZeRO-3 with a strategy that takes them (:class:`~lightning_unlearn.checkpoints.
-        AtomicDeepSpeedStrategy`), instead of gathering them whole into the checkpoint."""
+        DeepSpeed's, under ZeRO-3 with a strategy that takes them
+        (:class:`~lightning_unlearn.distributed.checkpoints.AtomicDeepSpeedStrategy`), instead of gathering them whole
+        into the checkpoint."""
         strategy = self.trainer.strategy if self._trainer is not None else None
         return getattr(strategy, "saves_per_process_state", False) and has_sharded_parameters(self.model)
 
     def shards_for_checkpoint(
         self, checkpoint: dict[str, Any], key: str, shards: dict[str, Tensor]
     ) -> dict[str, Tensor] | None:
-        """This process's ``shards`` (as :func:`~lightning_unlearn.strategies.local_shards` lays them out) for a
+        """This process's ``shards`` (as :func:`~lightning_unlearn.distributed.zero.local_shards` lays them out) for a
         checkpoint: under :meth:`per_process_checkpoints` they go to its per-process part under ``key`` and None
         is returned; otherwise they are returned whole (under ZeRO-3 gathered: call it on every process)."""
         if self.per_process_checkpoints():

@@ -9,9 +9,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
-from lightning_unlearn.deprecation import renamed_argument
-from lightning_unlearn.losses import satimp_loss, wga_loss
+from lightning_unlearn.functional.losses import satimp_loss, wga_loss
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.utilities.deprecation import renamed_argument
 
 
 class GradientAscent(UnlearningModule):
@@ -56,7 +56,7 @@ class SelectiveGradientAscent(GradientAscent):
     Args:
         gamma: memorization level at or above which a sample is ascended, a fraction in [0, 1).
         keep_top: samples always kept per step.
-        threshold: ``"holdout_quantile"`` (the holdout's ``quantile`` of g, the per-sample rule's level),
+        threshold: ``"holdout_quantile"`` (the holdout's ``quantile`` of g, the per-sample rule's threshold),
             ``"holdout_mean"`` (the holdout's mean g, the paper's) or a fraction in [0, 1].
         quantile: for ``threshold="holdout_quantile"``.
         criterion: ``"max"`` or ``"mean"`` (``stop``, its old name, still works with a warning).
@@ -90,7 +90,7 @@ class SelectiveGradientAscent(GradientAscent):
 class WGA(UnlearningModule):
     """WGA (Wang et al. 2025, "Rethinking LLM Unlearning Objectives: A Gradient Perspective and Go Beyond"):
     gradient ascent with each token's NLL weighted by its probability to the power β
-    (:func:`~lightning_unlearn.losses.wga_loss`), so that tokens already unlikely stop being pushed.
+    (:func:`~lightning_unlearn.functional.losses.wga_loss`), so that tokens already unlikely stop being pushed.
 
     Args:
         beta: β >= 0 (the authors and open-unlearning: 1).
@@ -110,7 +110,7 @@ class WGA(UnlearningModule):
 class SatImp(UnlearningModule):
     """SatImp (Yang et al. 2025, "Exploring Criteria of Loss Reweighting to Enhance LLM Unlearning"): gradient
     ascent with token weights p^β1 · (1 − p)^β2 that combine saturation and importance
-    (:func:`~lightning_unlearn.losses.satimp_loss`).
+    (:func:`~lightning_unlearn.functional.losses.satimp_loss`).
 
     Args:
         beta1, beta2: the exponents (the authors: 5 and 1).

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_unlearn.distributed import score_on_all_ranks
-from lightning_unlearn.losses import npo_loss, simnpo_loss
-from lightning_unlearn.memorization import score_log_likelihood, sequence_log_likelihood
+from lightning_unlearn.evaluation.scoring import score_log_likelihood, score_on_all_ranks
+from lightning_unlearn.functional.losses import npo_loss, simnpo_loss
+from lightning_unlearn.functional.memorization import sequence_log_likelihood
 from lightning_unlearn.modules.base import UnlearningModule
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_unlearn.adapters import is_adapted
-from lightning_unlearn.losses import rmu_loss
+from lightning_unlearn.functional.losses import rmu_loss
+from lightning_unlearn.integrations.peft import is_adapted
 from lightning_unlearn.modules.base import RETAIN_LOSSES, UnlearningModule
 
 
@@ -45,9 +45,9 @@ class RMU(UnlearningModule):
     direction c·u (u uniform in [0, 1)^D, normalized, drawn once from ``seed``); on retain records, keep it equal to
     the original model's (``retain_loss="activations"``, weight α). Only the MLPs of layers ℓ−2..ℓ train.
 
-    The forget loss of each record is its own distance to c·u (:func:`~lightning_unlearn.losses.rmu_loss`), so the
-    per-sample selection weights records as for every method, and the per-sample rule stops on g. The original
-    model's activations come from :class:`~lightning_unlearn.reference.ReferenceWeights` (a copy of the trained
+    The forget loss of each record is its own distance to c·u (:func:`~lightning_unlearn.functional.losses.rmu_loss`),
+    so the per-sample selection weights records as for every method, and the per-sample rule stops on g. The original
+    model's activations come from :class:`~lightning_unlearn.modules.reference.ReferenceWeights` (a copy of the trained
     MLPs only, no second model): one no-grad forward pass per step on the retain batch. Deviations from the authors'
     code: the MLPs train whole (they train ``mlp.down_proj`` only, a name other architectures lack); the distance
     is averaged over each record's tokens, then records are weighted, instead of averaged over the batch's tokens.
@@ -62,7 +62,7 @@ class RMU(UnlearningModule):
         retain_loss: ``"activations"`` (the paper's), or any other method's retain term.
         retain_weight: α (the paper: 1200 on Zephyr-7B).
         seed: of the random direction u.
-        **kwargs: :class:`UnlearningModule` arguments (not ``relearn_steps``: the loss is on activations).
+        **kwargs: :class:`UnlearningModule` arguments (not ``adversary_steps``: the loss is on activations).
     """
 
     retain_losses = (*RETAIN_LOSSES, "activations")
@@ -78,7 +78,7 @@ class RMU(UnlearningModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("relearn_steps"):
+        if kwargs.get("adversary_steps"):
             raise ValueError("RMU's loss is on a layer's activations: relearning-aware training does not apply")
         if trained_layers is not None and trained_layers < 1:
             raise ValueError(f"trained_layers must be >= 1 or None, got {trained_layers}")

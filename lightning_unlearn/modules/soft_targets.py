@@ -8,16 +8,16 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_unlearn.losses import ce_u_loss, undial_loss
+from lightning_unlearn.functional.losses import ce_u_loss, undial_loss
 from lightning_unlearn.modules.base import UnlearningModule
 
 
 class UNDIAL(UnlearningModule):
     """UNDIAL (Dong et al. 2025, "UNDIAL: Self-Distillation with Adjusted Logits for Robust Unlearning in Large
     Language Models"): on forget records, distil the original model's next-token distribution with each target
-    token's logit lowered by β (:func:`~lightning_unlearn.losses.undial_loss`). The teacher is the model as it was
-    when training started (:class:`~lightning_unlearn.reference.ReferenceWeights`, no second model): one no-grad
-    forward pass of it on each forget batch. The loss is bounded below, so it does not diverge as ascent does.
+    token's logit lowered by β (:func:`~lightning_unlearn.functional.losses.undial_loss`). The teacher is the model as
+    it was when training started (:class:`~lightning_unlearn.modules.reference.ReferenceWeights`, no second model): one
+    no-grad forward pass of it on each forget batch. The loss is bounded below, so it does not diverge as ascent does.
 
     Args:
         beta: β >= 0, the logit adjustment (the paper and open-unlearning: 10).
@@ -42,8 +42,8 @@ class UNDIAL(UnlearningModule):
 
 class CEU(UnlearningModule):
     """CE-U (Yang 2025, "CE-U: Cross Entropy Unlearning"): on forget records, the cross-entropy against the model's
-    own next-token distribution with the target token removed (:func:`~lightning_unlearn.losses.ce_u_loss`). No
-    reference model; its gradient on the logits is bounded (p − q), unlike gradient ascent's.
+    own next-token distribution with the target token removed (:func:`~lightning_unlearn.functional.losses.ce_u_loss`).
+    No reference model; its gradient on the logits is bounded (p − q), unlike gradient ascent's.
 
     Args:
         **kwargs: :class:`UnlearningModule` arguments.

@@ -11,7 +11,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_unlearn.adapters import (
+from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
+from lightning_unlearn.callbacks.monitor import find_monitor
+from lightning_unlearn.distributed.zero import local_shards, release_gathered_parameters
+from lightning_unlearn.integrations.peft import (
     adapter_parameter_names,
     add_frozen_adapter,
     check_plain_lora,
@@ -20,14 +23,12 @@ from lightning_unlearn.adapters import (
     move_adapter,
     task_vector_names,
 )
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
-from lightning_unlearn.callbacks.stopping import find_monitor
-from lightning_unlearn.deprecation import renamed_argument
 from lightning_unlearn.modules.base import UnlearningModule
-from lightning_unlearn.strategies import local_shards, release_gathered_parameters
-from lightning_unlearn.task_vectors import edit, edited, load_parameters, snapshot
+from lightning_unlearn.modules.task_vectors import edit, edited, load_parameters, snapshot
+from lightning_unlearn.utilities.deprecation import renamed_argument
 
-ASCENT_ADAPTER = "ascent"  # TAU with an adapter: the selective-ascent phase's adapter, frozen at the switch
+#: TAU with an adapter: the selective-ascent phase's adapter, frozen at the switch
+ASCENT_ADAPTER = "ascent"
 
 
 class TaskArithmetic(UnlearningModule):
@@ -42,11 +43,11 @@ class TaskArithmetic(UnlearningModule):
     θ_base + λ·ΔW is B scaled by λ (B starts at 0; A is kept): θ_base and the edit touch the adapter's B factors
     only, never the base model.
     With ``search_scale=True``, λ is then bisected in [scale, 0) to the value closest to 0 for which the rule
-    still holds (scoring passes only, no training), since a smaller |λ| costs less utility.
+    still holds (scoring passes only, no training), since a smaller ``|λ|`` costs less utility.
 
     Args:
         scale: λ, negative.
-        search_scale: search the smallest |λ| that satisfies the rule after training.
+        search_scale: search the smallest ``|λ|`` that satisfies the rule after training.
         search_steps: bisection steps (each one scoring pass).
         threshold: ``"holdout_quantile"``, ``"holdout_mean"`` or a fraction in [0, 1], for
             :class:`MemorizationEarlyStopping`.
@@ -75,11 +76,11 @@ class TaskArithmetic(UnlearningModule):
                 f"{type(self).__name__} takes no retain_loss: its task vector is subtracted, and a retain term "
                 "trained into it would be subtracted with it. Use SelectiveGradientAscent or NPO with a retain term."
             )
-        if kwargs.get("relearn_steps"):
+        if kwargs.get("adversary_steps"):
             raise ValueError(
-                f"{type(self).__name__} takes no relearn_steps: it fine-tunes towards the forget set and subtracts "
+                f"{type(self).__name__} takes no adversary_steps: it fine-tunes towards the forget set and subtracts "
                 "the result, so there is no forget loss to take after a relearning attack. Use SelectiveGradientAscent "
-                "or NPO with relearn_steps."
+                "or NPO with adversary_steps."
             )
         super().__init__(model, learning_rate=learning_rate, **kwargs)
         if scale >= 0:
@@ -183,7 +184,7 @@ class TAU(TaskArithmetic):
         gamma, keep_top, mode: the SGA phase (see :class:`SelectiveGradientAscent`).
         switch_at: mean forget g, a fraction in [0, 1], at or below which TA takes over.
         scale: λ of the TA phase, negative.
-        search_scale: after the rule holds, the smallest |λ| that still meets it.
+        search_scale: after the rule holds, the smallest ``|λ|`` that still meets it.
         learning_rate: Adam's, for both phases (1e-4 meets the rule on the testbed).
         **kwargs: :class:`TaskArithmetic` arguments.
     """

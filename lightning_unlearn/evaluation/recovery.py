@@ -1,0 +1,358 @@
+"""Attacks that try to bring forgotten records back: relearning, quantization and sampling.
+
+A record is forgotten for good when, under each attack, it behaves like a record the model never saw. Each attack
+works on a copy and leaves the model it is given as it was:
+
+- :func:`relearn`: fine-tune a copy on *other* texts (related data, never the forget records) for a few steps of
+  Adam on the NLL: the attack that shows whether unlearning removed the records or only hid them (Hu et al. 2025,
+  "Unlearning or Obfuscating?").
+- :func:`quantize`: round every linear layer's weight to int8 or int4, per group of inputs (round-to-nearest,
+  any device; or bitsandbytes' own 8-bit and 4-bit NF4 codes on a GPU where it is installed): small unlearning
+  updates can fall inside a quantization bin and vanish (Zhang et al. 2025).
+- :func:`continuation_log_prob` and :func:`discovery_probability`: (n, p)-discoverable extraction (Hayes et al.
+  2024) from the exact probability p_z of a record's continuation given its prefix, one forward pass;
+  :func:`sample_extraction` really samples on request.
+
+:func:`recovery_scores` gives, per attack, every forget and holdout record's g (or p_z) on the attacked model: the
+holdout under the same attack is the control. ``report.recovery_summary`` counts what rose above the threshold.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lightning_unlearn.data import relearn_split
+from lightning_unlearn.distributed.zero import has_sharded_parameters
+from lightning_unlearn.evaluation.scoring import eval_mode, score_memorization
+from lightning_unlearn.functional.memorization import predicted_positions, sequence_nll
+from lightning_unlearn.integrations.peft import add_adapter, is_adapted
+
+#: attack name -> bits
+QUANTIZATIONS = {"int8": 8, "int4": 4}
+#: The recovery attacks by name, as reports, the audit, ``unlearn`` and ``RecoveryCheck`` take them.
+RECOVERY_ATTACKS = ("relearn", *QUANTIZATIONS, "sampling")
+#: a record is (n, p)-discoverable at p = 0.5 ...
+DISCOVERY = 0.5
+#: ... in n = 100 samples
+DISCOVERY_SAMPLES = 100
+
+
+def _copy(model: torch.nn.Module, attack: str) -> torch.nn.Module:
+    """A private copy of ``model`` for an attack; a clear error for sharded (ZeRO-3) parameters."""
+    if has_sharded_parameters(model):
+        raise ValueError(
+            f"the {attack} attack needs the whole model, and this one is sharded (ZeRO-3): save it with "
+            "save_pretrained (which gathers the shards), load that folder on one process and attack it"
+        )
+    return copy.deepcopy(model)
+
+
+def relearn(
+    model: torch.nn.Module,
+    dataloader: Iterable[Mapping[str, Tensor]],
+    steps: int = 20,
+    learning_rate: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
+    peft: Any = None,
+) -> torch.nn.Module:
+    """The relearning attack: a copy of ``model`` fine-tuned for ``steps`` Adam steps on the mean NLL of the
+    batches of ``dataloader`` (cycled; ``{"input_ids", "attention_mask"}``, as any of our loaders yields), in eval
+    mode (no dropout), so it is deterministic for a loader in a fixed order. ``model`` is not changed.
+
+    Args:
+        dataloader: the attacker's texts: related data, never the forget records (e.g. the retain split, or fresh
+            records of the same kind).
+        steps: optimizer steps, one batch each.
+        learning_rate: Adam's learning rate.
+        betas: Adam's betas.
+        peft: a ``peft`` adapter config: the attacker trains a fresh adapter (e.g. LoRA) instead of every weight.
+
+    Returns:
+        The fine-tuned copy (a ``peft.PeftModel`` with ``peft``).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    attacked = _copy(model, "relearning")
+    if peft is not None:
+        if is_adapted(attacked):
+            raise ValueError("this model has an adapter already: merge it (save_pretrained(merge=True)) to relearn")
+        attacked = add_adapter(attacked, peft)
+    else:
+        attacked.requires_grad_(True)
+    device = next(attacked.parameters()).device
+    parameters = [p for p in attacked.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate, betas=betas)
+    batches = itertools.cycle(dataloader)
+    with eval_mode(attacked), torch.enable_grad():
+        for _ in range(steps):
+            batch = next(batches)
+            input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            logits = attacked(input_ids=input_ids, attention_mask=mask).logits
+            loss = sequence_nll(logits, input_ids, mask).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"relearning: non-finite loss {loss.item()}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    attacked.requires_grad_(False)
+    return attacked
+
+
+@torch.no_grad()
+def round_to_nearest(weight: Tensor, bits: int, group_size: int = 64) -> Tensor:
+    """Symmetric round-to-nearest quantization of ``weight`` (``Tensor[out, in]``), dequantized back to its dtype.
+
+    Each group of ``group_size`` consecutive inputs of a row shares one scale s = max|w| / (2^(bits−1) − 1); the
+    codes are round(w / s), so every element moves by at most s / 2.
+
+    Example:
+        >>> round_to_nearest(torch.tensor([[0.7, -0.4, 0.1, 0.0]]), bits=2, group_size=4)
+        tensor([[ 0.7000, -0.7000,  0.0000,  0.0000]])
+    """
+    if bits < 2:
+        raise ValueError(f"bits must be >= 2, got {bits}")
+    if weight.dim() != 2:
+        raise ValueError(f"round_to_nearest takes a matrix Tensor[out, in], got shape {tuple(weight.shape)}")
+    rows, columns = weight.shape
+    padding = -columns % group_size
+    precision = torch.promote_types(weight.dtype, torch.float32)  # half precision is rounded in float32
+    groups = torch.nn.functional.pad(weight.to(precision), (0, padding)).view(rows, -1, group_size)
+    levels = 2 ** (bits - 1) - 1
+    scale = groups.abs().amax(-1, keepdim=True) / levels
+    codes = (groups / scale.clamp_min(torch.finfo(precision).tiny)).round().clamp(-levels, levels)
+    return (codes * scale).view(rows, -1)[:, :columns].to(weight.dtype)
+
+
+def _bitsandbytes_round_trip(weight: Tensor, bits: int, group_size: int) -> Tensor:
+    """bitsandbytes' 8-bit (row-wise absmax) or 4-bit (NF4, blocks of ``group_size``) codes, dequantized."""
+    import bitsandbytes.functional as bnbf
+
+    if bits == 8:
+        codes, row_scales, _ = bnbf.int8_vectorwise_quant(weight.half())
+        return bnbf.int8_vectorwise_dequant(codes, row_scales).to(weight.dtype)
+    packed, state = bnbf.quantize_4bit(weight, blocksize=group_size, quant_type="nf4")
+    return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
+
+
+def quantized_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The layers a quantizer converts: every ``nn.Linear`` (and transformers' ``Conv1D``, GPT-2's linear layer)
+    except the output layer (tied to the embeddings in most models; bitsandbytes keeps it too)."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if module is not output and (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D")
+    ]
+
+
+@torch.no_grad()
+def quantize(
+    model: torch.nn.Module,
+    bits: int = 4,
+    group_size: int = 64,
+    backend: Literal["rtn", "bitsandbytes"] = "rtn",
+) -> torch.nn.Module:
+    """The quantization attack: a copy of ``model`` whose linear weights (:func:`quantized_layers`) are quantized
+    and dequantized back, so it runs anywhere and scores like the quantized model. ``model`` is not changed.
+
+    Args:
+        bits: 8 or 4 (``"rtn"`` takes any width >= 2).
+        group_size: inputs per scale, along each weight row (the input dimension).
+        backend: ``"rtn"`` (:func:`round_to_nearest`, on any device) or ``"bitsandbytes"`` (its int8 row-wise or
+            4-bit NF4 codes; needs bitsandbytes and the device it supports).
+    """
+    if backend not in ("rtn", "bitsandbytes"):
+        raise ValueError(f"backend must be 'rtn' or 'bitsandbytes', got {backend!r}")
+    if backend == "bitsandbytes":
+        if bits not in (4, 8):
+            raise ValueError(f"bitsandbytes quantizes to 8 or 4 bits, got {bits}")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ImportError("backend='bitsandbytes' needs bitsandbytes: pip install bitsandbytes") from None
+    attacked = _copy(model, "quantization")
+    for _, layer in quantized_layers(attacked):
+        weight = layer.weight.t() if type(layer).__name__ == "Conv1D" else layer.weight  # Conv1D is [in, out]
+        if backend == "rtn":
+            quantized = round_to_nearest(weight, bits, group_size)
+        else:
+            quantized = _bitsandbytes_round_trip(weight, bits, group_size)
+        weight.copy_(quantized)
+    return attacked
+
+
+@torch.no_grad()
+def continuation_log_prob(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, prefix_length: int | Tensor | None = None
+) -> Tensor:
+    """log p_z: the log-probability (nats, float64) that the model continues each sample's prefix with exactly the
+    sample's own continuation, from one teacher-forced forward pass: Σ_{t >= prefix} log p(x_t | x_<t).
+
+    Args:
+        input_ids, attention_mask: a right-padded batch, ``Tensor[B, T]``.
+        prefix_length: tokens of prompt, an int or ``Tensor[B]``; default: half of each sample's own length.
+
+    Returns:
+        ``Tensor[B]``, float64.
+    """
+    lengths = attention_mask.sum(1)
+    prefix = lengths // 2 if prefix_length is None else torch.as_tensor(prefix_length, device=lengths.device)
+    prefix = prefix.expand_as(lengths)
+    if (prefix < 1).any() or (prefix >= lengths).any():
+        raise ValueError("each sample needs a prefix of at least 1 token and a continuation of at least 1")
+    with eval_mode(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    log_probs = torch.log_softmax(logits.double(), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    position = torch.arange(1, input_ids.shape[1], device=input_ids.device)  # of the predicted token x_t
+    counted = predicted_positions(attention_mask) & (position[None, :] >= prefix[:, None])
+    return (log_probs * counted).sum(1)
+
+
+def discovery_probability(log_prob: Tensor, num_samples: int) -> Tensor:
+    """The probability that at least one of ``num_samples`` samples reproduces a continuation of probability
+    p_z = exp(``log_prob``): 1 − (1 − p_z)^n, computed stably. A record is (n, p)-discoverable when it is >= p.
+
+    Example:
+        >>> discovery_probability(torch.tensor([math.log(0.5), math.log(1e-9)]), 2)
+        tensor([7.5000e-01, 2.0000e-09], dtype=torch.float64)
+    """
+    log_prob = log_prob.double()
+    log_miss = torch.log1p(-log_prob.exp().clamp(max=1.0))
+    return -torch.expm1(num_samples * log_miss)
+
+
+@torch.no_grad()
+def sample_extraction(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    num_samples: int = 100,
+    prefix_length: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Real sampling: how many of ``num_samples`` sampled continuations of each sample's prefix (default: its first
+    half) reproduce its continuation exactly, ``Tensor[B]`` of int. Seeded (the global RNG is left as it was)."""
+    device = next(model.parameters()).device
+    counts = []
+    lengths = attention_mask.sum(1).tolist()
+    with eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for row, length in enumerate(lengths):
+            prefix = length // 2 if prefix_length is None else prefix_length
+            target = input_ids[row, prefix:length].to(device)
+            prompt = input_ids[row : row + 1, :prefix].to(device)
+            generated = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=True,
+                num_return_sequences=num_samples,
+                max_new_tokens=len(target),
+                min_new_tokens=len(target),
+                temperature=temperature,
+                top_k=top_k if top_k is not None else 0,
+                top_p=top_p if top_p is not None else 1.0,
+                pad_token_id=getattr(model.config, "eos_token_id", None),
+            )[:, prefix:]
+            counts.append(int((generated == target[None, :]).all(1).sum()))
+    return torch.tensor(counts)
+
+
+def recovery_scores(
+    model: torch.nn.Module,
+    datamodule: Any,
+    attacks: Iterable[str] = RECOVERY_ATTACKS,
+    relearn_dataloader: Iterable[Mapping[str, Tensor]] | None = None,
+    relearn_steps: int = 20,
+    relearn_learning_rate: float = 1e-4,
+    group_size: int = 64,
+    quantization_backend: Literal["rtn", "bitsandbytes"] = "rtn",
+    num_samples: int = DISCOVERY_SAMPLES,
+    splits: Iterable[str] = ("forget", "holdout"),
+) -> dict[str, dict[str, dict[int, float]]]:
+    """Per attack, per split, each record's score on the attacked model: ``{attack: {split: {sample_id: value}}}``.
+
+    The value is g for ``"relearn"``, ``"int8"`` and ``"int4"``, and the (n = ``num_samples``) discovery
+    probability of the record's second half for ``"sampling"`` (the model itself, no copy). Relearning needs
+    ``relearn_dataloader`` (default: the datamodule's relearn split in one batch, else its retain split).
+    """
+    attacks = check_recovery_attacks(attacks)
+    datamodule.setup()
+    splits = [s for s in splits if datamodule.has_split(s)]
+    loaders = {split: datamodule.scoring_dataloader(split) for split in splits}
+    results: dict[str, dict[str, dict[int, float]]] = {}
+    for attack in attacks:
+        if attack == "relearn":
+            if relearn_dataloader is None:
+                relearn_dataloader = relearn_texts_in_one_batch(datamodule)
+            attacked = relearn(model, relearn_dataloader, steps=relearn_steps, learning_rate=relearn_learning_rate)
+        elif attack in QUANTIZATIONS:
+            attacked = quantize(model, QUANTIZATIONS[attack], group_size, quantization_backend)
+        else:
+            results[attack] = {
+                split: score_memorization(model, loader, measure=_discovery(num_samples))
+                for split, loader in loaders.items()
+            }
+            continue
+        results[attack] = {split: score_memorization(attacked, loader) for split, loader in loaders.items()}
+        del attacked
+    return results
+
+
+def _discovery(num_samples: int) -> Any:
+    def measure(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return discovery_probability(continuation_log_prob(model, input_ids, attention_mask), num_samples)
+
+    return measure
+
+
+def check_recovery_attacks(attacks: Iterable[str], where: str = "") -> list[str]:
+    """``attacks`` as a list; a clear error (naming ``where`` they came from) for a name not in RECOVERY_ATTACKS."""
+    attacks = list(attacks)
+    unknown = sorted(set(attacks) - set(RECOVERY_ATTACKS))
+    if unknown:
+        raise ValueError(f"unknown attack(s) {', '.join(unknown)}{where}; choose from {', '.join(RECOVERY_ATTACKS)}")
+    return attacks
+
+
+def relearn_texts_in_one_batch(datamodule: Any) -> Any:
+    """The relearning attack's default data: the datamodule's relearn split (else its retain split), one batch."""
+    name = relearn_split(datamodule, "the relearning attack")
+    return datamodule.scoring_dataloader(name, batch_size=len(datamodule.split(name)))
+
+
+def recovery_summary(
+    attacked: Mapping[str, Mapping[str, Mapping[int, float]]], threshold: float, discovery: float = DISCOVERY
+) -> dict[str, float]:
+    """Per attack of :func:`recovery_scores`: how many forget and holdout records are above ``threshold`` (g) or
+    (n, p)-discoverable with p = ``discovery`` (sampling), and their mean scores: ``{attack}_above``,
+    ``{attack}_holdout_above``, ``{attack}_mean`` and ``{attack}_holdout_mean``."""
+    summary: dict[str, float] = {}
+    for attack, splits in attacked.items():
+        for split, scores in splits.items():
+            key = attack if split == "forget" else f"{attack}_{split}"
+            if attack == "sampling":  # discoverable: at least p
+                summary[f"{key}_above"] = sum(value >= discovery for value in scores.values())
+            else:  # forgotten: at or below the threshold
+                summary[f"{key}_above"] = above(scores, threshold)
+            summary[f"{key}_mean"] = mean(scores)
+    return summary
+
+
+def above(scores: Mapping[int, float], threshold: float) -> int:
+    """How many records score strictly above ``threshold``."""
+    return sum(value > threshold for value in scores.values())
+
+
+def mean(scores: Mapping[int, float]) -> float:
+    """The mean score (NaN for none)."""
+    return math.fsum(scores.values()) / len(scores) if scores else math.nan

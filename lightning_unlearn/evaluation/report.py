@@ -1,0 +1,360 @@
+"""The unlearning-quality report: a per-sample table, a summary, and forget-set memorization histograms.
+
+``memorization_report(model, datamodule)`` measures every forget sample (g, EL_n, verbatim extraction, attack
+scores and, against the holdout, an empirical p-value with a Benjamini–Hochberg flag) and summarizes: mean/max g,
+the holdout threshold with its bootstrap interval, the paper's outlier counts c(D_f) for the fixed band and for
+bands from the holdout distribution (mean ± k·std; its 5th–95th percentiles), the over-forgotten count (below the
+holdout's 5th percentile), the verbatim-extractable count, each attack's AUC (forget vs holdout), the holdout NLL,
+and the retain split's g (with ``retain_before``: how many retain records lost more than 0.1 of it).
+``write_report`` writes CSV, JSON and Markdown; ``plot_histograms`` draws forget g before vs after unlearning with
+the threshold and band marked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_unlearn.evaluation.membership import MEMBERSHIP_ATTACKS
+from lightning_unlearn.evaluation.recovery import DISCOVERY, recovery_scores, recovery_summary
+from lightning_unlearn.evaluation.scoring import (
+    eval_mode,
+    extraction_likelihood,
+    score_memorization,
+    verbatim_extraction,
+)
+from lightning_unlearn.functional.membership import membership_auc, membership_scores
+from lightning_unlearn.functional.memorization import nll_and_accuracy
+from lightning_unlearn.functional.thresholds import (
+    BAND,
+    HOLDOUT_THRESHOLDS,
+    benjamini_hochberg,
+    bootstrap_interval,
+    check_threshold,
+    empirical_p_values,
+    holdout_band,
+    holdout_threshold,
+)
+from lightning_unlearn.functional.verdict import retrain_verdict
+from lightning_unlearn.integrations.huggingface import on_device
+from lightning_unlearn.utilities.deprecation import renamed_argument
+from lightning_unlearn.utilities.extras import require_demo
+from lightning_unlearn.utilities.files import atomic_file, write_text_atomically
+
+
+@dataclass
+class Report:
+    """``rows``: one dict per forget sample; ``summary``: the aggregates (see the module docstring)."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+@torch.no_grad()
+def _measure_split(model: torch.nn.Module, loader: Any, el_n: int | None, verbatim: tuple[int, int] | None) -> dict:
+    """Per-sample g, NLL, attack scores (and EL_n, verbatim) of a scoring loader, keyed by sample_id."""
+    device = next(model.parameters()).device
+    out: dict[int, dict[str, Any]] = {}
+    with eval_mode(model):
+        for batch in loader:
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            nll, g = nll_and_accuracy(logits, ids, mask)
+            columns = {"g": g, "nll": nll}
+            for name, score in membership_scores(logits, ids, mask).items():  # from the same forward pass
+                columns[f"{name}_score"] = score
+            if el_n is not None:
+                columns[f"el_{el_n}"] = extraction_likelihood(model, ids, mask, n=el_n)
+            if verbatim is not None:
+                columns["verbatim"] = verbatim_extraction(model, ids, mask, *verbatim)
+            for row, sample_id in enumerate(batch["sample_id"].tolist()):
+                out[sample_id] = {key: value[row].item() for key, value in columns.items()}
+    return out
+
+
+def memorization_report(
+    model: torch.nn.Module,
+    datamodule: Any,
+    el_n: int | None = 10,
+    verbatim_lengths: tuple[int, int] | None = None,
+    band: tuple[float, float] = BAND,
+    k_std: float = 1.0,
+    duplicates: Sequence[int] | None = None,
+    threshold: float | str = "holdout_quantile",
+    quantile: float = 0.95,
+    band_quantiles: tuple[float, float] = (0.05, 0.95),
+    alpha: float = 0.05,
+    retain_before: Mapping[int, float] | None = None,
+    collateral_drop: float = 0.1,
+    recovery_attacks: Sequence[str] = (),
+    recovery_options: Mapping[str, Any] | None = None,
+    retrain: torch.nn.Module | None = None,
+    device: str | torch.device | None = "auto",
+    **deprecated: Any,
+) -> Report:
+    """Measures the forget split (and the holdout split, if given) of ``datamodule`` under ``model``.
+
+    Without a holdout split, ``threshold`` is required and the holdout band, holdout NLL and attack AUCs
+    (which compare against unseen data) are left out.
+
+    Args:
+        el_n: n of EL_n (None skips it: it decodes, so it is the slowest column).
+        verbatim_lengths: (prefix, suffix) tokens for verbatim extraction; default: (50, 50), shortened to half
+            of the shortest forget sample each when that is shorter than 100 tokens.
+        band: the fixed (lower, upper) g band of c(D_f).
+        k_std: the holdout band is holdout mean g ± k_std · its std.
+        duplicates: training copies of each forget sample (e.g. ``Testbed.duplicates``), added to the table.
+        threshold: the forgetting threshold for ``above_threshold``: a fraction, or this model's holdout
+            ``quantile`` of g (``"holdout_quantile"``, the per-sample rule's threshold) or mean g (``"holdout_mean"``);
+            to judge an unlearned model, pass the original model's number, as the stop rules use.
+        quantile: the holdout quantile of ``threshold="holdout_quantile"``.
+        band_quantiles: the holdout quantiles (q_low, q_high) of the unseen-data band; below q_low is over-forgotten.
+        alpha: false-discovery rate of the per-record test against the holdout (Benjamini–Hochberg over records).
+        retain_before: ``{sample_id: g}`` of the retain split before unlearning, to count ``collateral``.
+        collateral_drop: the fall in g, a fraction, beyond which a retain record counts as collateral.
+        recovery_attacks: names from :data:`~lightning_unlearn.evaluation.recovery.RECOVERY_ATTACKS`
+            (``relearn``, ``int8``, ``int4``, ``sampling``), each run on a copy: every row gains ``{attack}_g``
+            (sampling: ``sampling_p``, the chance that 100 samples reproduce the record's second half) and the
+            summary :func:`~lightning_unlearn.evaluation.recovery.recovery_summary` (records above the threshold
+            after each attack, forget and holdout). Relearning uses the relearn split, else the retain split.
+        recovery_options: more :func:`~lightning_unlearn.evaluation.recovery.recovery_scores` arguments
+            (``relearn_steps``, …).
+        retrain: a model that never saw the forget records (the exact retrain): measured on the forget split with
+            no attack and under each of ``recovery_attacks`` alike, it gives ``summary["retrain_verdict"]``
+            (:func:`retrain_verdicts`) and each row its ``retrain_g``. Without it the verdict is against the holdout
+            only, and ``summary["retrain_verdict"]`` is None.
+        device: where to measure: ``"auto"`` (the GPU when there is one), a device, or None (where the model is);
+            the model goes back where it was after.
+    """
+    recovery_attacks = renamed_argument(
+        deprecated, "memorization_report", "attacks", "recovery_attacks", recovery_attacks, ()
+    )
+    recovery_options = renamed_argument(
+        deprecated, "memorization_report", "attack_options", "recovery_options", recovery_options, None
+    )
+    if deprecated:
+        raise TypeError(f"memorization_report got unexpected arguments: {', '.join(sorted(deprecated))}")
+    with on_device(model, device):
+        datamodule.setup()
+        shortest = min(datamodule.split("forget").lengths)
+        if verbatim_lengths is None:
+            verbatim_lengths = (50, 50) if shortest >= 100 else (shortest // 2, shortest - shortest // 2)
+        forget = _measure_split(model, datamodule.scoring_dataloader("forget"), el_n, verbatim_lengths)
+        texts = datamodule.split("forget").texts
+        rows = []
+        for sample_id in sorted(forget):
+            row = {"sample_id": sample_id, "text": texts[sample_id][:80], **forget[sample_id]}
+            if duplicates is not None:
+                row["duplicates"] = duplicates[sample_id]
+            rows.append(row)
+        g = [row["g"] for row in rows]
+        has_holdout = datamodule.has_split("holdout")
+        threshold = check_threshold(threshold, "memorization_report")
+        if not has_holdout and isinstance(threshold, str):
+            raise ValueError("the report needs a holdout split (unseen texts) or a float threshold")
+        holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None) if has_holdout else {}
+        holdout_g = torch.tensor([value["g"] for value in holdout.values()])
+        interval = None
+        if isinstance(threshold, str):
+            kind = HOLDOUT_THRESHOLDS[threshold]
+            threshold = holdout_threshold(holdout_g, kind, quantile)
+            interval = list(bootstrap_interval(holdout_g, kind, quantile))
+        for row in rows:
+            row["above_threshold"] = row["g"] > threshold
+        summary: dict[str, Any] = {
+            "forget_samples": len(rows),
+            "g_mean": statistics.fmean(g),
+            "g_max": max(g),
+            "threshold": threshold,
+            "threshold_interval": interval,
+            "above_threshold": sum(row["above_threshold"] for row in rows),
+            "outliers_fixed_band": _outliers(g, *band),
+            "verbatim_lengths": list(verbatim_lengths),
+            "verbatim_extractable": sum(bool(row["verbatim"]) for row in rows),
+        }
+        if has_holdout:
+            holdout_mean, spread = holdout_g.mean().item(), statistics.pstdev(holdout_g.tolist())
+            lower, upper = max(0.0, holdout_mean - k_std * spread), min(1.0, holdout_mean + k_std * spread)
+            summary["holdout_size"] = len(holdout_g)
+            summary["holdout_g_mean"] = holdout_mean
+            summary["outliers_holdout_band"] = _outliers(g, lower, upper)
+            q_low, q_high = holdout_band(holdout_g, band_quantiles)
+            summary["outliers_holdout_quantiles"] = _outliers(g, q_low, q_high)
+            summary["over_forgotten"] = sum(value < q_low for value in g)
+            p_values = empirical_p_values(torch.tensor(g), holdout_g)
+            flagged = benjamini_hochberg(p_values, alpha)
+            for row, p, flag in zip(rows, p_values.tolist(), flagged.tolist(), strict=True):
+                row["p_value"], row["flagged"] = p, flag
+            summary["alpha"] = alpha
+            summary["flagged"] = int(flagged.sum())
+            summary["holdout_nll"] = statistics.fmean(value["nll"] for value in holdout.values())
+            summary["membership_auc"] = {
+                name: membership_auc(
+                    [row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()]
+                )
+                for name in MEMBERSHIP_ATTACKS
+            }
+        if recovery_attacks:
+            attacked = recovery_scores(model, datamodule, recovery_attacks, **(recovery_options or {}))
+            for row in rows:
+                for attack, scores in attacked.items():
+                    row[ATTACK_COLUMNS[attack]] = scores["forget"][row["sample_id"]]
+            summary |= recovery_summary(attacked, threshold)
+        summary["retrain_verdict"] = None
+        if retrain is not None:
+            with on_device(retrain, device):
+                retrain_rows = _forget_scores(retrain, datamodule, recovery_attacks, recovery_options)
+            for row in rows:
+                row["retrain_g"] = retrain_rows[row["sample_id"]]["g"]
+            summary["retrain_verdict"] = retrain_verdicts(rows, list(retrain_rows.values()), threshold, alpha)
+        if el_n is not None:
+            summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
+        if datamodule.has_split("retain"):
+            retain = score_memorization(model, datamodule.scoring_dataloader("retain"))
+            summary["retain_g"] = statistics.fmean(retain.values())
+            if retain_before is not None:
+                summary["retain_g_before"] = statistics.fmean(retain_before.values())
+                summary["collateral"] = sum(retain_before[i] - value > collateral_drop for i, value in retain.items())
+        return Report(rows=rows, summary=summary)
+
+
+#: The row column that holds each attack's score of a forget record ("none": the model as it is).
+ATTACK_COLUMNS = {"none": "g", "relearn": "relearn_g", "int8": "int8_g", "int4": "int4_g", "sampling": "sampling_p"}
+
+
+def retrain_verdicts(
+    rows: Sequence[Mapping[str, Any]], retrain_rows: Sequence[Mapping[str, Any]], threshold: float, alpha: float = 0.05
+) -> dict[str, dict[str, Any]]:
+    """The verdict against the exact retrain under each attack that both row sets carry (:data:`ATTACK_COLUMNS`):
+    per attack, :func:`~lightning_unlearn.functional.verdict.retrain_verdict` of the forget records' scores (g
+    against ``threshold``; for sampling, the discovery probability against p = 0.5), with ``"none"`` first."""
+    verdicts = {}
+    for attack, column in ATTACK_COLUMNS.items():
+        if rows and retrain_rows and column in rows[0] and column in retrain_rows[0]:
+            sampling = attack == "sampling"
+            verdicts[attack] = retrain_verdict(
+                [row[column] for row in rows],
+                [row[column] for row in retrain_rows],
+                DISCOVERY if sampling else threshold,
+                alpha,
+                inclusive=sampling,
+            )
+    return verdicts
+
+
+def verdict_text(verdicts: dict[str, dict[str, Any]] | None) -> str:
+    """The retrain verdict in lines: per attack, records above the threshold for the model and for the retrain,
+    and the KS test; without a retrain, a line saying the verdict is against the holdout only."""
+    if verdicts is None:
+        return (
+            "verdict against the holdout only: give --retrain (a model trained without these records) to judge "
+            "them against the model that never saw them"
+        )
+    lines = ["against the retrain, under the same attack (like the retrain: KS p >= 0.05):"]
+    for attack, v in verdicts.items():
+        alike = "like the retrain" if v["indistinguishable"] else "DIFFERS from the retrain"
+        lines.append(
+            f"  {attack}: {v['above']} above (retrain {v['retrain_above']}); KS {v['ks']:.3f} (critical "
+            f"{v['critical_value']:.3f}), p {v['p_value']:.3g}: {alike}"
+        )
+    return "\n".join(lines)
+
+
+def _forget_scores(
+    model: torch.nn.Module, datamodule: Any, attacks: Sequence[str], options: Mapping[str, Any] | None
+) -> dict[int, dict[str, float]]:
+    """Each forget record's g and, under each of recovery ``attacks``, its :data:`ATTACK_COLUMNS` score, by id."""
+    scores = {i: {"g": g} for i, g in score_memorization(model, datamodule.scoring_dataloader("forget")).items()}
+    if attacks:
+        attacked = recovery_scores(model, datamodule, attacks, splits=("forget",), **(options or {}))
+        for attack, splits in attacked.items():
+            for sample_id, value in splits["forget"].items():
+                scores[sample_id][ATTACK_COLUMNS[attack]] = value
+    return scores
+
+
+def _outliers(g: Sequence[float], lower: float, upper: float) -> dict[str, float]:
+    above, below = sum(value >= upper for value in g), sum(value <= lower for value in g)
+    return {"lower": lower, "upper": upper, "above": above, "below": below, "outliers": above + below}
+
+
+def write_report(report: Report, folder: str | os.PathLike) -> dict[str, Path]:
+    """Writes ``per_sample.csv``, ``per_sample.json``, ``summary.json`` and ``summary.md`` (each whole or absent)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(report.rows[0]))
+    writer.writeheader()
+    writer.writerows(report.rows)
+    paths = {name: folder / name for name in ("per_sample.csv", "per_sample.json", "summary.json", "summary.md")}
+    write_text_atomically(paths["per_sample.csv"], table.getvalue())
+    write_text_atomically(paths["per_sample.json"], json.dumps(report.rows, indent=1))
+    write_text_atomically(paths["summary.json"], json.dumps(report.summary, indent=1))
+    write_text_atomically(paths["summary.md"], summary_markdown(report.summary))
+    return paths
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """The summary as a two-column Markdown table (a mapping of mappings, such as ``utility``: a row each)."""
+    lines = ["| measure | value |", "|---|---|"]
+    rows = []
+    for key, value in summary.items():
+        if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
+            rows += [(f"{key} {inner}", v) for inner, v in value.items()]
+        else:
+            rows.append((key, value))
+    for key, value in rows:
+        if isinstance(value, Mapping):
+            value = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, float) for v in value):
+            value = " – ".join(f"{v:.4f}" for v in value)
+        lines.append(f"| {key} | {value} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_histograms(
+    before: Sequence[float],
+    after: Mapping[str, Sequence[float]],
+    threshold: float,
+    band: tuple[float, float],
+    path: str | os.PathLike,
+) -> Path:
+    """A PNG of forget-set g histograms in a grid of up to four columns: before unlearning, then one panel per method,
+    threshold and band marked.
+    Drawn on a :class:`matplotlib.figure.Figure` (no pyplot: the caller's backend and figures are left alone)."""
+    require_demo("plotting")
+    from matplotlib.figure import Figure
+
+    panels = {"before unlearning": before, **after}
+    columns = min(4, len(panels))
+    grid_rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(3.2 * columns, 2.6 * grid_rows))
+    axes = figure.subplots(grid_rows, columns, sharex=True, sharey=True, squeeze=False).flatten()
+    bins = [i / 20 for i in range(21)]
+    for axis, (title, values) in zip(axes, panels.items(), strict=False):
+        axis.axvspan(*band, color="tab:green", alpha=0.12, label=f"band {band[0]:.2f}–{band[1]:.2f}")
+        axis.hist(list(values), bins=bins, color="tab:blue")
+        axis.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.3f}")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("memorization g")
+        axis.xaxis.set_tick_params(labelbottom=True)
+    for axis in axes[len(panels) :]:
+        axis.set_visible(False)
+    for axis in axes[::columns]:
+        axis.set_ylabel("forget samples")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=110)
+    return Path(path)

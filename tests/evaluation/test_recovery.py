@@ -1,0 +1,203 @@
+"""The attacks that try to bring forgotten records back, against hand-checked values and brute force."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from lightning_unlearn.evaluation.recovery import (
+    continuation_log_prob,
+    discovery_probability,
+    quantize,
+    quantized_layers,
+    recovery_scores,
+    recovery_summary,
+    relearn,
+    round_to_nearest,
+    sample_extraction,
+)
+from lightning_unlearn.evaluation.scoring import score_memorization, verbatim_extraction
+from tests.conftest import lora, unlearning_data
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def unchanged(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("bits", [8, 4, 3])
+def test_round_to_nearest_moves_each_weight_by_at_most_half_its_groups_step(bits):
+    weight = torch.randn(5, 150, generator=torch.Generator().manual_seed(bits), dtype=torch.float64)
+    quantized = round_to_nearest(weight, bits, group_size=64)
+    levels = 2 ** (bits - 1) - 1
+    for start in range(0, 150, 64):  # groups of 64 inputs, the last one of 22
+        group, rounded = weight[:, start : start + 64], quantized[:, start : start + 64]
+        step = group.abs().amax(1, keepdim=True) / levels
+        assert ((group - rounded).abs() <= step / 2 + 1e-12 * step).all()
+        codes = rounded / step
+        assert torch.allclose(codes, codes.round(), atol=1e-9) and codes.abs().max() <= levels + 1e-9
+        assert torch.allclose(rounded.abs().amax(1), group.abs().amax(1), rtol=1e-12)  # the largest is a code
+    assert torch.equal(round_to_nearest(quantized, bits, group_size=64), quantized)  # idempotent
+    assert quantized.dtype == weight.dtype
+
+
+def test_round_to_nearest_by_hand_and_its_errors():
+    weight = torch.tensor([[0.7, -0.3, 0.1, 0.0, 0.25, -0.6]])
+    # Groups of 3, int3 (codes -3..3): steps 0.7/3 and 0.6/3; codes 3, -1.29 -> -1, 0.43 -> 0 and 0, 1.25 -> 1, -3.
+    expected = torch.tensor([[0.7, -0.7 / 3, 0.0, 0.0, 0.2, -0.6]])
+    assert torch.allclose(round_to_nearest(weight, 3, group_size=3), expected)
+    with pytest.raises(ValueError, match="bits must be >= 2"):
+        round_to_nearest(weight, 1)
+    with pytest.raises(ValueError, match="matrix"):
+        round_to_nearest(weight[0], 4)
+
+
+def test_quantize_rounds_a_copys_linear_layers_and_leaves_the_model_as_it_was(tiny_model):
+    before = state(tiny_model)
+    int8, int4 = quantize(tiny_model, bits=8), quantize(tiny_model, bits=4)
+    assert unchanged(tiny_model, before)
+    layers = dict(quantized_layers(tiny_model))
+    assert layers and "lm_head" not in layers  # the output layer (tied to the embeddings) is kept, as bitsandbytes
+    for name, layer in quantized_layers(int4):
+        assert torch.equal(layer.weight, round_to_nearest(layers[name].weight, 4))
+    assert torch.equal(int4.get_output_embeddings().weight, tiny_model.get_output_embeddings().weight)
+    ids = torch.arange(12)[None]
+    with torch.no_grad():
+        exact, by8, by4 = (m(ids).logits for m in (tiny_model, int8, int4))
+    assert 0 < (by8 - exact).abs().max() < (by4 - exact).abs().max()
+    with pytest.raises(ValueError, match="8 or 4 bits"):
+        quantize(tiny_model, bits=3, backend="bitsandbytes")
+
+
+def test_continuation_log_prob_is_the_product_of_each_tokens_probability(tiny_model):
+    """Against brute force: one forward pass per token of the growing prefix, unpadded."""
+    ids = torch.tensor([[5, 9, 2, 7, 7, 1, 3], [4, 4, 8, 6, 0, 0, 0]])
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 0, 0, 0]])
+    got = continuation_log_prob(tiny_model, ids, mask)  # prefixes: 3 and 2 tokens (half of each)
+    for row, (length, prefix) in enumerate([(7, 3), (4, 2)]):
+        total = 0.0
+        for t in range(prefix, length):
+            with torch.no_grad():
+                logits = tiny_model(ids[row : row + 1, :t]).logits[0, -1].double()
+            total += torch.log_softmax(logits, -1)[ids[row, t]].item()
+        assert got[row].item() == pytest.approx(total, rel=1e-5)
+    assert got.dtype == torch.float64
+    fixed = continuation_log_prob(tiny_model, ids, mask, prefix_length=1)
+    assert (fixed < got).all()  # more tokens to reproduce: less likely
+    with pytest.raises(ValueError, match="prefix"):
+        continuation_log_prob(tiny_model, ids, mask, prefix_length=4)  # the second sample has no continuation
+
+
+def test_discovery_probability_is_one_minus_missing_n_times():
+    p = torch.tensor([0.5, 0.01, 1e-12, 1.0, 0.0], dtype=torch.float64)
+    got = discovery_probability(p.log(), 100)
+    expected = [1 - (1 - v) ** 100 for v in p.tolist()]
+    expected[2] = 100 * 1e-12  # where 1 − (1 − p)^n rounds away, its first-order value
+    assert got.tolist() == pytest.approx(expected, rel=1e-9)
+    assert discovery_probability(torch.tensor([math.log(0.5)]), 1).item() == pytest.approx(0.5)
+
+
+def test_sampling_with_top_k_1_is_greedy_extraction(small_testbed):
+    """Top-1 sampling reproduces a continuation in every sample exactly when greedy decoding does."""
+    batch = next(iter(unlearning_data(small_testbed).scoring_dataloader("forget", batch_size=6)))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    counts = sample_extraction(small_testbed.model, ids, mask, num_samples=3, prefix_length=8, top_k=1)
+    suffix = int(mask.sum(1).min()) - 8
+    lengths = mask.sum(1).tolist()
+    greedy = [
+        bool(verbatim_extraction(small_testbed.model, ids[r : r + 1, :n], mask[r : r + 1, :n], 8, n - 8))
+        for r, n in enumerate(lengths)
+    ]
+    assert counts.tolist() == [3 * g for g in greedy] and suffix > 0
+    again = sample_extraction(small_testbed.model, ids, mask, num_samples=4, prefix_length=8, seed=3)
+    assert torch.equal(again, sample_extraction(small_testbed.model, ids, mask, num_samples=4, prefix_length=8, seed=3))
+
+
+def test_relearn_is_deterministic_and_leaves_the_model_as_it_was(small_testbed):
+    model = small_testbed.model
+    data = unlearning_data(small_testbed)
+    loader = data.scoring_dataloader("retain", batch_size=8)
+    before = state(model)
+    first, second = (relearn(model, loader, steps=5, learning_rate=1e-3) for _ in range(2))
+    assert unchanged(model, before)
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters(), strict=True))
+    assert not all(torch.equal(p, before[name]) for name, p in first.named_parameters())
+    from lightning_unlearn.evaluation.membership import loss_attack
+
+    def retain_nll(m):
+        return -sum(score_memorization(m, loader, measure=loss_attack).values())
+
+    assert retain_nll(first) < retain_nll(model)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        relearn(model, loader, steps=0)
+
+
+def test_relearn_with_an_adapter_trains_the_adapter_alone(small_testbed):
+    pytest.importorskip("peft")
+    loader = unlearning_data(small_testbed).scoring_dataloader("retain", batch_size=8)
+    before = state(small_testbed.model)
+    attacked = relearn(small_testbed.model, loader, steps=3, learning_rate=1e-2, peft=lora())
+    changed = {n for n, p in attacked.named_parameters() if "lora_B" in n and p.abs().sum() > 0}
+    assert changed and unchanged(small_testbed.model, before)
+    base = attacked.get_base_model()
+    for name, p in base.named_parameters():
+        if "lora" not in name:
+            assert torch.equal(p, before[name.replace(".base_layer", "")]), name
+
+
+def test_attacks_refuse_a_zero3_sharded_model_with_what_to_do(tiny_model):
+    sharded = copy.deepcopy(tiny_model)
+    next(sharded.parameters()).ds_tensor = torch.zeros(1)  # what ZeRO-3 marks a partitioned parameter with
+    with pytest.raises(ValueError, match="save_pretrained"):
+        quantize(sharded)
+    with pytest.raises(ValueError, match="sharded"):
+        relearn(sharded, [{"input_ids": torch.ones(1, 3, dtype=torch.long)}])
+
+
+def test_attacked_scores_and_their_summary_count_what_rose_above_the_level(small_testbed):
+    tb = small_testbed
+    data = unlearning_data(tb)
+    attacked = recovery_scores(tb.model, data, attacks=("relearn", "int4", "sampling"), relearn_steps=3)
+    assert set(attacked) == {"relearn", "int4", "sampling"}
+    for splits in attacked.values():
+        assert sorted(splits["forget"]) == list(range(len(tb.forget)))
+        assert sorted(splits["holdout"]) == list(range(len(tb.holdout)))
+    relearned = relearn(tb.model, data.scoring_dataloader("retain", batch_size=len(tb.retain)), steps=3)
+    assert attacked["relearn"]["forget"] == score_memorization(relearned, data.scoring_dataloader("forget"))
+    summary = recovery_summary(attacked, threshold=0.5, discovery=0.5)
+    for attack, splits in attacked.items():
+        assert summary[f"{attack}_above"] == sum(
+            v > 0.5 if attack != "sampling" else v >= 0.5 for v in splits["forget"].values()
+        )
+        assert summary[f"{attack}_holdout_mean"] == pytest.approx(sum(splits["holdout"].values()) / len(tb.holdout))
+    assert all(0 <= p <= 1 for p in attacked["sampling"]["forget"].values())
+    with pytest.raises(ValueError, match="unknown attack"):
+        recovery_scores(tb.model, data, attacks=("int2",))
+    with pytest.raises(ValueError, match="relearn or a retain split"):
+        recovery_scores(tb.model, unlearning_data(tb, retain=None), attacks=("relearn",))
+
+
+def test_an_adapted_model_is_attacked_as_it_is(small_testbed):
+    """A LoRA-adapted model (as a module holds it mid-run): quantization rounds its linear weights, relearning
+    fine-tunes every weight of the copy; asking for a second adapter is refused with what to do."""
+    pytest.importorskip("peft")
+    from lightning_unlearn.integrations.peft import add_adapter
+
+    adapted = add_adapter(copy.deepcopy(small_testbed.model), lora())
+    before = state(adapted)
+    loader = unlearning_data(small_testbed).scoring_dataloader("retain", batch_size=8)
+    quantized, relearned = quantize(adapted, bits=4), relearn(adapted, loader, steps=2, learning_rate=1e-3)
+    assert unchanged(adapted, before)
+    base = {n: p for n, p in relearned.named_parameters() if "base_layer" in n}
+    assert any(not torch.equal(p, before[n]) for n, p in base.items())  # the attacker trains the base too
+    ids = torch.arange(1, 20)[None]
+    with torch.no_grad():
+        assert torch.isfinite(quantized(input_ids=ids).logits).all()
+    with pytest.raises(ValueError, match="merge it"):
+        relearn(adapted, loader, steps=1, peft=lora())
