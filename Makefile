@@ -1,29 +1,37 @@
-# `make test` and `make demo` bootstrap .venv on a fresh machine; re-running them installs nothing new.
+# `make test`, `make demo` and `make docs` bootstrap .venv on a fresh machine; re-running them installs nothing new.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test lint bench venv
+.PHONY: demo test test-fast docs lint bench venv
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # none yet, or one cut short
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed,eval,gguf,peft]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,demo,docs,deepspeed,eval,gguf,peft]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/lightning-unlearn demo --output demo-output
 
-test: $(STAMP)
-	$(OFFLINE) $(PY) -m ruff check lightning_unlearn tests benchmarks examples
+# The documentation site, from scratch, with every warning an error: docs/_build/html/index.html.
+docs: $(STAMP)
+	$(OFFLINE) $(PY) -m sphinx -E -q -n -W --keep-going -b html docs docs/_build/html
+
+test: $(STAMP) docs
+	$(OFFLINE) $(PY) -m ruff check lightning_unlearn tests benchmarks examples docs
 	$(OFFLINE) $(PY) -m pytest -q
 
+# Everything but the end-to-end runs (-m "not slow"): a few minutes, for the edit-test loop.
+test-fast: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
+
 lint: $(STAMP)
-	$(PY) -m ruff check lightning_unlearn tests benchmarks
-	$(PY) -m ruff format --check lightning_unlearn tests benchmarks
+	$(PY) -m ruff check lightning_unlearn tests benchmarks examples docs
+	$(PY) -m ruff format --check lightning_unlearn tests benchmarks examples docs
 
 bench: $(STAMP)
 	$(OFFLINE) $(PY) benchmarks/memorization_speed.py
