@@ -59,11 +59,55 @@ def g(model: torch.nn.Module, datamodule, split: str = "forget") -> dict[int, fl
 
 
 def unlearn(name: str, model: torch.nn.Module, datamodule, max_steps: int) -> tuple[torch.nn.Module, int]:
+    """A registry method's result, or ``NAME+undo`` (that method, then :func:`noise_and_distill`), and its steps."""
+    name, _, then = name.partition("+")
     method = METHODS[name]
     module = method.make(copy.deepcopy(model))
     trainer = quiet_trainer(max_steps, method.callbacks())
     trainer.fit(module, datamodule)
-    return module.get_model().eval(), trainer.global_step
+    result = module.get_model().eval()
+    if then:
+        options = dict(item.split("=") for item in then.removeprefix("undo").strip(":").split("/") if item)
+        result = noise_and_distill(result, datamodule, **{k: float(v) for k, v in options.items()})
+    return result, trainer.global_step
+
+
+def noise_and_distill(
+    teacher: torch.nn.Module, datamodule, alpha: float = 0.3, steps: float = 200, learning_rate: float = 3e-4
+) -> torch.nn.Module:
+    """UNDO (Lee et al., NeurIPS 2025, "Distillation Robustifies Unlearning"), as an attempt: a student that is the
+    unlearned model shrunk towards a fresh initialization, θ_s = (1 − α) θ_t + α θ_init, distilled for ``steps`` Adam
+    steps on the teacher's next-token distributions (token KL) over texts that are not the forget records (the retain
+    split and the relearn split's fresh records, in batches of 32)."""
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    from lightning_unlearn.functional.losses import token_kl
+
+    student = copy.deepcopy(teacher)
+    fresh = copy.deepcopy(teacher)
+    fresh.init_weights() if hasattr(fresh, "init_weights") else fresh.apply(fresh._init_weights)
+    with torch.no_grad():
+        for mine, random in zip(student.parameters(), fresh.parameters(), strict=True):
+            mine.mul_(1 - alpha).add_(random, alpha=alpha)
+    texts = ConcatDataset([datamodule.split("retain"), datamodule.split("relearn")])
+    generator = torch.Generator().manual_seed(0)
+    loader = DataLoader(texts, batch_size=32, shuffle=True, collate_fn=datamodule.collate, generator=generator)
+    optimizer = torch.optim.Adam(student.parameters(), lr=learning_rate)
+    student.train(), teacher.eval()
+    done = 0
+    while done < steps:
+        for batch in loader:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            with torch.no_grad():
+                target = teacher(input_ids=ids, attention_mask=mask).logits
+            loss = token_kl(student(input_ids=ids, attention_mask=mask).logits, target, mask).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done >= steps:
+                break
+    return student.eval()
 
 
 def attacked(model: torch.nn.Module, data, loaders, protocols) -> dict[str, dict[int, float]]:
@@ -160,7 +204,12 @@ def sequential_table(testbed: Testbed, method: str, requests: int, size: int, ma
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0", help="comma-separated testbed seeds")
-    parser.add_argument("--methods", default="sga-kl,sga-kl-ra,ta", help="comma-separated names from the registry")
+    parser.add_argument(
+        "--methods",
+        default="sga-kl,sga-kl-ra,ta",
+        help="comma-separated names from the registry; NAME+undo[:alpha=0.3/steps=200/learning_rate=3e-4] distils "
+        "NAME's result into a noised copy of itself (UNDO)",
+    )
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated relearning protocols")
     parser.add_argument("--max-steps", type=int, default=600)
     parser.add_argument("--figure", help="a PNG of the first seed's forget g beside the retrain's, per protocol")
@@ -172,7 +221,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="the small testbed (a smoke run)")
     args = parser.parse_args()
     methods, protocols = args.methods.split(","), args.protocols.split(",")
-    unknown = [m for m in methods if m not in METHODS] + [p for p in protocols if p not in PROTOCOLS]
+    unknown = [m for m in methods if m.partition("+")[0] not in METHODS] + [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         parser.error(f"unknown method(s) or protocol(s): {', '.join(unknown)}")
     options = SMALL_TESTBED if args.small else {}

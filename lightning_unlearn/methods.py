@@ -71,6 +71,12 @@ METHODS: dict[str, Method] = {
         needs_retain=True,
         in_demo=False,
     ),
+    "sga-kl-sam": Method(
+        "sharpness-aware SGA + KL: each step's loss at the worst point within ρ = 0.05 of the weights (2x the time)",
+        _with(SelectiveGradientAscent, retain_loss="kl", retain_weight=3.0, sharpness=0.05),
+        needs_retain=True,
+        in_demo=False,
+    ),
     "ga": Method(
         "gradient ascent, stopped by the per-sample rule",
         GradientAscent,

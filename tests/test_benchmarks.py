@@ -226,3 +226,15 @@ def test_memory_model_matches_a_measured_step_cycle_and_the_readme_shows_its_pro
     checker = load_script("readme_tables")
     table = next(t for t in checker.TABLES if t.name == "memory projections")
     assert checker.compare(table, checker.tables(checker.published()), "\n".join(memory.projections())) == []
+
+
+def test_real_model_runs_on_a_tiny_base_model(small_testbed, testbed_cache, tmp_path):
+    """The SmolLM2 benchmark's path on a tiny base model (the small testbed's, no download): records injected by
+    fine-tuning, the retrain, the recommended method and the verdict table."""
+    small_testbed.export(tmp_path / "base")
+    args = ["--base-model", str(tmp_path / "base" / "model"), "--steps", "5", "--max-steps", "2"]
+    args += ["--protocols", "retain 20 @ 1e-4", "--cache-dir", str(testbed_cache)]
+    out = run_on_small_testbed(testbed_cache, "benchmarks/real_model.py", *args)
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 0 |")]
+    assert [row[1] for row in rows] == ["original", "sga-kl"], out
+    assert "retrained without the forget records" in out, out

@@ -34,6 +34,7 @@ def test_every_method_is_stopped_by_its_rule(tiny_model):
         "ta": TaskArithmetic,
         "tau": TAU,
         "sga-kl-ra": SelectiveGradientAscent,
+        "sga-kl-sam": SelectiveGradientAscent,
         "ga": GradientAscent,
         "ga-mean": GradientAscent,
         "wga": WGA,
@@ -54,6 +55,7 @@ def test_every_method_is_stopped_by_its_rule(tiny_model):
     ga = make_method("ga", copy.deepcopy(tiny_model))[1]
     assert not any(isinstance(cb, SelectiveAscent) for cb in ga)  # plain GA ascends every record
     assert make_method("sga-kl-ra", copy.deepcopy(tiny_model))[0].hparams.adversary_steps == 4
+    assert make_method("sga-kl-sam", copy.deepcopy(tiny_model))[0].hparams.sharpness == 0.05
 
 
 def test_method_settings_are_the_ones_that_meet_the_rule_and_options_override_them(tiny_model):
@@ -63,7 +65,7 @@ def test_method_settings_are_the_ones_that_meet_the_rule_and_options_override_th
     assert (npo.beta, npo.hparams.learning_rate, npo.hparams.retain_weight) == (0.01, 1e-4, 2.0)
     assert make_method("ta", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 3e-4
     assert make_method("tau", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 1e-4
-    choices = "sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, ga, ga-mean, wga, satimp, ce-u, undial, rmu"
+    choices = "sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, sga-kl-sam, ga, ga-mean, wga, satimp, ce-u, undial, rmu"
     with pytest.raises(ValueError, match=f"unknown method 'dpo'; choose from {choices}"):
         make_method("dpo", tiny_model)
 

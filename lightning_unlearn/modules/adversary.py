@@ -14,6 +14,9 @@ weights under LoRA; the frozen base is shared), and its inner steps use the run'
 The attacker's texts are the datamodule's ``relearn`` split when it has one (texts of the same kind that the model
 has *not* memorized, e.g. fresh records: they move the weights as a real attacker's data would), else its retain
 split. :class:`RelearningAdversary` holds the copy; ``UnlearningModule(adversary_steps=k)`` uses it in every step.
+
+:class:`SharpnessAdversary` is the same mechanism with another θ': the worst point within a small radius of θ for the
+forget batch (sharpness-aware unlearning, ``UnlearningModule(sharpness=ρ)``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class RelearningAdversary:
         self.copy = copy.deepcopy(model, memo={id(tensor): tensor for tensor in shared})  # frozen: one copy, shared
         self.trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         self.attacked_at: int | None = None  # the optimizer step whose weights the copy was attacked from
+
+    #: whether a record must be forgotten at the copy too (the stop rule and selection read max(g at θ, g at θ'))
+    scores_copy = True
 
     @classmethod
     def for_module(cls, module: Any) -> RelearningAdversary:
@@ -180,3 +186,56 @@ class RelearningAdversary:
             if gradient is not None
         )
         return surrogate + (loss - surrogate).detach()
+
+
+class SharpnessAdversary(RelearningAdversary):
+    """Sharpness-aware unlearning (Fan et al., ICML 2025, "Towards LLM Unlearning Resilient to Relearning Attacks: A
+    Sharpness-Aware Minimization Perspective"): the forget loss is taken at the worst point within a radius ρ of θ,
+    θ' = θ + ρ · d/‖d‖, where d = −∇ NLL(forget batch) at θ points to relearning the batch, so that the forget
+    loss is low on a neighbourhood of θ rather than at a sharp point that a few relearning steps climb out of. This is
+    SAM's first-order inner step for gradient ascent's loss (ℓ_f = −NLL; for other losses the NLL's direction stands
+    for theirs), applied with :meth:`transplant` like the relearning adversary's: one more forward and backward pass
+    per step. Unlike relearning-aware unlearning, the rule reads g at θ: θ' is an optimizer's look-ahead, not an
+    attacker's model.
+
+    Args:
+        model: the model being unlearned.
+        rho: the radius ρ, in the L2 norm over every trainable parameter (the paper's ρ, 1e-3 to 1e-1).
+        scaler: the run's gradient scaler (``16-mixed``): the direction's gradient is taken at its scale, so that
+            half-precision gradients do not underflow (the direction is normalized, so the scale cancels).
+    """
+
+    def __init__(self, model: torch.nn.Module, rho: float, scaler: Any = None) -> None:
+        if not rho > 0:
+            raise ValueError(f"sharpness-aware unlearning needs a radius rho > 0, got {rho}")
+        if has_sharded_parameters(model):
+            raise ValueError(
+                "sharpness-aware unlearning copies the weights, and ZeRO-3 shards them: use one process or DDP"
+            )
+        self.rho = rho
+        self.scaler = scaler
+        shared = [p for p in model.parameters() if not p.requires_grad] + list(model.buffers())
+        self.copy = copy.deepcopy(model, memo={id(tensor): tensor for tensor in shared})
+        self.trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.attacked_at = None
+
+    scores_copy = False  # θ' is the optimizer's look-ahead, not an attacker's model
+
+    def forget_terms(
+        self, model: torch.nn.Module, forget: dict[str, Tensor], g: Tensor | None, step: int
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Moves the copy to θ' (ρ along the direction that relearns this batch), then runs the batch there: its
+        logits and NLL for the loss, and ``g`` (at θ) as it is."""
+        parameters = self._reset(model)
+        with torch.enable_grad():
+            logits = self.copy(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
+            nll = sequence_nll(logits, forget["input_ids"], forget["attention_mask"]).mean()
+            scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+            gradients = torch.autograd.grad(nll * scale, parameters, allow_unused=True)
+        norm = torch.sqrt(sum((gr.float() ** 2).sum() for gr in gradients if gr is not None)).clamp_min(1e-12)
+        with torch.no_grad():
+            for parameter, gradient in zip(parameters, gradients, strict=True):
+                if gradient is not None:
+                    parameter.sub_((self.rho / norm) * gradient.to(parameter.dtype))
+        logits, _ = self.logits(forget)
+        return logits, sequence_nll(logits, forget["input_ids"], forget["attention_mask"]), g

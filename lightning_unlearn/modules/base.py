@@ -39,7 +39,7 @@ from lightning_unlearn.integrations.peft import (
     saved_state,
 )
 from lightning_unlearn.integrations.training_mode import checkpointing, set_checkpointing, train_without_dropout
-from lightning_unlearn.modules.adversary import RelearningAdversary
+from lightning_unlearn.modules.adversary import RelearningAdversary, SharpnessAdversary
 from lightning_unlearn.modules.reference import ReferenceLogitsCache, ReferenceWeights
 from lightning_unlearn.utilities.deprecation import renamed_argument
 from lightning_unlearn.utilities.extras import require_gguf, require_peft
@@ -117,6 +117,11 @@ class UnlearningModule(L.LightningModule):
             split (else its retain split), so records that relearning would bring back are unlearned too. Costs a
             copy of the model, its Adam state for the k steps, and k + 1 more forward and backward passes per step.
         adversary_learning_rate: the simulated attacker's Adam learning rate.
+        sharpness: ρ > 0 makes unlearning sharpness-aware (Fan et al. 2025;
+            :class:`~lightning_unlearn.modules.adversary.SharpnessAdversary`): each step's forget loss is taken at
+            the point within ρ of the weights (L2 over what trains) that relearns the forget batch most, so that the
+            loss is low on a neighbourhood rather than at a sharp point. One more forward and backward pass per
+            step; the rule reads g at the weights themselves.
     """
 
     #: the retain terms this method takes
@@ -142,6 +147,7 @@ class UnlearningModule(L.LightningModule):
         peft: PeftConfig | None = None,
         adversary_steps: int = 0,
         adversary_learning_rate: float = 5e-4,
+        sharpness: float = 0.0,
         **deprecated: Any,
     ) -> None:
         super().__init__()
@@ -160,6 +166,10 @@ class UnlearningModule(L.LightningModule):
             raise ValueError(f"{owner}'s retain_loss must be one of {choices}, got {retain_loss!r}")
         if not retain_weight >= 0:
             raise ValueError(f"retain_weight must be >= 0, got {retain_weight}")
+        if not sharpness >= 0:
+            raise ValueError(f"sharpness is a radius, >= 0, got {sharpness}")
+        if sharpness and adversary_steps:
+            raise ValueError("adversary_steps and sharpness each take the forget loss at another point: give one")
         if gguf_file is not None:
             require_gguf()
         if peft is not None:
@@ -222,7 +232,7 @@ class UnlearningModule(L.LightningModule):
         """The models whose largest g is a forget record's g when the memorization monitor scores it between steps:
         the model, and with ``adversary_steps`` the copy attacked from its current weights with this step's batch
         (forgotten means forgotten before and after the simulated attack, as for the training batch's records)."""
-        if self.adversary is None:
+        if self.adversary is None or not self.adversary.scores_copy:
             return [self.get_model()]
         device = next(self.model.parameters()).device
         return [self.model, self.adversary.attack_at(self.model, self.global_step, device)]
@@ -306,6 +316,9 @@ class UnlearningModule(L.LightningModule):
         relearning adversary (``adversary_steps`` > 0)."""
         if self.hparams.get("adversary_steps") and self.adversary is None:
             self.adversary = RelearningAdversary.for_module(self)
+        elif self.hparams.get("sharpness") and self.adversary is None:
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            self.adversary = SharpnessAdversary(self.model, self.hparams.sharpness, scaler)
         self._take_reference()
 
     def _global_sum(self, value: Tensor) -> Tensor:

@@ -78,8 +78,10 @@ class RMU(UnlearningModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("adversary_steps"):
-            raise ValueError("RMU's loss is on a layer's activations: relearning-aware training does not apply")
+        if kwargs.get("adversary_steps") or kwargs.get("sharpness"):
+            raise ValueError(
+                "RMU's loss is on a layer's activations: relearning-aware and sharpness-aware training do not apply"
+            )
         if trained_layers is not None and trained_layers < 1:
             raise ValueError(f"trained_layers must be >= 1 or None, got {trained_layers}")
         if not steering_coefficient > 0:

@@ -76,12 +76,13 @@ class TaskArithmetic(UnlearningModule):
                 f"{type(self).__name__} takes no retain_loss: its task vector is subtracted, and a retain term "
                 "trained into it would be subtracted with it. Use SelectiveGradientAscent or NPO with a retain term."
             )
-        if kwargs.get("adversary_steps"):
-            raise ValueError(
-                f"{type(self).__name__} takes no adversary_steps: it fine-tunes towards the forget set and subtracts "
-                "the result, so there is no forget loss to take after a relearning attack. Use SelectiveGradientAscent "
-                "or NPO with adversary_steps."
-            )
+        for option in ("adversary_steps", "sharpness"):
+            if kwargs.get(option):
+                raise ValueError(
+                    f"{type(self).__name__} takes no {option}: it fine-tunes towards the forget set and subtracts the "
+                    "result, so there is no forget loss to take at another point. Use SelectiveGradientAscent or NPO "
+                    f"with {option}."
+                )
         super().__init__(model, learning_rate=learning_rate, **kwargs)
         if scale >= 0:
             raise ValueError(f"scale must be negative (the task vector is subtracted), got {scale}")

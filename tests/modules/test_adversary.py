@@ -149,3 +149,42 @@ def test_records_scored_between_steps_are_scored_after_the_simulated_attack_too(
     expected = {i: max(plain[i], attacked[i]) for i in plain}
     assert monitor.scores == pytest.approx(expected, abs=1e-6)
     assert any(attacked[i] > plain[i] for i in plain)
+
+
+def test_sharpness_takes_the_forget_loss_at_the_worst_point_within_rho():
+    """θ' = θ − ρ · ∇NLL/‖∇NLL‖ over what trains: exactly ρ away, where the batch's NLL is lower (relearned), the
+    loss's gradient taken there and given to the model; g is the one at θ (the rule reads the weights)."""
+    from lightning_unlearn.modules.adversary import SharpnessAdversary
+
+    model = make_model()
+    forget = PadCollator(0)(texts(3, seed=5))
+    enemy = SharpnessAdversary(model, rho=0.5)
+    g = torch.rand(3)
+    _, nll, same_g = enemy.forget_terms(model, forget, g, step=0)
+    pairs = zip(model.parameters(), enemy.copy.parameters(), strict=True)
+    moved = torch.sqrt(sum(((q - p) ** 2).sum() for p, q in pairs))
+    assert moved.item() == pytest.approx(0.5, rel=1e-4) and same_g is g
+    at_theta = sequence_nll(model(**_ids(forget)).logits, **_ids(forget))
+    assert nll.mean() < at_theta.mean()  # the direction relearns the batch
+    loss = -nll.mean()
+    expected = torch.autograd.grad(loss, list(enemy.copy.parameters()), retain_graph=True)
+    enemy.transplant(model, loss).backward()
+    for (name, p), gradient in zip(model.named_parameters(), expected, strict=True):
+        assert torch.equal(p.grad, gradient), name
+
+
+def _ids(batch):
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def test_sharpness_is_refused_where_it_does_not_apply(tiny_model):
+    from lightning_unlearn import RMU
+
+    with pytest.raises(ValueError, match="give one"):
+        SelectiveGradientAscent(copy.deepcopy(tiny_model), sharpness=0.1, adversary_steps=2)
+    with pytest.raises(ValueError, match="takes no sharpness"):
+        TaskArithmetic(copy.deepcopy(tiny_model), sharpness=0.1)
+    with pytest.raises(ValueError, match="sharpness-aware training do not apply"):
+        RMU(copy.deepcopy(tiny_model), sharpness=0.1)
+    with pytest.raises(ValueError, match="a radius"):
+        SelectiveGradientAscent(copy.deepcopy(tiny_model), sharpness=-1.0)
