@@ -22,6 +22,7 @@ the demo and the stop rule take it):
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import statistics
 import time
@@ -59,10 +60,13 @@ def g(model: torch.nn.Module, datamodule, split: str = "forget") -> dict[int, fl
 
 
 def unlearn(name: str, model: torch.nn.Module, datamodule, max_steps: int) -> tuple[torch.nn.Module, int]:
-    """A registry method's result, or ``NAME+undo`` (that method, then :func:`noise_and_distill`), and its steps."""
+    """A registry method's result and its steps: ``NAME``, ``NAME(key=value/...)`` with module options (values as
+    Python literals), or either followed by ``+undo[:key=value/...]`` (then :func:`noise_and_distill`)."""
     name, _, then = name.partition("+")
+    name, _, given = name.partition("(")
+    options = {k: ast.literal_eval(v) for k, v in (item.split("=") for item in given.rstrip(")").split("/") if item)}
     method = METHODS[name]
-    module = method.make(copy.deepcopy(model))
+    module = method.make(copy.deepcopy(model), **options)
     trainer = quiet_trainer(max_steps, method.callbacks())
     trainer.fit(module, datamodule)
     result = module.get_model().eval()
@@ -207,8 +211,8 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="sga-kl,sga-kl-ra,ta",
-        help="comma-separated names from the registry; NAME+undo[:alpha=0.3/steps=200/learning_rate=3e-4] distils "
-        "NAME's result into a noised copy of itself (UNDO)",
+        help="comma-separated names from the registry; NAME(key=value/...) sets module options; "
+        "NAME+undo[:alpha=0.3/steps=200/learning_rate=3e-4] distils NAME's result into a noised copy of itself (UNDO)",
     )
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated relearning protocols")
     parser.add_argument("--max-steps", type=int, default=600)
@@ -221,7 +225,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="the small testbed (a smoke run)")
     args = parser.parse_args()
     methods, protocols = args.methods.split(","), args.protocols.split(",")
-    unknown = [m for m in methods if m.partition("+")[0] not in METHODS] + [p for p in protocols if p not in PROTOCOLS]
+    unknown = [m for m in methods if m.partition("+")[0].partition("(")[0] not in METHODS]
+    unknown += [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         parser.error(f"unknown method(s) or protocol(s): {', '.join(unknown)}")
     options = SMALL_TESTBED if args.small else {}

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import statistics
+import textwrap
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -96,7 +97,7 @@ COLUMNS = {  # summary key -> table heading
     "relearn_holdout_above": "holdout above after relearn",
     "int4_above": "above after int4",
     "sampling_above": "discoverable",
-    "retrain_distance": "|g − g retrain|",
+    "retrain_distance": "distance to retrain g",
     "like_retrain": "like retrain (KS p ≥ 0.05)",
 }
 
@@ -114,7 +115,8 @@ def measure(
     """The demo's measures of one model: the report (per-sample rows and summary, retain g and collateral) and
     MIAU AUC; ``threshold``: the original model's (default: this model's holdout 0.95 quantile of g);
     ``retain_before``: the original model's retain g by sample, for ``collateral``; ``utility_tasks``: the folder
-    of :data:`UTILITY_TASKS`, to run them (``summary["utility"]``, ``mc_acc`` and ``byte_perplexity``);
+    of :data:`UTILITY_TASKS`, to run them (``summary["utility"]``, ``mc_acc`` and ``byte_perplexity``); MIAU
+    against as many holdout records as forget records;
     ``recovery_attacks``: :mod:`~lightning_unlearn.evaluation.recovery` attacks, relearning on the retain split."""
     report = memorization_report(
         model,
@@ -125,8 +127,9 @@ def measure(
         recovery_attacks=recovery_attacks,
     )
     summary = report.summary
+    unseen = testbed.holdout[: len(testbed.forget)]  # as many non-members as members: MIAU scores 10 neighbours each
     summary["miau_auc"] = membership_auc(
-        miau.score(model, testbed.tokenizer, testbed.forget), miau.score(model, testbed.tokenizer, testbed.holdout)
+        miau.score(model, testbed.tokenizer, testbed.forget), miau.score(model, testbed.tokenizer, unseen)
     )
     summary["loss_auc"] = summary["membership_auc"]["loss"]
     summary["outliers"] = summary["outliers_fixed_band"]["outliers"]
@@ -250,11 +253,12 @@ def run_demo(
     }
     _write(output, result, reports)
     print(table(rows, TERMINAL_COLUMNS))
-    print(
-        f"\nthreshold {threshold:.3f}: the holdout's 0.95 quantile of g; relearn, int4: forget records above it after "
+    legend = (
+        f"threshold {threshold:.3f}: the holdout's 0.95 quantile of g; relearn, int4: forget records above it after "
         "each attack; like retrain: attacks under which the forget g cannot be told from the exact retrain's (KS p ≥ "
         "0.05)"
     )
+    print("\n" + textwrap.fill(legend, width=100))
     print(
         f"written to {output}/: summary.json, summary.md (every column), per_sample.csv, forget_g.png, tradeoff.png"
         + (", verdict.png" if retrain else "")
