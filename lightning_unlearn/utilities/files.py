@@ -26,9 +26,17 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        _as_created(Path(temporary), 0o666)  # mkstemp's 0600 would keep others from reading the result
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def _as_created(path: Path, mode: int) -> None:
+    """Gives ``path`` the permissions that ``open`` or ``mkdir`` would have given it: ``mode`` less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(mode & ~umask)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
@@ -67,6 +75,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         yield staging
+        _as_created(staging, 0o777)  # mkdtemp's 0700 would keep others from reading the result
         if overwrite and path.exists():
             shutil.rmtree(path)
         try:

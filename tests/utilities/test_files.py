@@ -32,3 +32,16 @@ def test_folder_overwrite_or_keep(tmp_path):
     with pytest.raises(RuntimeError), atomic_folder(tmp_path / "other") as staging:
         raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_outputs_get_the_permissions_a_plain_write_gives(tmp_path):
+    """Written aside under a private temporary name, the result is readable as a file or folder made in place."""
+    from lightning_unlearn.utilities.files import atomic_folder, write_text_atomically
+
+    (tmp_path / "plain.txt").write_text("x")
+    (tmp_path / "plain").mkdir()
+    write_text_atomically(tmp_path / "atomic.txt", "x")
+    with atomic_folder(tmp_path / "atomic") as staging:
+        (staging / "inside.txt").write_text("x")
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("atomic.txt") == mode("plain.txt") and mode("atomic") == mode("plain")
