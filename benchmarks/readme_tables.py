@@ -57,6 +57,12 @@ DEMO_TOLERANCE = {
     "byte ppl": ("rel", 0.05),
     "LOSS AUC": ("abs", 0.03),
     "MIAU AUC": ("abs", 0.05),
+    "like retrain": ("abs", 0),
+    "above after relearn": ("abs", 2),
+    "holdout above after relearn": ("abs", 1),
+    "above after int4": ("abs", 1),
+    "discoverable": ("abs", 1),
+    "distance to retrain g": ("abs", 0.01),
 }
 LEVELS_TOLERANCE = {
     "count": ("abs", 0),
@@ -92,8 +98,9 @@ TABLES = [
     ),
     Table(
         "demo over seeds",
-        "| method | met | steps | seconds | mean g | max g | above thr. | over-forgotten | c(D_f) | verbatim | "
-        "holdout NLL | retain g | collateral | MC acc | byte ppl | LOSS AUC | MIAU AUC |",
+        "| method | met | like retrain | steps | seconds | mean g | max g | above thr. | over-forgotten | c(D_f) | "
+        "verbatim | holdout NLL | retain g | collateral | MC acc | byte ppl | LOSS AUC | MIAU AUC | "
+        "above after relearn | holdout above after relearn | above after int4 | discoverable | distance to retrain g |",
         [PYTHON, "-m", "lightning_unlearn.cli", "demo", "--seeds", "0,1,2,3,4", "--output", "{tmp}/demo"],
         DEMO_TOLERANCE,
         slow=True,

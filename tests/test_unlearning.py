@@ -65,6 +65,7 @@ def _g_after(record: dict) -> list[float]:
     return [row["g_after"] for row in record["records"]]
 
 
+@pytest.mark.slow
 def test_the_one_command_and_unlearn_on_two_processes_give_what_one_gives(small_testbed, testbed_cache, tmp_path):
     """``lightning-unlearn unlearn --trainer.devices=2`` (DDP) and ``unlearn()`` under 2-process ZeRO-3 through
     torchrun: the rule met in the one-process steps (±2), every record's g within 0.05, every process returning the

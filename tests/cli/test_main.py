@@ -57,6 +57,7 @@ def test_testbed_export_writes_model_and_splits(small_testbed, exported):
         small_testbed.export(exported)
 
 
+@pytest.mark.slow
 def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache, tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--small", "--cache-dir", str(testbed_cache), "--methods", "ga-mean,sga", "--output", str(out)]
@@ -254,6 +255,7 @@ def test_audit_attacks_each_record_and_its_holdout_control(small_testbed, export
     assert summary["relearn_above"] > 0 and abs(summary["int8_above"] - summary["above_threshold"]) <= 2
 
 
+@pytest.mark.slow
 def test_demo_and_testbed_on_a_pretrained_base_model(exported, testbed_cache, tmp_path, capsys):
     base = ["--base-model", "testbed/model", "--small", "--seed", "1", "--cache-dir", str(tmp_path / "cache")]
     assert main(["testbed", *base, "--output", "injected"]) == 0
@@ -348,6 +350,7 @@ def test_utility_examples_run(small_testbed, exported, capsys, caplog):
     assert "utility (lm-eval), start -> end: local_task/acc " in caplog.text
 
 
+@pytest.mark.slow
 def test_demo_over_seeds_reports_median_and_range(testbed_cache, tmp_path, capsys):
     out = tmp_path / "seeds"
     args = ["demo", "--small", "--cache-dir", str(testbed_cache), "--methods", "sga", "--seeds", "0,1", "--no-retrain"]
@@ -526,6 +529,7 @@ def test_on_a_gpu_every_command_defaults_to_bf16_mixed_and_says_so(exported, mon
     assert given == ["bf16-mixed", "32-true", "32-true"]
 
 
+@pytest.mark.slow
 def test_the_one_command_killed_mid_way_and_started_again_resumes_to_the_uninterrupted_result(exported, caplog):
     """``--checkpoints``: a ``lightning-unlearn unlearn`` SIGKILLed at step 7 (its process group) and started again
     with the same arguments resumes from step 6's checkpoint, says so, and ends at the uninterrupted run's stop

@@ -66,6 +66,7 @@ def uninterrupted(testbed_cache, tmp_path_factory):
 @pytest.mark.parametrize(
     ("method", "kill_at"), [("SGA+KL", 7), ("TA", 18), ("TAU", 2), ("NPO+KL", 3), ("SGA+LoRA", 15)]
 )
+@pytest.mark.slow
 def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result(
     small_testbed, testbed_cache, uninterrupted, tmp_path, method, kill_at
 ):
@@ -80,6 +81,7 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_result(
     assert again["g"] == pytest.approx(whole["g"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_last_complete_one(
     small_testbed, testbed_cache, uninterrupted, tmp_path
 ):
@@ -93,6 +95,7 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_last_complete_one
     assert result(tmp_path)["g"] == pytest.approx(uninterrupted("SGA+KL")["g"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "kill_at"), [("SGA+KL", 7), ("TA", 18)])  # TAU at 2 is still SGA; TA has the base
 def test_a_zero3_run_killed_mid_way_resumes_to_the_uninterrupted_result(
     small_testbed, testbed_cache, uninterrupted, tmp_path, method, kill_at
@@ -114,6 +117,7 @@ def test_a_zero3_run_killed_mid_way_resumes_to_the_uninterrupted_result(
     assert model.num_parameters() == small_testbed.model.num_parameters()
 
 
+@pytest.mark.slow
 def test_a_zero3_run_killed_while_saving_the_model_leaves_no_folder_and_resumes(small_testbed, testbed_cache, tmp_path):
     """Killed while save_pretrained writes the gathered model: no model folder (only a hidden staging one), and the
     run resumed from its last checkpoint takes no further step and writes it."""
@@ -129,6 +133,7 @@ def test_a_zero3_run_killed_while_saving_the_model_leaves_no_folder_and_resumes(
     assert result(tmp_path)["rule_met"] and AutoModelForCausalLM.from_pretrained(tmp_path / "model") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["SGA+KL", "TA"])
 def test_a_zero3_checkpoint_allocates_each_processs_share_only(uninterrupted, method):
     """Under 2-process ZeRO-3 with AtomicDeepSpeedStrategy, saving a checkpoint allocates on each process no more

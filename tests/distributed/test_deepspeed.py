@@ -86,6 +86,7 @@ def one_process(small_testbed):
     ("stage", "method"),
     [(2, "SGA"), (3, "SGA"), (3, "TA"), (3, "SGA + KL retain"), (3, "selective NPO + KL retain")],
 )
+@pytest.mark.slow
 def test_zero_unlearns_and_saves_a_loadable_model(small_testbed, one_process, tmp_path, stage, method):
     from tests.deepspeed_cpu import CPUDeepSpeedStrategy
 
@@ -148,6 +149,7 @@ def cpu_deepspeed_names():
     StrategyRegistry.update(saved)
 
 
+@pytest.mark.slow
 def test_deepspeed_by_name_takes_its_batch_size_from_the_forget_loader(
     small_testbed, one_process, cpu_deepspeed_names, tmp_path
 ):
@@ -163,6 +165,7 @@ def test_deepspeed_by_name_takes_its_batch_size_from_the_forget_loader(
     assert max(ranks[0]["scores"]) <= ranks[0]["threshold"]
 
 
+@pytest.mark.slow
 def test_cli_fit_with_a_deepspeed_strategy_name(small_testbed, cpu_deepspeed_names, tmp_path, monkeypatch):
     """``lightning-unlearn fit --trainer.strategy deepspeed_stage_3`` on two processes: the per-sample rule holds at
     the end, as the default logger's metrics.csv shows."""
@@ -180,6 +183,7 @@ def test_cli_fit_with_a_deepspeed_strategy_name(small_testbed, cpu_deepspeed_nam
     assert float(last["forget/g_max"]) <= threshold
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stage", "method"), [(2, "SGA + LoRA"), (3, "TA"), (3, "SGA + KL retain")])
 def test_zero_resumes_from_a_checkpoint_to_the_same_end(small_testbed, tmp_path, stage, method):
     """A run checkpointed every third step; another resumed from its step-3 checkpoint ends at the same step with the
@@ -232,6 +236,7 @@ class SaveBothForms(L.Callback):
         RankReport(self.folder).on_fit_end(trainer, pl_module)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stage", "method"), [(2, SelectiveGradientAscent), (3, TAU)])
 def test_zero_trains_a_lora_adapter_and_saves_it_gathered(small_testbed, tmp_path, stage, method):
     """LoRA under ZeRO-2 and ZeRO-3 (TAU: both adapters, the move at the switch and the edit on shards): the rule
