@@ -47,7 +47,6 @@ nitpick_ignore_regex = [
 
 html_theme = "furo"
 html_title = "lightning-unlearn"
-html_static_path = ["_static"]
 
 
 def _resolve_alias(app, env, node, contnode):

@@ -194,9 +194,9 @@ class SharpnessAdversary(RelearningAdversary):
     θ' = θ + ρ · d/‖d‖, where d = −∇ NLL(forget batch) at θ points to relearning the batch, so that the forget
     loss is low on a neighbourhood of θ rather than at a sharp point that a few relearning steps climb out of. This is
     SAM's first-order inner step for gradient ascent's loss (ℓ_f = −NLL; for other losses the NLL's direction stands
-    for theirs), applied with :meth:`transplant` like the relearning adversary's: one more forward and backward pass
-    per step. Unlike relearning-aware unlearning, the rule reads g at θ: θ' is an optimizer's look-ahead, not an
-    attacker's model.
+    for theirs), applied with :meth:`~RelearningAdversary.transplant` like the relearning adversary's: one more
+    forward and backward pass per step. Unlike relearning-aware unlearning, the rule reads g at θ: θ' is an
+    optimizer's look-ahead, not an attacker's model.
 
     Args:
         model: the model being unlearned.
