@@ -106,7 +106,8 @@ def test_undial_distils_the_model_before_unlearning_not_the_one_training(small_t
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda m: RMU(m, adversary_steps=2), "relearning-aware training does not apply"),
+        (lambda m: RMU(m, adversary_steps=2), "relearning-aware and sharpness-aware training do not apply"),
+        (lambda m: RMU(m, sharpness=0.05), "relearning-aware and sharpness-aware training do not apply"),
         (lambda m: RMU(m, trained_layers=0), "trained_layers must be >= 1"),
         (lambda m: RMU(m, steering_coefficient=0.0), "steering_coefficient must be > 0"),
         (lambda m: RMU(m, retain_loss="mse"), "retain_loss must be one of None, 'nll', 'kl', 'activations'"),
