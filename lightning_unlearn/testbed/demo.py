@@ -492,9 +492,9 @@ def plot_verdict(
     path: str | os.PathLike,
     columns: Mapping[str, str] | None = None,
 ) -> Path:
-    """A PNG of the retrain verdict: a row per method, a column per attack, each panel the empirical CDF of the
-    method's forget g beside the exact retrain's under the same attack, the threshold marked, and the KS statistic and
-    p-value in its title.
+    """A PNG of the retrain verdict: a row per method (named on its left), a column per attack, each panel the
+    empirical CDF of the method's forget g beside the exact retrain's under the same attack, the threshold marked, and
+    the attack, the KS statistic and its p-value in its title.
 
     Args:
         methods: per method, its rows (one per forget record, keyed by ``sample_id``: a report's rows).
@@ -508,13 +508,13 @@ def plot_verdict(
     if columns is None:
         columns = {a: c for a, c in ATTACK_COLUMNS.items() if c in retrain[0] and a != "sampling"}
     attacks = list(columns)
-    figure = Figure(figsize=(2.9 * len(attacks), 2.3 * len(methods) + 0.6))
+    figure = Figure(figsize=(2.9 * len(attacks), 2.5 * len(methods) + 0.6))
     axes = figure.subplots(len(methods), len(attacks), squeeze=False, sharex=True, sharey=True)
     for row_axes, (name, rows) in zip(axes, methods.items(), strict=True):
         for axis, attack in zip(row_axes, attacks, strict=True):
             column = columns[attack]
             for values, label, colour in (
-                ([r[column] for r in rows], name, "tab:blue"),
+                ([r[column] for r in rows], "model", "tab:blue"),
                 ([r[column] for r in retrain], "retrain", "tab:orange"),
             ):
                 ordered = sorted(values)
@@ -528,9 +528,9 @@ def plot_verdict(
             axis.axvline(threshold, color="tab:red", linestyle="--", linewidth=0.8)
             verdict = retrain_verdict([r[column] for r in rows], [r[column] for r in retrain], threshold)
             mark = "" if verdict["indistinguishable"] else " ✗"
-            axis.set_title(f"{name}, {attack}: KS {verdict['ks']:.2f}, p {verdict['p_value']:.2g}{mark}", fontsize=8)
+            axis.set_title(f"{attack}\nKS {verdict['ks']:.2f}, p {verdict['p_value']:.2g}{mark}", fontsize=8)
             axis.grid(alpha=0.3)
-        row_axes[0].set_ylabel("share of forget records")
+        row_axes[0].set_ylabel(f"{textwrap.fill(name, 30)}\nshare of forget records", fontsize=8)
         row_axes[0].legend(fontsize=7, loc="lower right")
     for axis in axes[-1]:
         axis.set_xlabel("g after the attack")
