@@ -138,6 +138,21 @@ def test_every_readme_table_names_its_command():
         assert (f"python {script}" if script != "demo" else "lightning-unlearn demo --seeds") in readme, script
 
 
+def test_every_compared_column_is_a_column_of_its_table():
+    """A tolerance for a column that no table sharing it has would compare nothing, silently."""
+    checker = load_script("readme_tables")
+    columns: dict[int, set[str]] = {}  # tolerance dicts are shared between tables: by identity
+    for table in checker.TABLES:
+        columns.setdefault(id(table.tolerance), set()).update(checker.normalize(table.header).strip("| ").split(" | "))
+    for table in checker.TABLES:
+        assert set(table.tolerance) <= columns[id(table.tolerance)], (
+            table.name,
+            set(table.tolerance) - columns[id(table.tolerance)],
+        )
+    robust = load_script("robust_forgetting")
+    assert ("none", *robust.PROTOCOLS) == checker.ROBUST_PROTOCOLS  # the published columns are the protocols run
+
+
 def test_readme_check_flags_numbers_outside_the_published_range():
     checker = load_script("readme_tables")
     table = checker.Table("t", "| method | steps | ratio | ms |", [], {"steps": ("abs", 2), "ratio": ("rel", 0.1)})
