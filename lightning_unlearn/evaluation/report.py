@@ -4,8 +4,9 @@
 scores and, against the holdout, an empirical p-value with a Benjamini–Hochberg flag) and summarizes: mean/max g,
 the holdout threshold with its bootstrap interval, the paper's outlier counts c(D_f) for the fixed band and for
 bands from the holdout distribution (mean ± k·std; its 5th–95th percentiles), the over-forgotten count (below the
-holdout's 5th percentile), the verbatim-extractable count, each attack's AUC (forget vs holdout), the holdout NLL,
-and the retain split's g (with ``retain_before``: how many retain records lost more than 0.1 of it).
+holdout's 5th percentile), the verbatim-extractable count, each attack's AUC (forget vs holdout), the forget and
+holdout NLL (nats), and the retain split's g (with ``retain_before``: how many retain records lost more than 0.1 of
+it).
 ``write_report`` writes CSV, JSON and Markdown; ``plot_histograms`` draws forget g before vs after unlearning with
 the threshold and band marked.
 """
@@ -174,6 +175,7 @@ def memorization_report(
             "forget_samples": len(rows),
             "g_mean": statistics.fmean(g),
             "g_max": max(g),
+            "forget_nll": statistics.fmean(row["nll"] for row in rows),
             "threshold": threshold,
             "threshold_interval": interval,
             "above_threshold": sum(row["above_threshold"] for row in rows),

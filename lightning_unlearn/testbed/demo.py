@@ -87,6 +87,7 @@ COLUMNS = {  # summary key -> table heading
     "outliers": "c(D_f)",
     "verbatim_extractable": "verbatim",
     "holdout_nll_ratio": "holdout NLL",
+    "forget_holdout_nll": "forget / holdout NLL",
     "retain_g": "retain g",
     "collateral": "collateral",
     "mc_acc": "MC acc",
@@ -238,6 +239,8 @@ def run_demo(
             **summary,
             "holdout_nll_ratio": summary["holdout_nll"] / before_nll,
         }
+    for row in rows.values():  # below 1: forget records likelier than unseen ones, what the LOSS attack sees
+        row["forget_holdout_nll"] = row["forget_nll"] / row["holdout_nll"]
     if retrain:
         for name, row in rows.items():
             row["retrain_distance"] = _distance(reports[name].rows, reports["retrain"].rows)

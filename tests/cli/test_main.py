@@ -73,6 +73,10 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     assert rows["sga"]["rule_met"] and rows["sga"]["g_max"] <= threshold and rows["sga"]["above_threshold"] == 0
     assert rows["ga-mean"]["rule_met"] and rows["ga-mean"]["g_mean"] <= small_testbed.summary["holdout_g_mean"] + 1e-6
     assert rows["original"]["above_threshold"] > 0 and rows["original"]["holdout_nll_ratio"] == 1.0
+    for row in rows.values():
+        assert row["forget_holdout_nll"] == pytest.approx(row["forget_nll"] / row["holdout_nll"])
+    # Memorized records are likelier than unseen ones; in the retrain, which never saw them, much less so.
+    assert rows["original"]["forget_holdout_nll"] < min(1.0, rows["retrain"]["forget_holdout_nll"])
     for key in ("steps", "seconds", "outliers", "verbatim_extractable", "retain_g", "loss_auc", "miau_auc"):
         assert key in rows["sga"]
     # The attacks and the exact-retrain reference, on every row; the retrained model never saw the forget set.

@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import math
+import statistics
 
 import matplotlib.image
 import pytest
@@ -55,6 +56,9 @@ def test_summary(report, small_testbed):
     assert s["membership_auc"]["loss"] >= 0.75  # the original model gives its training records away
     assert s["verbatim_extractable"] == sum(bool(row["verbatim"]) for row in report.rows)
     assert s["g_max"] == max(row["g"] for row in report.rows)
+    # The mean of each record's mean token NLL (nats: its LOSS score negated); memorized records are the likelier.
+    assert s["forget_nll"] == pytest.approx(-statistics.fmean(row["loss_score"] for row in report.rows), rel=1e-5)
+    assert 0 < s["forget_nll"] < s["holdout_nll"]
 
 
 def test_files_are_written_and_parse(report, tmp_path):
