@@ -271,6 +271,11 @@ def normalize(line: str) -> str:
     return "| " + " | ".join(cell.strip() for cell in line.strip().strip("|").split("|")) + " |"
 
 
+def header_columns(header: str) -> tuple[str, ...]:
+    """The column names of a table's header row (normalized or not)."""
+    return tuple(normalize(header).strip("| ").split(" | "))
+
+
 def published() -> str:
     """The documents' text, one after the other."""
     return "\n\n".join((ROOT / name).read_text() for name in DOCUMENTS)
@@ -313,10 +318,10 @@ def compare(table: Table, readme: dict[str, list[list[str]]], output: str) -> li
     header = normalize(table.header)
     if header not in readme:
         return [f"{table.name}: no README table with the header {header}"]
-    columns = header.strip("| ").split(" | ")
+    columns = header_columns(header)
     # The command's table with the same header, or one with every published column and more (new columns are
     # published once measured over the seeds).
-    printed = {tuple(h.strip("| ").split(" | ")): rows for h, rows in tables(output).items()}
+    printed = {header_columns(h): rows for h, rows in tables(output).items()}
     today_columns = next((c for c in printed if c[0] == columns[0] and set(columns) <= set(c)), None)
     if today_columns is None:
         return [f"{table.name}: the command printed no table with the header {header}"]

@@ -143,7 +143,7 @@ def test_every_compared_column_is_a_column_of_its_table():
     checker = load_script("readme_tables")
     columns: dict[int, set[str]] = {}  # tolerance dicts are shared between tables: by identity
     for table in checker.TABLES:
-        columns.setdefault(id(table.tolerance), set()).update(checker.normalize(table.header).strip("| ").split(" | "))
+        columns.setdefault(id(table.tolerance), set()).update(checker.header_columns(table.header))
     for table in checker.TABLES:
         assert set(table.tolerance) <= columns[id(table.tolerance)], (
             table.name,
