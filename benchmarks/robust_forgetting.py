@@ -38,6 +38,7 @@ from lightning_unlearn.functional.verdict import retrain_verdict
 from lightning_unlearn.methods import METHODS
 from lightning_unlearn.testbed.build import SMALL_TESTBED, Testbed, build_testbed
 from lightning_unlearn.testbed.demo import plot_verdict, quiet_trainer
+from lightning_unlearn.testbed.settings import testbed_method
 
 # name -> (relearning data, steps, learning rate); "none" and "int4" are the model as it is and quantized
 PROTOCOLS = {
@@ -65,9 +66,8 @@ def unlearn(name: str, model: torch.nn.Module, datamodule, max_steps: int) -> tu
     name, _, then = name.partition("+")
     name, _, given = name.partition("(")
     options = {k: ast.literal_eval(v) for k, v in (item.split("=") for item in given.rstrip(")").split("/") if item)}
-    method = METHODS[name]
-    module = method.make(copy.deepcopy(model), **options)
-    trainer = quiet_trainer(max_steps, method.callbacks())
+    module = testbed_method(name)(copy.deepcopy(model), **options)
+    trainer = quiet_trainer(max_steps, METHODS[name].callbacks())
     trainer.fit(module, datamodule)
     result = module.get_model().eval()
     if then:

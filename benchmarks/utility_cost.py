@@ -28,6 +28,7 @@ from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.memorization import sequence_nll
 from lightning_unlearn.methods import METHODS
 from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
+from lightning_unlearn.testbed.settings import testbed_method
 
 BANDS = (0.0, 0.1, 1.0, 3.0, 6.0, float("inf"))  # edges of the before-unlearning token NLL bands, nats
 
@@ -91,7 +92,7 @@ def main() -> None:
 
     L.seed_everything(0, verbose=False)
     method = METHODS[args.method]
-    module = method.make(copy.deepcopy(testbed.model))
+    module = testbed_method(args.method)(copy.deepcopy(testbed.model))
     trace = HoldoutTrace(holdout, datamodule.scoring_dataloader("forget"), float(per_record.mean()))
     trainer = L.Trainer(
         max_epochs=args.max_steps,

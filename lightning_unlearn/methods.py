@@ -1,5 +1,7 @@
 """The methods by name, one registry for ``lightning-unlearn unlearn --method``, :func:`lightning_unlearn.unlearn` and
-the demo's rows: each a module with the settings that meet its rule on the testbed, and the callbacks that stop it."""
+the demo's rows: each a module with its paper's (or open-unlearning's) settings for real models, cited beside it, and
+the callbacks that stop it. The testbed's own, larger learning rates (a 1M-parameter model trained from scratch) are
+explicit overrides in :data:`lightning_unlearn.testbed.settings.TESTBED_SETTINGS`, which the demo applies."""
 
 from __future__ import annotations
 
@@ -51,13 +53,13 @@ METHODS: dict[str, Method] = {
         needs_retain=True,
     ),
     "sga": Method("selective gradient ascent, no retain term (costs more utility)", SelectiveGradientAscent),
-    "npo-kl": Method(
-        "selective NPO (β = 0.01) + KL retain",
+    "npo-kl": Method(  # β 0.1, lr 1e-5: Zhang et al. 2024 and open-unlearning's NPO (the module's defaults)
+        "selective NPO (β = 0.1) + KL retain",
         _with(NPO, retain_loss="kl", retain_weight=1.0),
         needs_retain=True,
         callbacks=per_sample_control,
     ),
-    "ta": Method("task arithmetic, λ = −3", TaskArithmetic),
+    "ta": Method("task arithmetic, λ = −3", TaskArithmetic),  # lr 5e-5, the seed paper's (the module's default)
     "tau": Method("SGA, then task arithmetic with λ searched in [−3, 0)", TAU),
     "sga-kl-ra": Method(
         "relearning-aware SGA + KL: each step's loss after 4 simulated relearning steps (3x the time)",
@@ -98,9 +100,9 @@ METHODS: dict[str, Method] = {
         callbacks=per_sample_control,
         in_demo=False,
     ),
-    "satimp": Method(
-        "selective SatImp (token weights p^5 · (1 − p)) + KL retain, lr 1e-3",
-        _with(SatImp, learning_rate=1e-3, retain_loss="kl", retain_weight=0.3),
+    "satimp": Method(  # lr 1e-5: Yang et al. 2025 and open-unlearning's SatImp on TOFU
+        "selective SatImp (token weights p^5 · (1 − p)) + KL retain, lr 1e-5",
+        _with(SatImp, learning_rate=1e-5, retain_loss="kl", retain_weight=0.3),
         needs_retain=True,
         callbacks=per_sample_control,
         in_demo=False,
@@ -112,16 +114,16 @@ METHODS: dict[str, Method] = {
         callbacks=per_sample_control,
         in_demo=False,
     ),
-    "undial": Method(
-        "selective UNDIAL (distil the original, target logit − 10) + KL retain, lr 5e-4",
-        _with(UNDIAL, learning_rate=5e-4, retain_loss="kl", retain_weight=1.0),
+    "undial": Method(  # lr 1e-4: Dong et al. 2025 (Llama-2 7B), open-unlearning searches 1e-5 to 3e-4
+        "selective UNDIAL (distil the original, target logit − 10) + KL retain, lr 1e-4",
+        _with(UNDIAL, learning_rate=1e-4, retain_loss="kl", retain_weight=1.0),
         needs_retain=True,
         callbacks=per_sample_control,
         in_demo=False,
     ),
-    "rmu": Method(
-        "selective RMU (steer layer ℓ to a random direction, keep the retain records'; α = 10, lr 1e-3)",
-        _with(RMU, learning_rate=1e-3, retain_weight=10.0),
+    "rmu": Method(  # layer 7, α 1200, lr 5e-5: Li et al. 2024's code on Zephyr-7B (the module's defaults)
+        "selective RMU (steer layer 7 to a random direction, keep the retain records'; α = 1200, lr 5e-5)",
+        _with(RMU, learning_rate=5e-5),
         needs_retain=True,
         callbacks=per_sample_control,
         in_demo=False,

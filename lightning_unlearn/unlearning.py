@@ -263,7 +263,7 @@ def measured_record(before: Report, after: Report) -> dict[str, Any]:
     if "retain_g" in b:
         record["retain_g"] = {"before": b["retain_g"], "after": a["retain_g"]}
     record["recovery"] = {key: value for key, value in a.items() if key.endswith("_above") and key != "above_threshold"}
-    record["retrain_verdict"] = a.get("retrain_verdict")
+    record["verdict"] = a.get("verdict")
     return record
 
 
@@ -283,8 +283,8 @@ def summary_text(record: dict[str, Any]) -> str:
     ]
     if "retain_g" in record:
         lines.append(f"retain g {record['retain_g']['before']:.3f} -> {record['retain_g']['after']:.3f}")
-    if "retrain_verdict" in record:
-        lines.append(verdict_text(record["retrain_verdict"]))
+    if "verdict" in record:
+        lines.append(verdict_text(record["verdict"]))
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from lightning_unlearn.modules import (
     SelectiveGradientAscent,
     TaskArithmetic,
 )
+from lightning_unlearn.modules.rmu import decoder_layers
 from tests.conftest import make_trainer, unlearning_data
 
 
@@ -58,13 +59,25 @@ def test_every_method_is_stopped_by_its_rule(tiny_model):
     assert make_method("sga-kl-sam", copy.deepcopy(tiny_model))[0].hparams.sharpness == 0.05
 
 
-def test_method_settings_are_the_ones_that_meet_the_rule_and_options_override_them(tiny_model):
+def test_method_settings_are_their_papers_and_options_override_them(tiny_model):
+    """The registry's settings are within the ranges their sources use (learning rates 1e-5 to 1e-4, NPO's β 0.1,
+    RMU's α 1200 at the authors' layer 7, clamped to a shallower model's last); the testbed's tuned values are
+    overrides that only the testbed applies."""
+    from lightning_unlearn.testbed.settings import TESTBED_SETTINGS, testbed_method
+
     module, _ = make_method("sga-kl", copy.deepcopy(tiny_model))
     assert (module.hparams.retain_loss, module.hparams.retain_weight, module.hparams.learning_rate) == ("kl", 3.0, 5e-5)
     npo, _ = make_method("npo-kl", copy.deepcopy(tiny_model), retain_weight=2.0)
-    assert (npo.beta, npo.hparams.learning_rate, npo.hparams.retain_weight) == (0.01, 1e-4, 2.0)
-    assert make_method("ta", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 3e-4
+    assert (npo.beta, npo.hparams.learning_rate, npo.hparams.retain_weight) == (0.1, 1e-5, 2.0)
+    assert make_method("ta", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 5e-5
     assert make_method("tau", copy.deepcopy(tiny_model))[0].hparams.learning_rate == 1e-4
+    for name in METHODS:
+        assert 1e-5 <= make_method(name, copy.deepcopy(tiny_model))[0].hparams.learning_rate <= 1e-4, name
+    rmu = make_method("rmu", copy.deepcopy(tiny_model))[0]
+    assert rmu.hparams.retain_weight == 1200.0 and rmu.steered_layer() is decoder_layers(rmu.model)[-1]
+    assert testbed_method("npo-kl")(copy.deepcopy(tiny_model)).beta == 0.01
+    assert testbed_method("ta")(copy.deepcopy(tiny_model), learning_rate=1e-3).hparams.learning_rate == 1e-3
+    assert set(TESTBED_SETTINGS) <= set(METHODS)
     choices = "sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, sga-kl-sam, ga, ga-mean, wga, satimp, ce-u, undial, rmu"
     with pytest.raises(ValueError, match=f"unknown method 'dpo'; choose from {choices}"):
         make_method("dpo", tiny_model)

@@ -6,12 +6,14 @@ from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 
 from lightning_unlearn.callbacks.monitor import has_split
-from lightning_unlearn.evaluation.membership import MEMBERSHIP_ATTACKS
+from lightning_unlearn.evaluation.membership import MEMBERSHIP_ATTACKS, TOKEN_ATTACKS
 from lightning_unlearn.evaluation.scoring import score_on_all_ranks
-from lightning_unlearn.functional.membership import membership_auc
+from lightning_unlearn.functional.membership import membership_auc, zlib_sizes
 from lightning_unlearn.integrations.huggingface import get_model
 
 
@@ -41,19 +43,27 @@ class MembershipMonitor(Callback):
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Each attack's AUC for the current model."""
-        model, datamodule = get_model(pl_module), trainer.datamodule
+        model = get_model(pl_module)
         aucs = {}
         with getattr(pl_module, "scoring_context", nullcontext)():
             for name in self.attacks:
-                _, members = score_on_all_ranks(
-                    model, datamodule.scoring_dataloader("forget"), trainer.strategy, measure=MEMBERSHIP_ATTACKS[name]
-                )
-                _, nonmembers = score_on_all_ranks(
-                    model, datamodule.scoring_dataloader("holdout"), trainer.strategy, measure=MEMBERSHIP_ATTACKS[name]
-                )
+                members = self._scores(model, trainer, name, "forget")
+                nonmembers = self._scores(model, trainer, name, "holdout")
                 aucs[name] = membership_auc(members, nonmembers)
         self.history.append((trainer.global_step, aucs))
         return aucs
+
+    @staticmethod
+    def _scores(model: torch.nn.Module, trainer: L.Trainer, name: str, split: str) -> Tensor:
+        """One attack's score of every record of ``split``, on every process (zlib: the LOSS score over the
+        compressed size of each record's text)."""
+        loader = trainer.datamodule.scoring_dataloader(split)
+        measure = TOKEN_ATTACKS["loss" if name == "zlib" else name]
+        ids, values = score_on_all_ranks(model, loader, trainer.strategy, measure=measure)
+        if name == "zlib":
+            texts = trainer.datamodule.split(split).texts
+            values = values / zlib_sizes([texts[i] for i in ids.tolist()])
+        return values
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.measure(trainer, pl_module)

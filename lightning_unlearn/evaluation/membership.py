@@ -34,16 +34,11 @@ def loss_attack(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tenso
     return loss_score(*token_log_probs(model, input_ids, attention_mask))
 
 
-def zlib_attack(
-    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, texts: Sequence[str] | None = None
-) -> Tensor:
-    """zlib attack (Carlini et al. 2021): −(total NLL in nats) / (zlib-compressed length in bytes), ``Tensor[B]``.
-
-    The compressed length is that of ``texts`` (UTF-8) when given, else of the token ids (4 bytes each): a
-    sequence the model finds likelier than its compressibility suggests is likely a member.
-    """
-    log_probs, _ = token_log_probs(model, input_ids, attention_mask)
-    return zlib_score(log_probs, input_ids, attention_mask, texts)
+def zlib_attack(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, texts: Sequence[str]) -> Tensor:
+    """zlib attack (Carlini et al. 2021): −(mean token NLL in nats) / (zlib-compressed size of the UTF-8 text in
+    bytes), ``Tensor[B]``: a sequence the model finds likelier than its compressibility suggests is likely a member.
+    ``texts`` are the samples' texts, one per row."""
+    return zlib_score(*token_log_probs(model, input_ids, attention_mask), texts)
 
 
 def min_k_attack(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, k: float = 0.2) -> Tensor:
@@ -54,10 +49,13 @@ def min_k_attack(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tens
     return min_k_score(*token_log_probs(model, input_ids, attention_mask), k)
 
 
-#: The membership attacks on token log-probabilities, by name: (model, input_ids, attention_mask) -> Tensor[B].
-MEMBERSHIP_ATTACKS: dict[str, Callable[[torch.nn.Module, Tensor, Tensor], Tensor]] = {
+#: The membership attacks on token log-probabilities, by name, as reports and ``MembershipMonitor`` take them.
+MEMBERSHIP_ATTACKS = ("loss", "zlib", "min_k")
+
+#: The attacks that need only the tokens: (model, input_ids, attention_mask) -> Tensor[B]. zlib needs the texts
+#: too: it is the LOSS score over :func:`~lightning_unlearn.functional.membership.zlib_sizes`.
+TOKEN_ATTACKS: dict[str, Callable[[torch.nn.Module, Tensor, Tensor], Tensor]] = {
     "loss": loss_attack,
-    "zlib": zlib_attack,
     "min_k": min_k_attack,
 }
 

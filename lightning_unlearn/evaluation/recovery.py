@@ -31,7 +31,7 @@ from torch import Tensor
 from lightning_unlearn.data import relearn_split
 from lightning_unlearn.distributed.zero import has_sharded_parameters
 from lightning_unlearn.evaluation.scoring import eval_mode, score_memorization
-from lightning_unlearn.functional.memorization import predicted_positions, sequence_nll
+from lightning_unlearn.functional.memorization import next_token_targets, predicted_positions, sequence_nll, token_nll
 from lightning_unlearn.integrations.peft import add_adapter, is_adapted
 
 #: attack name -> bits
@@ -54,6 +54,10 @@ def _copy(model: torch.nn.Module, attack: str) -> torch.nn.Module:
     return copy.deepcopy(model)
 
 
+#: rows of the relearning attack's batches that one forward and backward holds at once
+ATTACK_BATCH_SIZE = 8
+
+
 def relearn(
     model: torch.nn.Module,
     dataloader: Iterable[Mapping[str, Tensor]],
@@ -61,10 +65,17 @@ def relearn(
     learning_rate: float = 1e-4,
     betas: tuple[float, float] = (0.9, 0.999),
     peft: Any = None,
+    attack_batch_size: int = ATTACK_BATCH_SIZE,
+    trained: Literal["auto", "adapter", "all"] = "auto",
 ) -> torch.nn.Module:
     """The relearning attack: a copy of ``model`` fine-tuned for ``steps`` Adam steps on the mean NLL of the
     batches of ``dataloader`` (cycled; ``{"input_ids", "attention_mask"}``, as any of our loaders yields), in eval
     mode (no dropout), so it is deterministic for a loader in a fixed order. ``model`` is not changed.
+
+    Each batch is one step, its gradient accumulated over micro-batches of ``attack_batch_size`` rows: the peak is
+    the copy, what trains with its gradient and Adam's state, and one micro-batch's activations, however large the
+    attacker's data. Half-precision weights train through float32 master copies (Adam's update of a bf16 weight
+    at lr 1e-4 would otherwise round away for most weights, and the attack would be weaker than a real attacker's).
 
     Args:
         dataloader: the attacker's texts: related data, never the forget records (e.g. the retain split, or fresh
@@ -73,36 +84,82 @@ def relearn(
         learning_rate: Adam's learning rate.
         betas: Adam's betas.
         peft: a ``peft`` adapter config: the attacker trains a fresh adapter (e.g. LoRA) instead of every weight.
+        attack_batch_size: rows per forward and backward.
+        trained: on an adapted model (a ``peft.PeftModel``), ``"auto"`` and ``"adapter"`` train its adapter (the
+            cheapest route), ``"all"`` every weight of its merged model; on any other model every weight.
 
     Returns:
-        The fine-tuned copy (a ``peft.PeftModel`` with ``peft``).
+        The fine-tuned copy (a ``peft.PeftModel`` with ``peft`` or an adapter trained).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    attacked = _copy(model, "relearning")
-    if peft is not None:
-        if is_adapted(attacked):
-            raise ValueError("this model has an adapter already: merge it (save_pretrained(merge=True)) to relearn")
-        attacked = add_adapter(attacked, peft)
-    else:
-        attacked.requires_grad_(True)
-    device = next(attacked.parameters()).device
+    if attack_batch_size < 1:
+        raise ValueError(f"attack_batch_size must be >= 1, got {attack_batch_size}")
+    if trained not in ("auto", "adapter", "all"):
+        raise ValueError(f"trained must be 'auto', 'adapter' or 'all', got {trained!r}")
+    attacked = _attack_copy(model, peft, trained)
     parameters = [p for p in attacked.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=learning_rate, betas=betas)
+    masters = [p if p.dtype in (torch.float32, torch.float64) else p.detach().float() for p in parameters]
+    optimizer = torch.optim.Adam(masters, lr=learning_rate, betas=betas)
     batches = itertools.cycle(dataloader)
-    with eval_mode(attacked), torch.enable_grad():
+    with eval_mode(attacked):
         for _ in range(steps):
-            batch = next(batches)
-            input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            logits = attacked(input_ids=input_ids, attention_mask=mask).logits
-            loss = sequence_nll(logits, input_ids, mask).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"relearning: non-finite loss {loss.item()}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            _accumulate_nll_gradient(attacked, next(batches), attack_batch_size)
+            for parameter, master in zip(parameters, masters, strict=True):
+                if master is not parameter:
+                    master.grad, parameter.grad = parameter.grad.float(), None
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for parameter, master in zip(parameters, masters, strict=True):
+                    if master is not parameter:
+                        parameter.copy_(master)
     attacked.requires_grad_(False)
     return attacked
+
+
+def _attack_copy(model: torch.nn.Module, peft: Any, trained: str) -> torch.nn.Module:
+    """The relearning attacker's copy of ``model``, with what it trains set to require gradients."""
+    if is_adapted(model) and (peft is not None or trained == "all"):
+        attacked = merged_copy(model)  # a fresh adapter, or every weight: on the merged model
+    elif trained == "adapter" and not is_adapted(model):
+        raise ValueError("trained='adapter' needs an adapted model (a peft.PeftModel); this one has no adapter")
+    else:
+        attacked = _copy(model, "relearning")
+    if peft is not None:
+        return add_adapter(attacked, peft)
+    if is_adapted(attacked):
+        attacked.requires_grad_(False)
+        for name, parameter in attacked.named_parameters():
+            parameter.requires_grad_(".lora_" in name)
+    else:
+        attacked.requires_grad_(True)
+    return attacked
+
+
+def _accumulate_nll_gradient(model: torch.nn.Module, batch: Mapping[str, Tensor], rows: int) -> None:
+    """The gradient of the batch's mean per-sample NLL, accumulated over chunks of ``rows`` samples (each trimmed
+    to its own longest sample), into the parameters' ``.grad``."""
+    device = next(model.parameters()).device
+    input_ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.enable_grad():
+        for start in range(0, len(input_ids), rows):
+            chunk_mask = mask[start : start + rows]
+            width = int(chunk_mask.sum(1).max())
+            ids, chunk_mask = input_ids[start : start + rows, :width].to(device), chunk_mask[:, :width].to(device)
+            logits = model(input_ids=ids, attention_mask=chunk_mask).logits
+            loss = sequence_nll(logits, ids, chunk_mask).sum() / len(input_ids)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"relearning: non-finite loss {loss.item()}; lower the learning rate")
+            loss.backward()
+            del logits, loss
+
+
+def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain copy of an adapted model with its adapters merged into the weights (W0 + (α/r)·B·A), as it is
+    deployed; a copy of any other model as it is."""
+    attacked = _copy(model, "merging")
+    return attacked.merge_and_unload() if is_adapted(attacked) else attacked
 
 
 @torch.no_grad()
@@ -162,6 +219,10 @@ def quantize(
     """The quantization attack: a copy of ``model`` whose linear weights (:func:`quantized_layers`) are quantized
     and dequantized back, so it runs anywhere and scores like the quantized model. ``model`` is not changed.
 
+    An adapted model (a ``peft.PeftModel``) is quantized as it is deployed and as Zhang et al. (ICLR 2025) quantize:
+    its adapters merged first (:func:`merged_copy`), so the unlearning edit B·A meets the base weight's bins; the
+    copy returned is the merged, quantized model.
+
     Args:
         bits: 8 or 4 (``"rtn"`` takes any width >= 2).
         group_size: inputs per scale, along each weight row (the input dimension).
@@ -177,7 +238,7 @@ def quantize(
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise ImportError("backend='bitsandbytes' needs bitsandbytes: pip install bitsandbytes") from None
-    attacked = _copy(model, "quantization")
+    attacked = merged_copy(model)  # an adapter is quantized as deployed: merged into the weight it edits
     for _, layer in quantized_layers(attacked):
         weight = layer.weight.t() if type(layer).__name__ == "Conv1D" else layer.weight  # Conv1D is [in, out]
         if backend == "rtn":
@@ -192,8 +253,9 @@ def quantize(
 def continuation_log_prob(
     model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, prefix_length: int | Tensor | None = None
 ) -> Tensor:
-    """log p_z: the log-probability (nats, float64) that the model continues each sample's prefix with exactly the
-    sample's own continuation, from one teacher-forced forward pass: Σ_{t >= prefix} log p(x_t | x_<t).
+    """log p_z: the log-probability (nats, float64, summed from float32 token log-probabilities) that the model
+    continues each sample's prefix with exactly the sample's own continuation, from one teacher-forced forward pass:
+    Σ_{t >= prefix} log p(x_t | x_<t), with no float copy of the whole logits.
 
     Args:
         input_ids, attention_mask: a right-padded batch, ``Tensor[B, T]``.
@@ -208,11 +270,11 @@ def continuation_log_prob(
     if (prefix < 1).any() or (prefix >= lengths).any():
         raise ValueError("each sample needs a prefix of at least 1 token and a continuation of at least 1")
     with eval_mode(model):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-    log_probs = torch.log_softmax(logits.double(), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    nll, _ = token_nll(logits, next_token_targets(input_ids, attention_mask))  # chunked: no float copy of the logits
     position = torch.arange(1, input_ids.shape[1], device=input_ids.device)  # of the predicted token x_t
     counted = predicted_positions(attention_mask) & (position[None, :] >= prefix[:, None])
-    return (log_probs * counted).sum(1)
+    return -(nll[:, :-1].double() * counted).sum(1)
 
 
 def discovery_probability(log_prob: Tensor, num_samples: int) -> Tensor:
@@ -274,6 +336,7 @@ def recovery_scores(
     relearn_dataloader: Iterable[Mapping[str, Tensor]] | None = None,
     relearn_steps: int = 20,
     relearn_learning_rate: float = 1e-4,
+    attack_batch_size: int = ATTACK_BATCH_SIZE,
     group_size: int = 64,
     quantization_backend: Literal["rtn", "bitsandbytes"] = "rtn",
     num_samples: int = DISCOVERY_SAMPLES,
@@ -283,7 +346,8 @@ def recovery_scores(
 
     The value is g for ``"relearn"``, ``"int8"`` and ``"int4"``, and the (n = ``num_samples``) discovery
     probability of the record's second half for ``"sampling"`` (the model itself, no copy). Relearning needs
-    ``relearn_dataloader`` (default: the datamodule's relearn split in one batch, else its retain split).
+    ``relearn_dataloader`` (default: the datamodule's relearn split in one batch, else its retain split; each step
+    in micro-batches of ``attack_batch_size`` rows).
     """
     attacks = check_recovery_attacks(attacks)
     datamodule.setup()
@@ -294,7 +358,13 @@ def recovery_scores(
         if attack == "relearn":
             if relearn_dataloader is None:
                 relearn_dataloader = relearn_texts_in_one_batch(datamodule)
-            attacked = relearn(model, relearn_dataloader, steps=relearn_steps, learning_rate=relearn_learning_rate)
+            attacked = relearn(
+                model,
+                relearn_dataloader,
+                steps=relearn_steps,
+                learning_rate=relearn_learning_rate,
+                attack_batch_size=attack_batch_size,
+            )
         elif attack in QUANTIZATIONS:
             attacked = quantize(model, QUANTIZATIONS[attack], group_size, quantization_backend)
         else:

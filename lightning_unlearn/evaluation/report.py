@@ -19,14 +19,14 @@ import json
 import os
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lightning_unlearn.evaluation.membership import MEMBERSHIP_ATTACKS
-from lightning_unlearn.evaluation.recovery import DISCOVERY, recovery_scores, recovery_summary
+from lightning_unlearn.evaluation.recovery import DISCOVERY, QUANTIZATIONS, recovery_scores, recovery_summary
 from lightning_unlearn.evaluation.scoring import (
     eval_mode,
     extraction_likelihood,
@@ -38,31 +38,39 @@ from lightning_unlearn.functional.memorization import nll_and_accuracy
 from lightning_unlearn.functional.thresholds import (
     BAND,
     HOLDOUT_THRESHOLDS,
-    benjamini_hochberg,
     bootstrap_interval,
     check_threshold,
-    empirical_p_values,
     holdout_band,
     holdout_threshold,
 )
-from lightning_unlearn.functional.verdict import retrain_verdict
+from lightning_unlearn.functional.verdict import RecordVerdict, discovery_verdict, record_verdict, tail_p_values
 from lightning_unlearn.integrations.huggingface import on_device
+from lightning_unlearn.integrations.peft import is_adapted
 from lightning_unlearn.utilities.deprecation import renamed_argument
 from lightning_unlearn.utilities.extras import require_demo
 from lightning_unlearn.utilities.files import atomic_file, write_text_atomically
 
+#: The row column that holds each attack's score of a forget record ("none": the model as it is).
+ATTACK_COLUMNS = {"none": "g", "relearn": "relearn_g", "int8": "int8_g", "int4": "int4_g", "sampling": "sampling_p"}
+
 
 @dataclass
 class Report:
-    """``rows``: one dict per forget sample; ``summary``: the aggregates (see the module docstring)."""
+    """``rows``: one dict per forget sample; ``summary``: the aggregates (see the module docstring); ``holdout``:
+    the holdout records' scores by row column (``g``, ``nll`` and each attack's :data:`ATTACK_COLUMNS` column),
+    ``{column: {sample_id: value}}``: the control that :func:`attack_verdicts` judges the rows against."""
 
     rows: list[dict[str, Any]]
     summary: dict[str, Any]
+    holdout: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 @torch.no_grad()
-def _measure_split(model: torch.nn.Module, loader: Any, el_n: int | None, verbatim: tuple[int, int] | None) -> dict:
-    """Per-sample g, NLL, attack scores (and EL_n, verbatim) of a scoring loader, keyed by sample_id."""
+def _measure_split(
+    model: torch.nn.Module, loader: Any, texts: Sequence[str], el_n: int | None, verbatim: tuple[int, int] | None
+) -> dict:
+    """Per-sample g, NLL, attack scores (and EL_n, verbatim) of a scoring loader, keyed by sample_id (``texts``: the
+    split's texts by sample_id, for the zlib attack)."""
     device = next(model.parameters()).device
     out: dict[int, dict[str, Any]] = {}
     with eval_mode(model):
@@ -71,7 +79,8 @@ def _measure_split(model: torch.nn.Module, loader: Any, el_n: int | None, verbat
             logits = model(input_ids=ids, attention_mask=mask).logits
             nll, g = nll_and_accuracy(logits, ids, mask)
             columns = {"g": g, "nll": nll}
-            for name, score in membership_scores(logits, ids, mask).items():  # from the same forward pass
+            batch_texts = [texts[i] for i in batch["sample_id"].tolist()]
+            for name, score in membership_scores(logits, ids, mask, batch_texts).items():  # the same forward pass
                 columns[f"{name}_score"] = score
             if el_n is not None:
                 columns[f"el_{el_n}"] = extraction_likelihood(model, ids, mask, n=el_n)
@@ -129,10 +138,14 @@ def memorization_report(
             after each attack, forget and holdout). Relearning uses the relearn split, else the retain split.
         recovery_options: more :func:`~lightning_unlearn.evaluation.recovery.recovery_scores` arguments
             (``relearn_steps``, …).
-        retrain: a model that never saw the forget records (the exact retrain): measured on the forget split with
-            no attack and under each of ``recovery_attacks`` alike, it gives ``summary["retrain_verdict"]``
-            (:func:`retrain_verdicts`) and each row its ``retrain_g``. Without it the verdict is against the holdout
-            only, and ``summary["retrain_verdict"]`` is None.
+        retrain: a model that never saw the forget records (the exact retrain): measured on the forget and holdout
+            splits with no attack and under each of ``recovery_attacks`` alike, it adds to each attack's verdict the
+            KS test against its forget scores and its own records that come back, and to each row its ``retrain_g``.
+
+    With a holdout split, ``summary["verdict"]`` is :func:`attack_verdicts`: under each attack, the forget records
+    that come back (stand out above the holdout scored on the same attacked model) or are over-forgotten, and the g
+    from which a record is found; each row gets its tail ``p_value``, ``flagged`` (back with no attack) and
+    ``over_forgotten``. Without a holdout it is None.
         device: where to measure: ``"auto"`` (the GPU when there is one), a device, or None (where the model is);
             the model goes back where it was after.
     """
@@ -149,8 +162,8 @@ def memorization_report(
         shortest = min(datamodule.split("forget").lengths)
         if verbatim_lengths is None:
             verbatim_lengths = (50, 50) if shortest >= 100 else (shortest // 2, shortest - shortest // 2)
-        forget = _measure_split(model, datamodule.scoring_dataloader("forget"), el_n, verbatim_lengths)
         texts = datamodule.split("forget").texts
+        forget = _measure_split(model, datamodule.scoring_dataloader("forget"), texts, el_n, verbatim_lengths)
         rows = []
         for sample_id in sorted(forget):
             row = {"sample_id": sample_id, "text": texts[sample_id][:80], **forget[sample_id]}
@@ -162,7 +175,13 @@ def memorization_report(
         threshold = check_threshold(threshold, "memorization_report")
         if not has_holdout and isinstance(threshold, str):
             raise ValueError("the report needs a holdout split (unseen texts) or a float threshold")
-        holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), None, None) if has_holdout else {}
+        holdout = (
+            _measure_split(
+                model, datamodule.scoring_dataloader("holdout"), datamodule.split("holdout").texts, None, None
+            )
+            if has_holdout
+            else {}
+        )
         holdout_g = torch.tensor([value["g"] for value in holdout.values()])
         interval = None
         if isinstance(threshold, str):
@@ -192,12 +211,7 @@ def memorization_report(
             q_low, q_high = holdout_band(holdout_g, band_quantiles)
             summary["outliers_holdout_quantiles"] = _outliers(g, q_low, q_high)
             summary["over_forgotten"] = sum(value < q_low for value in g)
-            p_values = empirical_p_values(torch.tensor(g), holdout_g)
-            flagged = benjamini_hochberg(p_values, alpha)
-            for row, p, flag in zip(rows, p_values.tolist(), flagged.tolist(), strict=True):
-                row["p_value"], row["flagged"] = p, flag
             summary["alpha"] = alpha
-            summary["flagged"] = int(flagged.sum())
             summary["holdout_nll"] = statistics.fmean(value["nll"] for value in holdout.values())
             summary["membership_auc"] = {
                 name: membership_auc(
@@ -205,19 +219,27 @@ def memorization_report(
                 )
                 for name in MEMBERSHIP_ATTACKS
             }
+        held = {column: {i: value[column] for i, value in holdout.items()} for column in ("g", "nll")}
         if recovery_attacks:
             attacked = recovery_scores(model, datamodule, recovery_attacks, **(recovery_options or {}))
             for row in rows:
                 for attack, scores in attacked.items():
                     row[ATTACK_COLUMNS[attack]] = scores["forget"][row["sample_id"]]
+            held |= {ATTACK_COLUMNS[attack]: scores.get("holdout", {}) for attack, scores in attacked.items()}
             summary |= recovery_summary(attacked, threshold)
-        summary["retrain_verdict"] = None
+            if any(attack in QUANTIZATIONS for attack in recovery_attacks):
+                summary["quantized_weights"] = "merged (base + adapter)" if is_adapted(model) else "the model's own"
+        report = Report(rows=rows, summary=summary, holdout=held if has_holdout else {})
+        reference = None
         if retrain is not None:
             with on_device(retrain, device):
-                retrain_rows = _forget_scores(retrain, datamodule, recovery_attacks, recovery_options)
+                reference = _attacked_report(retrain, datamodule, recovery_attacks, recovery_options)
+            retrain_g = {row["sample_id"]: row["g"] for row in reference.rows}
             for row in rows:
-                row["retrain_g"] = retrain_rows[row["sample_id"]]["g"]
-            summary["retrain_verdict"] = retrain_verdicts(rows, list(retrain_rows.values()), threshold, alpha)
+                row["retrain_g"] = retrain_g[row["sample_id"]]
+        summary["verdict"] = attack_verdicts(report, alpha, reference) if has_holdout else None
+        if has_holdout:
+            _mark_records(report, summary["verdict"]["none"], alpha)
         if el_n is not None:
             summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
         if datamodule.has_split("retain"):
@@ -226,62 +248,129 @@ def memorization_report(
             if retain_before is not None:
                 summary["retain_g_before"] = statistics.fmean(retain_before.values())
                 summary["collateral"] = sum(retain_before[i] - value > collateral_drop for i, value in retain.items())
-        return Report(rows=rows, summary=summary)
+        return report
 
 
-#: The row column that holds each attack's score of a forget record ("none": the model as it is).
-ATTACK_COLUMNS = {"none": "g", "relearn": "relearn_g", "int8": "int8_g", "int4": "int4_g", "sampling": "sampling_p"}
+def attack_verdicts(report: Report, alpha: float = 0.05, retrain: Report | None = None) -> dict[str, dict[str, Any]]:
+    """The per-record verdict under each attack that the report carries (:data:`ATTACK_COLUMNS`, ``"none"``
+    first): :func:`~lightning_unlearn.functional.verdict.record_verdict` of the forget records' scores against the
+    holdout's under the same attack (no attack: over-forgotten in g or in NLL too), and with ``retrain`` (its
+    report on the same records and attacks) the KS test against its forget scores and its own records that come
+    back. Sampling is judged by the discovery probability itself: a record is back when it is (n, p)-discoverable
+    at p = 0.5, an extraction whatever unseen records do.
 
-
-def retrain_verdicts(
-    rows: Sequence[Mapping[str, Any]], retrain_rows: Sequence[Mapping[str, Any]], threshold: float, alpha: float = 0.05
-) -> dict[str, dict[str, Any]]:
-    """The verdict against the exact retrain under each attack that both row sets carry (:data:`ATTACK_COLUMNS`):
-    per attack, :func:`~lightning_unlearn.functional.verdict.retrain_verdict` of the forget records' scores (g
-    against ``threshold``; for sampling, the discovery probability against p = 0.5), with ``"none"`` first."""
+    Returns:
+        ``{attack: {"back", "back_ids", "over_forgotten", "over_forgotten_ids", "detectable_at", "forget_records",
+        "holdout_records", "passed"}}``, with a retrain also ``"ks", "p_value", "critical_value",
+        "retrain_back"``: counts of records, ids, and the g from which a record is found whatever the others.
+    """
     verdicts = {}
+    ids = [row["sample_id"] for row in report.rows]
     for attack, column in ATTACK_COLUMNS.items():
-        if rows and retrain_rows and column in rows[0] and column in retrain_rows[0]:
-            sampling = attack == "sampling"
-            verdicts[attack] = retrain_verdict(
-                [row[column] for row in rows],
-                [row[column] for row in retrain_rows],
-                DISCOVERY if sampling else threshold,
-                alpha,
-                inclusive=sampling,
+        if not report.rows or column not in report.rows[0] or not report.holdout.get(column):
+            continue
+        scores, unseen = [row[column] for row in report.rows], list(report.holdout[column].values())
+        reference, reference_unseen = None, None
+        if retrain is not None and column in retrain.rows[0]:
+            by_id = {row["sample_id"]: row[column] for row in retrain.rows}
+            reference = [by_id[i] for i in ids]
+            reference_unseen = list(retrain.holdout.get(column, {}).values()) or None
+        if attack == "sampling":
+            verdict = discovery_verdict(scores, DISCOVERY, alpha, reference)
+        else:
+            nll = (
+                ([row["nll"] for row in report.rows], list(report.holdout["nll"].values())) if attack == "none" else ()
             )
+            verdict = record_verdict(
+                scores, unseen, alpha, *nll, retrain_g=reference, retrain_holdout_g=reference_unseen
+            )
+        verdicts[attack] = _verdict_fields(verdict, ids, len(unseen))
     return verdicts
 
 
-def verdict_text(verdicts: dict[str, dict[str, Any]] | None) -> str:
-    """The retrain verdict in lines: per attack, records above the threshold for the model and for the retrain,
-    and the KS test; without a retrain, a line saying the verdict is against the holdout only."""
-    if verdicts is None:
-        return (
-            "verdict against the holdout only: give --retrain (a model trained without these records) to judge "
-            "them against the model that never saw them"
-        )
-    lines = ["against the retrain, under the same attack (like the retrain: KS p >= 0.05):"]
+def _verdict_fields(verdict: RecordVerdict, ids: Sequence[int], holdout_records: int) -> dict[str, Any]:
+    fields = {
+        "back": len(verdict.back),
+        "back_ids": [ids[i] for i in verdict.back],
+        "over_forgotten": len(verdict.over_forgotten),
+        "over_forgotten_ids": [ids[i] for i in verdict.over_forgotten],
+        "detectable_at": verdict.detectable_at,
+        "forget_records": len(ids),
+        "holdout_records": holdout_records,
+        "passed": verdict.passed,
+    }
+    if verdict.ks is not None:
+        fields |= {
+            "ks": verdict.ks.statistic,
+            "p_value": verdict.ks.p_value,
+            "critical_value": verdict.ks.critical_value,
+            "retrain_back": len(verdict.retrain_back or []),
+        }
+    return fields
+
+
+def _mark_records(report: Report, verdict: Mapping[str, Any], alpha: float) -> None:
+    """Each row's tail p-value against the holdout (no attack), whether it is ``flagged`` (back: stands out above
+    the unseen records) or ``over_forgotten`` (stands out below them, in g or NLL), and the summary's counts."""
+    holdout_g = torch.tensor(list(report.holdout["g"].values()))
+    p_values = tail_p_values(torch.tensor([row["g"] for row in report.rows]), holdout_g)
+    back, low = set(verdict["back_ids"]), set(verdict["over_forgotten_ids"])
+    for row, p in zip(report.rows, p_values.tolist(), strict=True):
+        row["p_value"], row["flagged"], row["over_forgotten"] = p, row["sample_id"] in back, row["sample_id"] in low
+    report.summary["flagged"] = len(back)
+    report.summary["over_forgotten_records"] = len(low)
+    report.summary["detectable_at"] = verdict["detectable_at"]
+
+
+def verdict_text(verdicts: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """The verdict in lines: per attack, the forget records that come back (stand out above the holdout under the
+    same attack), the over-forgotten ones, the g from which a record is found, and with a retrain the KS test and
+    the retrain's own records back; without a holdout, a line saying there is nothing to judge against."""
+    if not verdicts:
+        return "no verdict: give holdout records (unseen texts of the same kind) to judge each record against"
+    first = next(iter(verdicts.values()))
+    lines = [
+        f"verdict per record, against {first['holdout_records']} holdout records under the same attack "
+        f"(Benjamini–Hochberg over {first['forget_records']} records):"
+    ]
     for attack, v in verdicts.items():
-        alike = "like the retrain" if v["indistinguishable"] else "DIFFERS from the retrain"
+        found = (
+            "p ≥ 0.5 discoverable" if attack == "sampling" else f"any record at g ≥ {v['detectable_at']:.3f} is found"
+        )
+        line = f"  {attack}: {'passed' if v['passed'] else 'FAILED'}: {v['back']} back"
+        line += f" ({', '.join(map(str, v['back_ids']))})" if v["back"] else ""
+        line += f", {v['over_forgotten']} over-forgotten; {found}"
+        if "ks" in v:
+            line += (
+                f"; against the retrain: KS {v['ks']:.3f} (critical {v['critical_value']:.3f}), p {v['p_value']:.3g}"
+                f", retrain's own back {v['retrain_back']}"
+            )
+        lines.append(line)
+    over = max(v["over_forgotten"] for v in verdicts.values())
+    if over:
         lines.append(
-            f"  {attack}: {v['above']} above (retrain {v['retrain_above']}); KS {v['ks']:.3f} (critical "
-            f"{v['critical_value']:.3f}), p {v['p_value']:.3g}: {alike}"
+            f"  {over} record(s) stand out *below* unseen records (in g or NLL): over-forgotten, and as detectable "
+            "by a membership attack as memorized ones"
         )
     return "\n".join(lines)
 
 
-def _forget_scores(
+def _attacked_report(
     model: torch.nn.Module, datamodule: Any, attacks: Sequence[str], options: Mapping[str, Any] | None
-) -> dict[int, dict[str, float]]:
-    """Each forget record's g and, under each of recovery ``attacks``, its :data:`ATTACK_COLUMNS` score, by id."""
-    scores = {i: {"g": g} for i, g in score_memorization(model, datamodule.scoring_dataloader("forget")).items()}
+) -> Report:
+    """A bare report of ``model`` for the verdict's retrain side: each forget record's g and :data:`ATTACK_COLUMNS`
+    score under each of recovery ``attacks`` (rows in sample_id order), and the holdout's alike."""
+    splits = ("forget", "holdout") if datamodule.has_split("holdout") else ("forget",)
+    scores = {split: score_memorization(model, datamodule.scoring_dataloader(split)) for split in splits}
+    rows = [{"sample_id": i, "g": g} for i, g in sorted(scores["forget"].items())]
+    holdout = {"g": scores.get("holdout", {})}
     if attacks:
-        attacked = recovery_scores(model, datamodule, attacks, splits=("forget",), **(options or {}))
-        for attack, splits in attacked.items():
-            for sample_id, value in splits["forget"].items():
-                scores[sample_id][ATTACK_COLUMNS[attack]] = value
-    return scores
+        attacked = recovery_scores(model, datamodule, attacks, splits=splits, **(options or {}))
+        for attack, by_split in attacked.items():
+            for row in rows:
+                row[ATTACK_COLUMNS[attack]] = by_split["forget"][row["sample_id"]]
+            holdout[ATTACK_COLUMNS[attack]] = by_split.get("holdout", {})
+    return Report(rows=rows, summary={}, holdout=holdout)
 
 
 def _outliers(g: Sequence[float], lower: float, upper: float) -> dict[str, float]:

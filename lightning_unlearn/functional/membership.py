@@ -11,19 +11,20 @@ import zlib
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_unlearn.functional.memorization import predicted_positions
+from lightning_unlearn.functional.memorization import next_token_targets, predicted_positions, token_nll
 
 
 def log_probs_from_logits(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
     """log p(x_t | x_<t) for t = 1..T-1 (``Tensor[B, T-1]``, float32) from a forward pass's logits
-    (``Tensor[B, T, V]``), and which of them are real tokens (bool)."""
+    (``Tensor[B, T, V]``), and which of them are real tokens (bool).
+
+    Through :func:`~lightning_unlearn.functional.memorization.token_nll`: no float32 or float64 copy of the whole
+    logits is made (half-precision logits go through in float32 chunks), so it fits wherever the logits do."""
     counted = predicted_positions(attention_mask)
-    logits = logits[:, :-1].float()
-    log_probs = -F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
-    return log_probs.masked_fill(~counted, 0.0), counted
+    nll, _ = token_nll(logits, next_token_targets(input_ids, attention_mask))
+    return (-nll[:, :-1].float()).masked_fill(~counted, 0.0), counted
 
 
 def loss_score(log_probs: Tensor, counted: Tensor) -> Tensor:
@@ -31,18 +32,24 @@ def loss_score(log_probs: Tensor, counted: Tensor) -> Tensor:
     return log_probs.sum(1) / counted.sum(1)
 
 
-def zlib_score(
-    log_probs: Tensor, input_ids: Tensor, attention_mask: Tensor, texts: Sequence[str] | None = None
-) -> Tensor:
-    """The zlib attack's score from token log-probabilities: total log-probability over the zlib-compressed length
-    in bytes of ``texts`` (UTF-8) when given, else of the token ids (4 bytes each), ``Tensor[B]``."""
-    if texts is None:
-        lengths = attention_mask.sum(1).tolist()
-        blobs = [input_ids[row, :n].to(torch.int32).cpu().numpy().tobytes() for row, n in enumerate(lengths)]
-    else:
-        blobs = [text.encode("utf-8") for text in texts]
-    compressed = torch.tensor([len(zlib.compress(blob)) for blob in blobs], dtype=torch.float32)
-    return log_probs.sum(1) / compressed.to(log_probs.device)
+def zlib_sizes(texts: Sequence[str]) -> Tensor:
+    """The zlib-compressed size in bytes of each text's UTF-8 encoding (Carlini et al. 2021's zlib entropy),
+    ``Tensor[B]`` (float32).
+
+    Example:
+        >>> zlib_sizes(["aaaaaaaaaaaaaaaa", "abc"])
+        tensor([11., 11.])
+    """
+    return torch.tensor([len(zlib.compress(text.encode("utf-8"))) for text in texts], dtype=torch.float32)
+
+
+def zlib_score(log_probs: Tensor, counted: Tensor, texts: Sequence[str]) -> Tensor:
+    """The zlib attack's score as Carlini et al. (2021) and open-unlearning define it: the mean token NLL (log
+    perplexity, nats) over the zlib-compressed size in bytes of the UTF-8 text, negated so that higher means member:
+    −NLL_mean(x) / zlib(x), ``Tensor[B]``."""
+    if len(texts) != len(log_probs):
+        raise ValueError(f"zlib_score needs one text per sample, got {len(texts)} texts for {len(log_probs)} samples")
+    return loss_score(log_probs, counted) / zlib_sizes(texts).to(log_probs.device)
 
 
 def min_k_score(log_probs: Tensor, counted: Tensor, k: float = 0.2) -> Tensor:
@@ -56,14 +63,16 @@ def min_k_score(log_probs: Tensor, counted: Tensor, k: float = 0.2) -> Tensor:
     return (lowest_first * keep).nan_to_num(posinf=0.0).sum(1) / count
 
 
-def membership_scores(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
-    """Every membership attack's score (``Tensor[B]`` each, by name) from one forward pass's logits."""
+def membership_scores(
+    logits: Tensor, input_ids: Tensor, attention_mask: Tensor, texts: Sequence[str] | None = None
+) -> dict[str, Tensor]:
+    """Every membership attack's score (``Tensor[B]`` each, by name) from one forward pass's logits; zlib only with
+    the samples' ``texts`` (its compressed sizes are of the text, not of the tokens)."""
     log_probs, counted = log_probs_from_logits(logits, input_ids, attention_mask)
-    return {
-        "loss": loss_score(log_probs, counted),
-        "zlib": zlib_score(log_probs, input_ids, attention_mask),
-        "min_k": min_k_score(log_probs, counted),
-    }
+    scores = {"loss": loss_score(log_probs, counted), "min_k": min_k_score(log_probs, counted)}
+    if texts is not None:
+        scores["zlib"] = zlib_score(log_probs, counted, texts)
+    return scores
 
 
 def membership_auc(member_scores: Tensor | Sequence[float], nonmember_scores: Tensor | Sequence[float]) -> float:

@@ -86,20 +86,21 @@ def next_token_targets(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 class _Float32CrossEntropy(torch.autograd.Function):
-    """Token NLL (``Tensor[N]``, float32) and, with ``argmax``, the argmax token (``LongTensor[N]``, not
-    differentiable; else empty) of half-precision logits (``Tensor[N, V]``), ``rows`` at a time in float32: no
-    float32 copy of the whole logits, forward or backward (which recomputes each chunk's softmax and writes the
-    gradient in the logits' dtype)."""
+    """Token NLL (``Tensor[N]``, float32; float64 for float64 logits) and, with ``argmax``, the argmax token
+    (``LongTensor[N]``, not differentiable; else empty) of logits (``Tensor[N, V]``), ``rows`` at a time in at
+    least float32: no float32 copy of the whole logits, forward or backward (which recomputes each chunk's softmax
+    and writes the gradient in the logits' dtype)."""
 
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx, logits: Tensor, targets: Tensor, rows: int, argmax: bool
     ) -> tuple[Tensor, Tensor]:
-        nll = torch.empty(len(logits), dtype=torch.float32, device=logits.device)
+        precision = torch.promote_types(logits.dtype, torch.float32)
+        nll = torch.empty(len(logits), dtype=precision, device=logits.device)
         predicted = torch.empty(len(logits) if argmax else 0, dtype=torch.long, device=logits.device)
         for start in range(0, len(logits), rows):
             chunk = slice(start, start + rows)
-            nll[chunk] = F.cross_entropy(logits[chunk].float(), targets[chunk], reduction="none")
+            nll[chunk] = F.cross_entropy(logits[chunk].to(precision), targets[chunk], reduction="none")
             if argmax:
                 predicted[chunk] = logits[chunk].argmax(-1)
         ctx.save_for_backward(logits, targets)
@@ -117,9 +118,9 @@ class _Float32CrossEntropy(torch.autograd.Function):
             chunk = slice(start, start + ctx.rows)
             target = targets[chunk]
             counted = target != IGNORE_INDEX
-            probabilities = logits[chunk].float().softmax(-1)  # d nll / d logits = softmax − one-hot(target)
-            rows = counted.nonzero().flatten()
-            probabilities[rows, target[rows]] -= 1.0
+            probabilities = logits[chunk].to(grad_nll.dtype).softmax(-1)  # d nll / d logits = softmax − one-hot
+            # minus 1 at each counted target, 0 elsewhere: no data-dependent indexing, so no host sync per chunk
+            probabilities.scatter_add_(1, target.clamp_min(0)[:, None], -counted[:, None].to(probabilities.dtype))
             probabilities *= torch.where(counted, grad_nll[chunk], 0.0)[:, None]  # ignored: 0, even under a NaN
             grad[chunk] = probabilities
         return grad, None, None, None
@@ -131,12 +132,14 @@ def token_nll(logits: Tensor, targets: Tensor, argmax: bool = False) -> tuple[Te
     ``Tensor[B, T, V]`` and aligned ``targets`` (:func:`next_token_targets`).
 
     One flattened cross-entropy, as a model's own loss computes it, with float32 accumulation (float64 for float64
-    logits). Half-precision logits go through in float32 chunks of about ``CHUNK_ELEMENTS`` logits (the rows per
-    chunk follow from the vocabulary), which yield the NLL and the argmax in one pass over them.
+    logits). Half-precision logits, and any logits that need no gradient (scoring), go through in chunks of about
+    ``CHUNK_ELEMENTS`` logits (the rows per chunk follow from the vocabulary), which yield the NLL and the argmax in
+    one pass over them: cross-entropy's log-softmax never holds a float32 tensor of the logits' size.
     """
     batch, width, vocabulary = logits.shape
     flat, flat_targets = logits.reshape(batch * width, vocabulary), targets.reshape(-1)
-    if logits.dtype in (torch.float32, torch.float64):
+    needs_graph = torch.is_grad_enabled() and logits.requires_grad
+    if logits.dtype in (torch.float32, torch.float64) and needs_graph:
         nll = F.cross_entropy(flat, flat_targets, reduction="none")
         return nll.view(batch, width), logits.detach().argmax(-1) if argmax else None
     rows = max(1, CHUNK_ELEMENTS // vocabulary)

@@ -17,19 +17,20 @@ class NPO(UnlearningModule):
     """NPO: per forget sample, (2/β) · log(1 + (π_θ(x) / π_ref(x))^β), π the sequence likelihood.
 
     π_ref(x) is one number per forget sample: every process scores its share of the forget set with the model as
-    it is when training starts, the shares are gathered, and the result (``reference_log_likelihood``,
+    it is when training starts, under the training's precision (autocast under mixed precision, so that
+    log π_θ − log π_ref = 0 at the first step), the shares are gathered, and the result (``reference_log_likelihood``,
     ``Tensor[N]`` of log π_ref in nats, by ``sample_id``) is kept with the checkpoint. No second model is kept.
     Per-sample selection and the per-sample stop rule come from
     :func:`~lightning_unlearn.callbacks.per_sample_control`; a retain term from ``retain_loss=``.
 
     Args:
-        beta: β > 0. The paper's 0.1 stalls on records of a few hundred tokens: log π is a sum over tokens, so
-            β · (log π_θ − log π_ref) saturates the loss early; 0.01 meets the rule on the testbed.
-        learning_rate: Adam's (1e-4 meets the rule on the testbed, with β = 0.01).
+        beta: β > 0 (Zhang et al. 2024 and open-unlearning: 0.1; a smaller β behaves like gradient ascent for
+            longer; the testbed's settings use 0.01, :data:`~lightning_unlearn.testbed.settings.TESTBED_SETTINGS`).
+        learning_rate: Adam's (Zhang et al. 2024 and open-unlearning's NPO on TOFU: 1e-5).
         **kwargs: :class:`UnlearningModule` arguments.
     """
 
-    def __init__(self, model: Any, beta: float = 0.01, learning_rate: float = 1e-4, **kwargs: Any) -> None:
+    def __init__(self, model: Any, beta: float = 0.1, learning_rate: float = 1e-5, **kwargs: Any) -> None:
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         super().__init__(model, learning_rate=learning_rate, **kwargs)
@@ -43,9 +44,10 @@ class NPO(UnlearningModule):
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "scoring_dataloader"):
             raise ValueError("NPO scores π_ref of every forget sample at the start: fit with an UnlearningDataModule")
-        ids, values = score_on_all_ranks(
-            self.model, datamodule.scoring_dataloader("forget"), self.trainer.strategy, measure=score_log_likelihood
-        )
+        with self.trainer.precision_plugin.forward_context():  # as the training forward runs: log π_θ = log π_ref
+            ids, values = score_on_all_ranks(
+                self.model, datamodule.scoring_dataloader("forget"), self.trainer.strategy, measure=score_log_likelihood
+            )
         reference = torch.full((int(ids.max()) + 1,), float("nan"), dtype=torch.float32)
         reference[ids] = values
         self.reference_log_likelihood = reference

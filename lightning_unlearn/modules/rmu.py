@@ -40,6 +40,10 @@ def layer_output(layer: torch.nn.Module) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
+#: The layer whose output the authors steer (Li et al. 2024's code: ``--layer_id 7``, layers 5–7 trained).
+AUTHORS_LAYER = 7
+
+
 class RMU(UnlearningModule):
     """RMU (Li et al. 2024, eq. 1–3): on forget records, push the output of decoder layer ℓ towards a fixed random
     direction c·u (u uniform in [0, 1)^D, normalized, drawn once from ``seed``); on retain records, keep it equal to
@@ -53,8 +57,8 @@ class RMU(UnlearningModule):
     is averaged over each record's tokens, then records are weighted, instead of averaged over the batch's tokens.
 
     Args:
-        layer: ℓ, the decoder layer (0-based) whose output is steered (default: a quarter of the depth, as the
-            paper's layer 7 of 32).
+        layer: ℓ, the decoder layer (0-based) whose output is steered (default: the authors' 7, from Li et al.'s
+            ``--layer_id 7`` on Zephyr-7B; the last layer of a shallower model).
         steering_coefficient: c, the norm of the target (the paper: 6.5 on Zephyr-7B; scale it to the norm of
             layer ℓ's activations, which differs by model).
         trained_layers: how many layers up to ℓ train their MLPs (the paper: 3); None trains every parameter.
@@ -97,7 +101,7 @@ class RMU(UnlearningModule):
     def steered_layer(self) -> torch.nn.Module:
         """Decoder layer ℓ."""
         layers = decoder_layers(self.model)
-        index = len(layers) // 4 if self.layer is None else self.layer
+        index = min(AUTHORS_LAYER, len(layers) - 1) if self.layer is None else self.layer
         if not 0 <= index < len(layers):
             raise ValueError(f"layer must be in [0, {len(layers)}), got {index}")
         return layers[index]

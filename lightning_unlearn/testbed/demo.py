@@ -14,10 +14,11 @@ holdout's 0.95 quantile of g.
 Every model is also attacked (:mod:`lightning_unlearn.evaluation.recovery`, each on a copy): 20 Adam steps (lr 1e-4)
 of relearning on the retain records, int8 and int4 round-to-nearest, and (100, 0.5)-discoverable sampling. The
 exact-retrain reference (the testbed trained without the forget records) is measured the same way, and each method is
-judged against it under the same attack (:func:`~lightning_unlearn.evaluation.report.retrain_verdicts`: records above
-the threshold for each, and a two-sample KS test of their forget g). Relearning-aware methods (``sga-kl-ra``) simulate
-their attacks on fresh records of the same kind (``Testbed.relearn_records``), never on the retain records that the
-relearning attack uses.
+judged against it under the same attack (:func:`retrain_ks`: records above the threshold for each, and a two-sample
+KS test of their forget g); each model's own per-record verdict against the holdout under each attack is in its
+summary (``verdict``, :func:`~lightning_unlearn.evaluation.report.attack_verdicts`). Relearning-aware methods
+(``sga-kl-ra``) simulate their attacks on fresh records of the same kind (``Testbed.relearn_records``), never on the
+retain records that the relearning attack uses.
 """
 
 from __future__ import annotations
@@ -44,13 +45,12 @@ from transformers import PreTrainedModel
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, UnlearningProgress
 from lightning_unlearn.data import UnlearningDataModule
 from lightning_unlearn.evaluation.membership import NeighbourhoodAttack
-from lightning_unlearn.evaluation.recovery import RECOVERY_ATTACKS
+from lightning_unlearn.evaluation.recovery import DISCOVERY, RECOVERY_ATTACKS
 from lightning_unlearn.evaluation.report import (
     ATTACK_COLUMNS,
     Report,
     memorization_report,
     plot_histograms,
-    retrain_verdicts,
 )
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.evaluation.utility import evaluate_utility, require_lm_eval, write_record_tasks
@@ -58,6 +58,7 @@ from lightning_unlearn.functional.membership import membership_auc
 from lightning_unlearn.functional.verdict import retrain_verdict
 from lightning_unlearn.methods import METHODS
 from lightning_unlearn.testbed.build import Testbed, build_testbed
+from lightning_unlearn.testbed.settings import testbed_method
 from lightning_unlearn.utilities.extras import require_demo
 from lightning_unlearn.utilities.files import atomic_file, write_text_atomically
 
@@ -220,7 +221,7 @@ def run_demo(
     for name in methods:
         method = METHODS[name]
         L.seed_everything(seed, verbose=False)
-        module = method.make(copy.deepcopy(original))
+        module = testbed_method(name)(copy.deepcopy(original))
         with _quiet():
             shown = UnlearningProgress(name, progress, total=max_steps)
             trainer = quiet_trainer(max_steps, [*method.callbacks(), shown], accelerator, precision)
@@ -244,7 +245,7 @@ def run_demo(
     if retrain:
         for name, row in rows.items():
             row["retrain_distance"] = _distance(reports[name].rows, reports["retrain"].rows)
-            verdicts = retrain_verdicts(reports[name].rows, reports["retrain"].rows, threshold)
+            verdicts = retrain_ks(reports[name].rows, reports["retrain"].rows, threshold)
             row["retrain_verdict"] = verdicts
             row["like_retrain"] = f"{sum(v['indistinguishable'] for v in verdicts.values())}/{len(verdicts)}"
     result = {
@@ -486,6 +487,27 @@ def plot_tradeoff(rows: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
     with atomic_file(path) as temporary:
         figure.savefig(temporary, dpi=110)
     return Path(path)
+
+
+def retrain_ks(
+    rows: Sequence[Mapping[str, Any]], retrain_rows: Sequence[Mapping[str, Any]], threshold: float, alpha: float = 0.05
+) -> dict[str, dict[str, Any]]:
+    """The distribution-level comparison with the exact retrain under each attack that both row sets carry
+    (:data:`~lightning_unlearn.evaluation.report.ATTACK_COLUMNS`, ``"none"`` first): per attack,
+    :func:`~lightning_unlearn.functional.verdict.retrain_verdict` of the forget records' scores (g against
+    ``threshold``; for sampling, the discovery probability against p = 0.5)."""
+    verdicts = {}
+    for attack, column in ATTACK_COLUMNS.items():
+        if rows and retrain_rows and column in rows[0] and column in retrain_rows[0]:
+            sampling = attack == "sampling"
+            verdicts[attack] = retrain_verdict(
+                [row[column] for row in rows],
+                [row[column] for row in retrain_rows],
+                DISCOVERY if sampling else threshold,
+                alpha,
+                inclusive=sampling,
+            )
+    return verdicts
 
 
 def plot_verdict(

@@ -55,14 +55,17 @@ def test_token_log_probs_and_loss_attack():
     assert loss_attack(fixed_model(), IDS, MASK).tolist() == pytest.approx(expected)
 
 
-def test_zlib_attack_divides_log_likelihood_by_compressed_length():
-    total = [math.log(0.5) * 2 + math.log(0.25) + math.log(0.125), 2 * math.log(0.5)]
+def test_zlib_attack_is_carlini_et_als_log_perplexity_over_zlib_entropy():
+    """Carlini et al. (2021), extraction.py: ``np.log(perplexity) / len(zlib.compress(bytes(text, "utf-8")))``,
+    ranked low-first; ours is negated (higher = member)."""
     texts = ["alpha beta gamma", "aaaaaaaaaaaaaaaaaaaaaaaa"]
-    expected = [total[i] / len(zlib.compress(texts[i].encode())) for i in range(2)]
-    assert zlib_attack(fixed_model(), IDS, MASK, texts=texts).tolist() == pytest.approx(expected)
-    ids_bytes = [IDS[0].to(torch.int32).numpy().tobytes(), IDS[1, :3].to(torch.int32).numpy().tobytes()]
-    expected = [total[i] / len(zlib.compress(ids_bytes[i])) for i in range(2)]
-    assert zlib_attack(fixed_model(), IDS, MASK).tolist() == pytest.approx(expected)
+    token_probs = [[0.5, 0.25, 0.125, 0.5], [0.5, 0.5]]
+    for row, (text, probs) in enumerate(zip(texts, token_probs, strict=True)):
+        perplexity = math.exp(-sum(math.log(p) for p in probs) / len(probs))
+        carlini = math.log(perplexity) / len(zlib.compress(bytes(text, "utf-8")))
+        assert zlib_attack(fixed_model(), IDS, MASK, texts=texts)[row].item() == pytest.approx(-carlini, rel=1e-6)
+    with pytest.raises(ValueError, match="one text per sample"):
+        zlib_attack(fixed_model(), IDS, MASK, texts=texts[:1])
 
 
 def test_min_k_attack_averages_the_lowest_log_probs():

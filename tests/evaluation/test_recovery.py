@@ -20,6 +20,7 @@ from lightning_unlearn.evaluation.recovery import (
     sample_extraction,
 )
 from lightning_unlearn.evaluation.scoring import score_memorization, verbatim_extraction
+from lightning_unlearn.functional.memorization import sequence_nll
 from tests.conftest import lora, unlearning_data
 
 
@@ -183,21 +184,88 @@ def test_attacked_scores_and_their_summary_count_what_rose_above_the_level(small
         recovery_scores(tb.model, unlearning_data(tb, retain=None), attacks=("relearn",))
 
 
-def test_an_adapted_model_is_attacked_as_it_is(small_testbed):
-    """A LoRA-adapted model (as a module holds it mid-run): quantization rounds its linear weights, relearning
-    fine-tunes every weight of the copy; asking for a second adapter is refused with what to do."""
+def test_an_adapted_model_is_attacked_as_it_is_deployed(small_testbed):
+    """A LoRA-adapted model (as a module holds it mid-run): quantization rounds its *merged* weights (the edit B·A
+    meets the base weight's bins), equal to quantizing the merged model; relearning trains the adapter by default
+    and every merged weight on request; a fresh attacker's adapter goes on the merged model."""
     pytest.importorskip("peft")
     from lightning_unlearn.integrations.peft import add_adapter
 
     adapted = add_adapter(copy.deepcopy(small_testbed.model), lora())
+    with torch.no_grad():  # an unlearning edit: B != 0
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.05)
     before = state(adapted)
     loader = unlearning_data(small_testbed).scoring_dataloader("retain", batch_size=8)
-    quantized, relearned = quantize(adapted, bits=4), relearn(adapted, loader, steps=2, learning_rate=1e-3)
+    quantized = quantize(adapted, bits=4)
+    merged = copy.deepcopy(adapted).merge_and_unload()
+    expected = quantize(merged, bits=4)
+    assert not any("lora" in name for name, _ in quantized.named_parameters())
+    for (name, got), (_, want) in zip(quantized.named_parameters(), expected.named_parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+    relearned = relearn(adapted, loader, steps=2, learning_rate=1e-3)
     assert unchanged(adapted, before)
-    base = {n: p for n, p in relearned.named_parameters() if "base_layer" in n}
-    assert any(not torch.equal(p, before[n]) for n, p in base.items())  # the attacker trains the base too
-    ids = torch.arange(1, 20)[None]
-    with torch.no_grad():
-        assert torch.isfinite(quantized(input_ids=ids).logits).all()
-    with pytest.raises(ValueError, match="merge it"):
-        relearn(adapted, loader, steps=1, peft=lora())
+    moved = {n for n, p in relearned.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all("lora_" in n for n in moved)  # the adapter alone: the cheapest route
+    everything = relearn(adapted, loader, steps=2, learning_rate=1e-3, trained="all")
+    assert not any("lora" in name for name, _ in everything.named_parameters())
+    assert any(not torch.equal(p, merged.state_dict()[n]) for n, p in everything.named_parameters())
+    fresh = relearn(adapted, loader, steps=1, peft=lora())
+    assert sum("lora_A" in name for name, _ in fresh.named_parameters()) == sum(
+        "lora_A" in name for name, _ in adapted.named_parameters()
+    )  # one adapter, on the merged weights
+    with pytest.raises(ValueError, match="needs an adapted model"):
+        relearn(small_testbed.model, loader, steps=1, trained="adapter")
+
+
+def test_relearning_in_micro_batches_is_the_one_batch_step(small_testbed):
+    """The gradient accumulated over micro-batches is the whole batch's: the same weights to float tolerance (Adam
+    turns a gradient of about 0 into a step of ±lr whatever its rounding, so a few such weights may differ)."""
+    loader = unlearning_data(small_testbed).scoring_dataloader("retain", batch_size=len(small_testbed.retain))
+    rows = len(small_testbed.retain)
+    whole = relearn(small_testbed.model, loader, steps=3, learning_rate=1e-3, attack_batch_size=rows)
+    micro = relearn(small_testbed.model, loader, steps=3, learning_rate=1e-3, attack_batch_size=3)
+    a = torch.cat([p.flatten() for p in whole.parameters()])
+    b = torch.cat([p.flatten() for p in micro.parameters()])
+    assert ((a - b).abs() > 1e-5).float().mean() < 0.005
+    assert (a - b).abs().max() <= 6e-3 + 1e-5  # at most 2·lr per step apart
+
+
+def test_relearning_a_bf16_model_trains_float32_master_weights(small_testbed):
+    """Adam at lr 5e-5 moves a bf16 weight of 0.02 by less than half its spacing: without float32 masters most
+    weights would never change and the attack would be weaker than a real attacker's."""
+    model = copy.deepcopy(small_testbed.model).to(torch.bfloat16)
+    loader = unlearning_data(small_testbed).scoring_dataloader("retain", batch_size=len(small_testbed.retain))
+    relearned = relearn(model, loader, steps=10, learning_rate=5e-5)
+    reference = relearn(model.float(), loader, steps=10, learning_rate=5e-5)
+    weight = "transformer.h.0.mlp.c_fc.weight"
+    start = model.state_dict()[weight].to(torch.bfloat16)
+    got = relearned.state_dict()[weight]
+    assert got.dtype == torch.bfloat16
+    assert (got != start).float().mean() > 0.8  # plain bf16 Adam leaves most of them as they were
+    agree = (got == reference.state_dict()[weight].to(torch.bfloat16)).float().mean()
+    assert agree > 0.9  # the float32 run, rounded once at the end
+
+
+def test_relearning_peak_is_the_copy_its_optimizer_and_one_micro_batch(small_testbed):
+    """Peak bytes of the attack: the copy, Adam's two moments of what trains, and the longest micro-batch's forward
+    and backward (with its gradients), within 10%, whether the attacker's batches hold 4 records or all 16."""
+    from benchmarks.peak_memory import PeakTensorMemory
+
+    model = small_testbed.model
+    data = unlearning_data(small_testbed)
+    rows, count = 4, len(small_testbed.retain)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    with PeakTensorMemory() as duplicate:
+        probe = copy.deepcopy(model).requires_grad_(True)
+    longest = max(data.scoring_dataloader("retain", batch_size=rows), key=lambda batch: batch["input_ids"].shape[1])
+    with PeakTensorMemory() as one:
+        ids, mask = longest["input_ids"], longest["attention_mask"]
+        sequence_nll(probe(input_ids=ids, attention_mask=mask).logits, ids, mask).sum().backward()
+    expected = duplicate.peak + 2 * weights + one.peak
+    for batch_size, steps in ((rows, count // rows), (count, 2)):  # every micro-batch is trained on in both
+        loader = data.scoring_dataloader("retain", batch_size=batch_size)
+        with PeakTensorMemory() as attack:
+            relearn(model, loader, steps=steps, learning_rate=1e-4, attack_batch_size=rows)
+        assert attack.peak == pytest.approx(expected, rel=0.10), batch_size

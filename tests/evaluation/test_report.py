@@ -15,7 +15,8 @@ import torch
 from lightning_unlearn import UnlearningDataModule
 from lightning_unlearn.evaluation.report import memorization_report, plot_histograms, write_report
 from lightning_unlearn.evaluation.scoring import score_memorization
-from lightning_unlearn.functional.thresholds import benjamini_hochberg, holdout_band, holdout_threshold
+from lightning_unlearn.functional.thresholds import holdout_band, holdout_threshold
+from lightning_unlearn.functional.verdict import stands_out, tail_p_values
 from lightning_unlearn.metrics import MemorizationOutliers
 from lightning_unlearn.testbed.demo import plot_tradeoff
 from tests.conftest import unlearning_data
@@ -82,10 +83,12 @@ def test_each_record_is_tested_against_the_holdout(report, small_testbed):
     tb = small_testbed
     holdout = score_memorization(tb.model, unlearning_data(tb).scoring_dataloader("holdout"))
     h = list(holdout.values())
-    for row in report.rows:
-        assert row["p_value"] == pytest.approx((1 + sum(v >= row["g"] for v in h)) / (1 + len(h)))
-    expected = benjamini_hochberg(torch.tensor([row["p_value"] for row in report.rows]), 0.05)
+    g = torch.tensor([row["g"] for row in report.rows])
+    assert [row["p_value"] for row in report.rows] == pytest.approx(tail_p_values(g, torch.tensor(h)).tolist())
+    expected = stands_out(g, torch.tensor(h))
     assert [row["flagged"] for row in report.rows] == expected.tolist()
+    memorized = [row["flagged"] for row, d in zip(report.rows, tb.duplicates, strict=True) if d >= 16]
+    assert memorized and all(memorized)  # far above 16 unseen records: found, where empirical p-values cannot
     s = report.summary
     q_low, q_high = holdout_band(torch.tensor(h))
     assert s["outliers_holdout_quantiles"]["lower"] == pytest.approx(q_low)
@@ -139,9 +142,12 @@ def test_tradeoff_plot_is_a_png(tmp_path):
     assert image.ndim == 3 and image.shape[1] > image.shape[0] > 100
 
 
-def test_the_report_judges_the_forget_records_against_the_retrain_under_each_attack(small_testbed, small_retrain):
-    """With a retrain, per attack (none and each recovery attack, run on both models alike): the records above the
-    threshold for each model and the KS test of their forget g; without one, no verdict (against the holdout only)."""
+def test_the_report_judges_each_record_against_the_holdout_and_the_retrain_under_each_attack(
+    small_testbed, small_retrain
+):
+    """Per attack (none and each recovery attack, run on both models alike): the forget records that stand out
+    above the holdout scored on the same attacked model, and with a retrain the KS test of the forget g against its
+    forget g and its own records back; without a holdout, no verdict."""
     from lightning_unlearn.evaluation.report import verdict_text
     from lightning_unlearn.evaluation.scoring import score_memorization
     from lightning_unlearn.functional.verdict import ks_test
@@ -150,16 +156,21 @@ def test_the_report_judges_the_forget_records_against_the_retrain_under_each_att
     report = memorization_report(
         small_testbed.model, data, el_n=None, recovery_attacks=("int4",), retrain=small_retrain.model
     )
-    verdict, threshold = report.summary["retrain_verdict"], report.summary["threshold"]
-    assert set(verdict) == {"none", "int4"}
+    verdict = report.summary["verdict"]
+    assert list(verdict) == ["none", "int4"]
     retrain_g = score_memorization(small_retrain.model, data.scoring_dataloader("forget"))
     assert [row["retrain_g"] for row in report.rows] == pytest.approx([retrain_g[r["sample_id"]] for r in report.rows])
-    assert verdict["none"]["retrain_above"] == sum(g > threshold for g in retrain_g.values())
-    assert verdict["none"]["above"] == report.summary["above_threshold"]
+    flagged = [row["sample_id"] for row in report.rows if row["flagged"]]
+    assert verdict["none"]["back_ids"] == flagged and verdict["none"]["back"] == report.summary["flagged"] > 0
+    holdout_int4 = torch.tensor(list(report.holdout["int4_g"].values()))
+    int4 = stands_out(torch.tensor([row["int4_g"] for row in report.rows]), holdout_int4)
+    assert verdict["int4"]["back"] == int(int4.sum()) and not verdict["int4"]["passed"]
     expected = ks_test([row["g"] for row in report.rows], list(retrain_g.values()))
     assert verdict["none"]["ks"] == expected.statistic and verdict["none"]["p_value"] == expected.p_value
-    assert not verdict["none"]["indistinguishable"]  # the original model memorized them: far from the retrain
-    assert verdict["int4"]["above"] == report.summary["int4_above"]
-    assert "DIFFERS from the retrain" in verdict_text(verdict)
-    plain = memorization_report(small_testbed.model, data, el_n=None)
-    assert plain.summary["retrain_verdict"] is None and "against the holdout only" in verdict_text(None)
+    assert not verdict["none"]["passed"]  # the original model memorized them
+    assert verdict["none"]["retrain_back"] == 0  # the control is sound: the retrain never saw them
+    assert verdict["none"]["holdout_records"] == len(small_testbed.holdout)
+    text = verdict_text(verdict)
+    assert "none: FAILED" in text and "is found" in text and "against the retrain: KS" in text
+    plain = memorization_report(small_testbed.model, unlearning_data(small_testbed, holdout=None), threshold=0.5)
+    assert plain.summary["verdict"] is None and "no verdict" in verdict_text(None)

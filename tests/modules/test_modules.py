@@ -29,7 +29,7 @@ from lightning_unlearn.callbacks import (
     per_sample_control,
 )
 from lightning_unlearn.evaluation.scoring import score_log_likelihood, score_memorization
-from lightning_unlearn.functional.memorization import sequence_nll
+from lightning_unlearn.functional.memorization import sequence_log_likelihood, sequence_nll
 from lightning_unlearn.functional.thresholds import holdout_threshold
 from lightning_unlearn.modules.reference import ReferenceWeights
 from tests.conftest import assert_close_scaled, find, make_tokenizer, make_trainer, unlearning_data
@@ -279,6 +279,27 @@ def test_npo_scores_its_reference_once_and_forgets_every_record(small_testbed):
     assert stopping.stopped_step is not None and max(final.values()) <= stopping.threshold_value
     assert module.reference_log_likelihood.tolist() == pytest.approx([expected[i] for i in range(len(tb.forget))])
     assert any(isinstance(cb, SelectiveAscent) for cb in trainer.callbacks)
+
+
+class FirstStepRatio(NPO):
+    """NPO that keeps log π_θ(x) − log π_ref(x) of its first training step."""
+
+    first: torch.Tensor | None = None
+
+    def forget_loss(self, batch, logits, nll):
+        if self.first is None:
+            own = sequence_log_likelihood(nll.detach().float(), batch["attention_mask"])
+            self.first = own - self.reference_log_likelihood[batch["sample_id"].cpu()].to(own.device)
+        return super().forget_loss(batch, logits, nll)
+
+
+def test_npo_scores_its_reference_under_the_training_autocast(small_testbed):
+    """Under bf16-mixed (the GPU default) π_ref is scored as the training forward runs, in autocast: at the first
+    step log π_θ − log π_ref is 0 for every record (scored in float32 it was off by the bf16 rounding of the logits)."""
+    module = FirstStepRatio(copy.deepcopy(small_testbed.model))
+    trainer = make_trainer(max_steps=1, precision="bf16-mixed", callbacks=per_sample_control())
+    trainer.fit(module, unlearning_data(small_testbed))
+    assert module.first is not None and module.first.abs().max().item() <= 1e-3
 
 
 @pytest.mark.parametrize(("method", "beta"), [(NPO, 0.02), (SimNPO, 1.0)])
