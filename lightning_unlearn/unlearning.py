@@ -118,9 +118,9 @@ def unlearn(
             resumes from the last complete one, says so, and ends where an uninterrupted run ends.
         checkpoint_every: optimizer steps between checkpoints.
         retrain: a model that never saw the forget texts (the exact retrain, or any model trained without them;
-            instance, hub id or folder): the result is judged against it with no attack and under each of
-            ``recovery_attacks`` (``unlearning.json``'s ``retrain_verdict``: records above the threshold for each,
-            and a two-sample KS test of their forget g). Without it the verdict is against the holdout only.
+            instance, hub id or folder): each attack's verdict (``unlearning.json``'s ``verdict``: the records
+            that come back against the holdout under the same attack) adds a two-sample KS test of the forget g
+            against the retrain's and the retrain's own records back. Without it the verdict is per record only.
         recovery_attacks: names from :data:`~lightning_unlearn.evaluation.recovery.RECOVERY_ATTACKS` run on the result
             (each on a copy; relearning fine-tunes on the retain texts): records above the threshold after each.
         **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints,

@@ -116,6 +116,11 @@ def memorization_report(
     Without a holdout split, ``threshold`` is required and the holdout band, holdout NLL and attack AUCs
     (which compare against unseen data) are left out.
 
+    With a holdout split, ``summary["verdict"]`` is :func:`attack_verdicts`: under each attack, the forget records
+    that come back (stand out above the holdout scored on the same attacked model) or are over-forgotten, and the g
+    from which a record is found; each row gets its tail ``p_value``, ``flagged`` (back with no attack) and
+    ``over_forgotten``. Without a holdout it is None.
+
     Args:
         el_n: n of EL_n (None skips it: it decodes, so it is the slowest column).
         verbatim_lengths: (prefix, suffix) tokens for verbatim extraction; default: (50, 50), shortened to half
@@ -141,11 +146,6 @@ def memorization_report(
         retrain: a model that never saw the forget records (the exact retrain): measured on the forget and holdout
             splits with no attack and under each of ``recovery_attacks`` alike, it adds to each attack's verdict the
             KS test against its forget scores and its own records that come back, and to each row its ``retrain_g``.
-
-    With a holdout split, ``summary["verdict"]`` is :func:`attack_verdicts`: under each attack, the forget records
-    that come back (stand out above the holdout scored on the same attacked model) or are over-forgotten, and the g
-    from which a record is found; each row gets its tail ``p_value``, ``flagged`` (back with no attack) and
-    ``over_forgotten``. Without a holdout it is None.
         device: where to measure: ``"auto"`` (the GPU when there is one), a device, or None (where the model is);
             the model goes back where it was after.
     """

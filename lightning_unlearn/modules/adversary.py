@@ -212,6 +212,13 @@ class SharpnessAdversary(RelearningAdversary):
             raise ValueError(
                 "sharpness-aware unlearning copies the weights, and ZeRO-3 shards them: use one process or DDP"
             )
+        half = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.element_size() < 4})
+        if half:
+            raise ValueError(
+                f"sharpness-aware unlearning moves the weights by rho along a unit direction, and these are {half[0]}: "
+                "the move rounds away for most of them, and the method would quietly be plain SGA. Train float32 "
+                "weights (precision '32-true', or 'bf16-mixed', which keeps float32 weights)"
+            )
         self.rho = rho
         self.scaler = scaler
         shared = [p for p in model.parameters() if not p.requires_grad] + list(model.buffers())

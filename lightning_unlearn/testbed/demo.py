@@ -191,7 +191,7 @@ def run_demo(
         max_steps: optimizer steps at most per method (a method that reaches it has not met its rule).
         num_neighbours: MIAU neighbours per text.
         retrain: add the exact-retrain reference (the testbed trained without the forget records; built once, then
-            cached) as a row, judge every row against it under each attack (``retrain_verdict``, ``like_retrain``)
+            cached) as a row, judge every row against it under each attack (``retrain_ks``, ``like_retrain``)
             and give its distance to it: the mean ``|g − g_retrain|`` over the forget records.
         accelerator, precision: the unlearning runs' (Lightning's names; the measurements use the GPU when there
             is one).
@@ -246,7 +246,7 @@ def run_demo(
         for name, row in rows.items():
             row["retrain_distance"] = _distance(reports[name].rows, reports["retrain"].rows)
             verdicts = retrain_ks(reports[name].rows, reports["retrain"].rows, threshold)
-            row["retrain_verdict"] = verdicts
+            row["retrain_ks"] = verdicts
             row["like_retrain"] = f"{sum(v['indistinguishable'] for v in verdicts.values())}/{len(verdicts)}"
     result = {
         "testbed": testbed.summary,
@@ -358,8 +358,8 @@ def aggregate(runs: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[str,
                 columns[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
         met = sum(bool(r["rule_met"]) for r in rows) if all("rule_met" in r for r in rows) else None
         alike = None
-        if all(r.get("retrain_verdict") for r in rows):
-            alike = sum(all(v["indistinguishable"] for v in r["retrain_verdict"].values()) for r in rows)
+        if all(r.get("retrain_ks") for r in rows):
+            alike = sum(all(v["indistinguishable"] for v in r["retrain_ks"].values()) for r in rows)
         summary[name] = {"method": row["method"], "runs": len(rows), "rule_met": met, "like_retrain": alike, **columns}
     return summary
 

@@ -86,12 +86,14 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     assert rows["sga"]["retrain_distance"] < rows["original"]["retrain_distance"]
     assert rows["retrain"]["relearn_above"] < rows["original"]["relearn_above"]
     assert "| retrain |" in printed and "| relearn |" in printed
-    # The verdict against the retrain, per attack: the retrain is like itself, the original is not.
-    verdicts = rows["sga"]["retrain_verdict"]
+    # The KS comparison with the retrain, per attack: the retrain is like itself, the original is not; each row
+    # carries its own per-record verdict against the holdout under each attack.
+    verdicts = rows["sga"]["retrain_ks"]
     assert set(verdicts) == {"none", "relearn", "int8", "int4", "sampling"}
     assert verdicts["none"]["retrain_above"] == rows["retrain"]["above_threshold"]
     assert verdicts["relearn"]["above"] == rows["sga"]["relearn_above"]
-    assert rows["retrain"]["like_retrain"] == "5/5" and rows["original"]["retrain_verdict"]["none"]["p_value"] < 0.05
+    assert rows["retrain"]["like_retrain"] == "5/5" and rows["original"]["retrain_ks"]["none"]["p_value"] < 0.05
+    assert rows["original"]["verdict"]["none"]["back"] > 0 and set(rows["sga"]["verdict"]) == set(verdicts)
     assert (out / "verdict.png").read_bytes()[:4] == b"\x89PNG"
     assert rows["original"]["collateral"] == 0 and 0 <= rows["sga"]["collateral"] <= len(small_testbed.retain)
     assert rows["sga"]["retain_g_before"] == pytest.approx(rows["original"]["retain_g"])
@@ -207,8 +209,8 @@ def test_audit_flags_records_above_the_holdout_mean(small_testbed, exported, cap
     assert main([*args, "--el", "--threshold", "holdout_mean", "--output", "report"]) == 0
     printed = capsys.readouterr().out
     assert f"{len(tb.forget)} samples" in printed and "(holdout mean)" in printed and "EL_10" in printed
-    # 16 holdout records cannot show p < 0.05: the audit says so, and how many it would need.
-    assert "p-value" in printed and "give at least 20 holdout records" in printed
+    # A tail fitted to 16 holdout records is loose: the audit says so, and how many it would want.
+    assert "p-value" in printed and "give at least 32 holdout records" in printed
     with open("report/per_sample.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["sample_id"]) for r in rows] == list(range(len(tb.forget)))
@@ -218,7 +220,11 @@ def test_audit_flags_records_above_the_holdout_mean(small_testbed, exported, cap
     assert all(r["above_threshold"] == "True" for r, d in zip(rows, tb.duplicates, strict=True) if d >= 16)
     summary = json.loads(Path("report/summary.json").read_text())
     assert summary["above_threshold"] == flagged and "el_10_mean" in summary and "membership_auc" in summary
-    assert summary["holdout_size"] == len(tb.holdout) and summary["flagged"] == 0  # no p-value can be below 1/17
+    assert summary["holdout_size"] == len(tb.holdout)
+    assert summary["flagged"] == sum(r["flagged"] == "True" for r in rows)
+    # Empirical p-values could not go below 1/17; the holdout's tail finds the memorized records all the same.
+    assert all(r["flagged"] == "True" for r, d in zip(rows, tb.duplicates, strict=True) if d >= 16)
+    assert f"any record at g >= {summary['detectable_at']:.3f} is found" in printed
 
 
 def test_audit_tests_each_record_against_a_large_enough_holdout(small_testbed, exported, capsys):
@@ -435,12 +441,12 @@ def test_unlearn_command_writes_a_verified_result(small_testbed, exported, capsy
         assert [r[f"nll_{when}"] for r in record["records"]] == pytest.approx([r["nll"] for r in report.rows], rel=1e-5)
         assert record["membership_auc"][when] == pytest.approx(report.summary["membership_auc"], abs=1e-6)
     assert max(r["g_after"] for r in record["records"]) <= threshold
-    # Judged against the retrain (which never saw the records), with no attack and after int4 quantization.
-    verdict = record["retrain_verdict"]
-    assert set(verdict) == {"none", "int4"} and verdict["none"]["above"] == 0 and "int4_above" in record["recovery"]
-    retrain_g = score_memorization(AutoModelForCausalLM.from_pretrained("retrain"), data.scoring_dataloader("forget"))
-    assert verdict["none"]["retrain_above"] == sum(g > threshold for g in retrain_g.values())
-    assert "against the retrain, under the same attack" in printed and "  int4: " in printed
+    # Judged per record against the holdout, and against the retrain (which never saw the records), with no attack
+    # and after int4 quantization.
+    verdict = record["verdict"]
+    assert set(verdict) == {"none", "int4"} and verdict["none"]["back"] == 0 and "int4_above" in record["recovery"]
+    assert verdict["none"]["retrain_back"] == 0 and 0 <= verdict["none"]["p_value"] <= 1
+    assert "verdict per record" in printed and "  int4: " in printed and "against the retrain: KS" in printed
 
 
 def test_unlearn_command_exits_1_when_the_rule_is_not_met(exported, capsys):

@@ -188,3 +188,12 @@ def test_sharpness_is_refused_where_it_does_not_apply(tiny_model):
         RMU(copy.deepcopy(tiny_model), sharpness=0.1)
     with pytest.raises(ValueError, match="a radius"):
         SelectiveGradientAscent(copy.deepcopy(tiny_model), sharpness=-1.0)
+
+
+def test_sharpness_on_bf16_weights_is_refused_rather_than_quietly_plain_sga(tiny_model):
+    """ρ = 0.05 over a model's norm moves each weight by far less than a bf16 spacing: refused, with what to do."""
+    from lightning_unlearn.modules.adversary import SharpnessAdversary
+
+    with pytest.raises(ValueError, match=r"torch.bfloat16.*'bf16-mixed'"):
+        SharpnessAdversary(copy.deepcopy(tiny_model).to(torch.bfloat16).requires_grad_(True), rho=0.05)
+    assert SharpnessAdversary(copy.deepcopy(tiny_model).requires_grad_(True), rho=0.05).rho == 0.05
