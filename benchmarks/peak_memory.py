@@ -74,6 +74,27 @@ class HostCopies(TorchDispatchMode):
         return out
 
 
+class WeightCopies(TorchDispatchMode):
+    """Bytes that copies inside the context read from or write to the storage of the ``watched`` tensors (a model's
+    parameters, a copy of them): ``copy_``, ``clone`` and ``_to_copy`` of them, on any device. Activations and
+    other tensors are not counted: this is the traffic of moving weights around, which should not grow with steps."""
+
+    COPIES = (torch.ops.aten.copy_.default, torch.ops.aten.clone.default, torch.ops.aten._to_copy.default)
+
+    def __init__(self, watched) -> None:
+        super().__init__()
+        self.storages = {t.untyped_storage().data_ptr() for t in watched}
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.COPIES:
+            tensors = [a for a in args[:2] if isinstance(a, torch.Tensor)]
+            if any(t.untyped_storage().data_ptr() in self.storages for t in tensors):
+                self.bytes += out.numel() * out.element_size()
+        return out
+
+
 class TotalTensorMemory(PeakTensorMemory):
     """:class:`PeakTensorMemory` that also counts the storages alive on entry (found by the garbage collector,
     after a collection): ``start`` is every tensor's bytes then, ``peak`` the most alive at once inside."""

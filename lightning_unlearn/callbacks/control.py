@@ -21,7 +21,7 @@ def per_sample_control(
     quantile: float = 0.95,
     select: bool = True,
     watch_retain: bool = False,
-    refresh: Literal["all", "above_threshold"] = "all",
+    refresh: Literal["auto", "all", "above_threshold"] = "auto",
     every_n_train_steps: int = 1,
 ) -> list[Callback]:
     """The callbacks that make any :class:`~lightning_unlearn.UnlearningModule` selective and per-sample stopped:

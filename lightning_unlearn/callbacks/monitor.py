@@ -52,12 +52,16 @@ class MemorizationMonitor(Callback):
     (no grad, eval mode, length-sorted batches of the datamodule's ``eval_batch_size``) every
     ``every_n_train_steps`` steps. ``refresh="above_threshold"`` re-scores only the samples still above the
     forgetting threshold, as forgotten samples rarely come back; before the stop rule is allowed to hold,
-    :meth:`refresh_stale` re-scores every sample assumed forgotten. Per-sample state is two ``Tensor[N]``.
+    :meth:`refresh_stale` re-scores every sample assumed forgotten, so the rule is exact at the stop (the same run,
+    step for step, as ``"all"``: tested). That is the default (``"auto"``) when the monitor watches a datamodule's
+    split, so a step's scoring work follows the records still above the threshold, not the forget set's size;
+    ``"all"`` when it is given a dataloader. Per-sample state is two ``Tensor[N]``.
 
     Args:
         dataloader: batches with ``input_ids``, ``attention_mask`` and ``sample_id`` to watch.
         every_n_train_steps: optimizer steps between scoring passes.
-        refresh: ``"all"`` (every sample, each pass) or ``"above_threshold"`` (needs the datamodule's split).
+        refresh: ``"auto"``, ``"all"`` (every sample, each pass) or ``"above_threshold"`` (needs the datamodule's
+            split).
         split: the datamodule split to watch when no dataloader is given; also the logging prefix.
         band: (lower, upper) edges of the acceptable g band, fractions in [0, 1].
         progress: show a progress bar during scoring passes.
@@ -71,15 +75,17 @@ class MemorizationMonitor(Callback):
         split: str = "forget",
         band: tuple[float, float] = BAND,
         progress: bool = False,
-        refresh: Literal["all", "above_threshold"] = "all",
+        refresh: Literal["auto", "all", "above_threshold"] = "auto",
         collateral_drop: float = 0.1,
     ) -> None:
         if every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
-        if refresh not in ("all", "above_threshold"):
-            raise ValueError(f"refresh must be 'all' or 'above_threshold', got {refresh!r}")
+        if refresh not in ("auto", "all", "above_threshold"):
+            raise ValueError(f"refresh must be 'auto', 'all' or 'above_threshold', got {refresh!r}")
         if refresh == "above_threshold" and dataloader is not None:
             raise ValueError("refresh='above_threshold' scores subsets of the datamodule's split: pass no dataloader")
+        if refresh == "auto":
+            refresh = "all" if dataloader is not None else "above_threshold"
         self.refresh_policy = refresh
         self.dataloader = dataloader
         self.every_n_train_steps = every_n_train_steps

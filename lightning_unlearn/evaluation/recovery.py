@@ -7,7 +7,7 @@ works on a copy and leaves the model it is given as it was:
   Adam on the NLL: the attack that shows whether unlearning removed the records or only hid them (Hu et al. 2025,
   "Unlearning or Obfuscating?").
 - :func:`quantize`: round every linear layer's weight to int8 or int4, per group of inputs (round-to-nearest,
-  any device; or bitsandbytes' own 8-bit and 4-bit NF4 codes on a GPU where it is installed): small unlearning
+  any device; or bitsandbytes' own 8-bit and 4-bit FP4 (or NF4) codes on a GPU where it is installed): small unlearning
   updates can fall inside a quantization bin and vanish (Zhang et al. 2025).
 - :func:`continuation_log_prob` and :func:`discovery_probability`: (n, p)-discoverable extraction (Hayes et al.
   2024) from the exact probability p_z of a record's continuation given its prefix, one forward pass;
@@ -187,14 +187,15 @@ def round_to_nearest(weight: Tensor, bits: int, group_size: int = 64) -> Tensor:
     return (codes * scale).view(rows, -1)[:, :columns].to(weight.dtype)
 
 
-def _bitsandbytes_round_trip(weight: Tensor, bits: int, group_size: int) -> Tensor:
-    """bitsandbytes' 8-bit (row-wise absmax) or 4-bit (NF4, blocks of ``group_size``) codes, dequantized."""
+def _bitsandbytes_round_trip(weight: Tensor, bits: int, group_size: int, quant_type: str) -> Tensor:
+    """bitsandbytes' 8-bit (row-wise absmax) or 4-bit (``quant_type`` FP4 or NF4, blocks of ``group_size``) codes,
+    dequantized."""
     import bitsandbytes.functional as bnbf
 
     if bits == 8:
         codes, row_scales, _ = bnbf.int8_vectorwise_quant(weight.half())
         return bnbf.int8_vectorwise_dequant(codes, row_scales).to(weight.dtype)
-    packed, state = bnbf.quantize_4bit(weight, blocksize=group_size, quant_type="nf4")
+    packed, state = bnbf.quantize_4bit(weight, blocksize=group_size, quant_type=quant_type)
     return bnbf.dequantize_4bit(packed, state).to(weight.dtype)
 
 
@@ -215,6 +216,7 @@ def quantize(
     bits: int = 4,
     group_size: int = 64,
     backend: Literal["rtn", "bitsandbytes"] = "rtn",
+    quant_type: Literal["fp4", "nf4"] = "fp4",
 ) -> torch.nn.Module:
     """The quantization attack: a copy of ``model`` whose linear weights (:func:`quantized_layers`) are quantized
     and dequantized back, so it runs anywhere and scores like the quantized model. ``model`` is not changed.
@@ -227,10 +229,14 @@ def quantize(
         bits: 8 or 4 (``"rtn"`` takes any width >= 2).
         group_size: inputs per scale, along each weight row (the input dimension).
         backend: ``"rtn"`` (:func:`round_to_nearest`, on any device) or ``"bitsandbytes"`` (its int8 row-wise or
-            4-bit NF4 codes; needs bitsandbytes and the device it supports).
+            4-bit codes; needs bitsandbytes and the device it supports).
+        quant_type: bitsandbytes' 4-bit code: ``"fp4"`` (its default, as Zhang et al. (ICLR 2025) quantized) or
+            ``"nf4"``.
     """
     if backend not in ("rtn", "bitsandbytes"):
         raise ValueError(f"backend must be 'rtn' or 'bitsandbytes', got {backend!r}")
+    if quant_type not in ("fp4", "nf4"):
+        raise ValueError(f"quant_type must be 'fp4' or 'nf4', got {quant_type!r}")
     if backend == "bitsandbytes":
         if bits not in (4, 8):
             raise ValueError(f"bitsandbytes quantizes to 8 or 4 bits, got {bits}")
@@ -244,7 +250,7 @@ def quantize(
         if backend == "rtn":
             quantized = round_to_nearest(weight, bits, group_size)
         else:
-            quantized = _bitsandbytes_round_trip(weight, bits, group_size)
+            quantized = _bitsandbytes_round_trip(weight, bits, group_size, quant_type)
         weight.copy_(quantized)
     return attacked
 

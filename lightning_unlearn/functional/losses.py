@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_unlearn.functional.memorization import (
-    CHUNK_ELEMENTS,
     IGNORE_INDEX,
+    chunk_rows,
     next_token_targets,
     predicted_positions,
     sequence_nll,
@@ -212,7 +212,7 @@ def _soft_target_loss(
     ``cross_entropy=False``, the KL) of p_θ = softmax(logits) against q = softmax(teacher_logits − shift ·
     onehot(targets)), q without gradient; ``targets`` aligned with the logits (:func:`next_token_targets`)."""
     batch, width, vocabulary = logits.shape
-    rows = max(1, CHUNK_ELEMENTS // 4 // vocabulary)  # two float32 temporaries per chunk: 32 MB at most
+    rows = chunk_rows(vocabulary, logits.device, temporaries=4)  # its two float32 temporaries: half the budget
     flat_targets = targets.reshape(-1) if targets is not None else None
     flat = (logits.reshape(-1, vocabulary), teacher_logits.detach().reshape(-1, vocabulary))
     loss = _ChunkedSoftTarget.apply(*flat, flat_targets, shift, rows, cross_entropy)

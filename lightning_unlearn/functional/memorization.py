@@ -73,8 +73,23 @@ def memorization_accuracy(
 
 #: the target of a position that does not count (cross-entropy's default ignore_index)
 IGNORE_INDEX = -100
-#: logits per float32 chunk of half-precision logits: 64 MB, whatever the vocabulary
+#: logits per float32 chunk of half-precision logits on the CPU: 64 MB, whatever the vocabulary
 CHUNK_ELEMENTS = 1 << 24
+#: ... and on an accelerator: 512 MB, where kernel launches, not memory, bound small chunks (64 MB is 131 rows at
+#: V = 128,256, about 100 chunks of 8 kernels each for a batch of 64 × 200 tokens; 512 MB is 1,046 rows)
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 27
+
+
+def chunk_rows(vocabulary: int, device: torch.device, temporaries: int = 1) -> int:
+    """Rows of ``vocabulary`` logits per chunk, so that ``temporaries`` float32 tensors of a chunk stay within the
+    device's byte budget (:data:`CHUNK_ELEMENTS` on the CPU, :data:`ACCELERATOR_CHUNK_ELEMENTS` elsewhere).
+
+    Example:
+        >>> chunk_rows(128_256, torch.device("cpu")), chunk_rows(128_256, torch.device("cuda"))
+        (130, 1046)
+    """
+    budget = CHUNK_ELEMENTS if device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
+    return max(1, budget // temporaries // vocabulary)
 
 
 def next_token_targets(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -132,9 +147,9 @@ def token_nll(logits: Tensor, targets: Tensor, argmax: bool = False) -> tuple[Te
     ``Tensor[B, T, V]`` and aligned ``targets`` (:func:`next_token_targets`).
 
     One flattened cross-entropy, as a model's own loss computes it, with float32 accumulation (float64 for float64
-    logits). Half-precision logits, and any logits that need no gradient (scoring), go through in chunks of about
-    ``CHUNK_ELEMENTS`` logits (the rows per chunk follow from the vocabulary), which yield the NLL and the argmax in
-    one pass over them: cross-entropy's log-softmax never holds a float32 tensor of the logits' size.
+    logits). Half-precision logits, and any logits that need no gradient (scoring), go through in chunks of
+    :func:`chunk_rows` rows (a byte budget on the logits' device), which yield the NLL and the argmax in one pass
+    over them: cross-entropy's log-softmax never holds a float32 tensor of the logits' size.
     """
     batch, width, vocabulary = logits.shape
     flat, flat_targets = logits.reshape(batch * width, vocabulary), targets.reshape(-1)
@@ -142,8 +157,7 @@ def token_nll(logits: Tensor, targets: Tensor, argmax: bool = False) -> tuple[Te
     if logits.dtype in (torch.float32, torch.float64) and needs_graph:
         nll = F.cross_entropy(flat, flat_targets, reduction="none")
         return nll.view(batch, width), logits.detach().argmax(-1) if argmax else None
-    rows = max(1, CHUNK_ELEMENTS // vocabulary)
-    nll, predicted = _Float32CrossEntropy.apply(flat, flat_targets, rows, argmax)
+    nll, predicted = _Float32CrossEntropy.apply(flat, flat_targets, chunk_rows(vocabulary, logits.device), argmax)
     return nll.view(batch, width), predicted.view(batch, width) if argmax else None
 
 

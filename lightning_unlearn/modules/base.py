@@ -97,8 +97,8 @@ class UnlearningModule(L.LightningModule):
         model_kwargs: more ``from_pretrained`` arguments (``torch_dtype``, ``revision``, …).
         refresh: the memorization monitor's policy for methods that bring one (SGA, TA, TAU): ``"all"`` re-scores
             every forget sample, ``"above_threshold"`` only those not yet forgotten (much faster for forget sets
-            far larger than a batch; the samples assumed forgotten are re-scored before stopping). See
-            :class:`~lightning_unlearn.callbacks.MemorizationMonitor`.
+            far larger than a batch; the samples assumed forgotten are re-scored before stopping), ``"auto"`` (the
+            default) the latter. See :class:`~lightning_unlearn.callbacks.MemorizationMonitor`.
         every_n_train_steps: optimizer steps between those scoring passes (``refresh_every``, its old name, still
             works with a warning).
         retain_loss: ``None`` (no retain term), ``"nll"`` or ``"kl"``; needs the datamodule's retain split.
@@ -139,7 +139,7 @@ class UnlearningModule(L.LightningModule):
         gradient_checkpointing: bool | None = None,
         gguf_file: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
-        refresh: Literal["all", "above_threshold"] = "all",
+        refresh: Literal["auto", "all", "above_threshold"] = "auto",
         every_n_train_steps: int = 1,
         retain_loss: Literal["nll", "kl"] | None = None,
         retain_weight: float = 1.0,

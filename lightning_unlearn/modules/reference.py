@@ -3,10 +3,12 @@
 :class:`ReferenceWeights` keeps a copy of this process's data of the parameters that train (under ZeRO-3 their
 shards, sharded exactly like the trained model; otherwise the whole parameters; with an adapter, only the
 adapter's: the frozen base is its own reference), on the parameters' own device by default. For a reference
-forward pass it swaps the copy into the model in place, runs the pass, and swaps back, bit for bit: the same
-forward, so every process runs the same collectives under ZeRO-3 and nothing can hang, and no second module with
-its own hooks, wrappers or optimizer states. Memory: one copy of the (local) trainable parameters plus, transiently, the
-largest single parameter. Time: one no-grad forward pass and two in-place copies of the parameters.
+forward pass it swaps the copy into the model, runs the pass, and swaps back, bit for bit: the same forward, so
+every process runs the same collectives under ZeRO-3 and nothing can hang, and no second module with its own
+hooks, wrappers or optimizer states. The swap exchanges ``param.data`` pointers (no bytes move); under ZeRO-3, whose
+shards DeepSpeed gathers from their own storage, and for a copy kept on another device, it exchanges the values
+(two copies of the local shards per swap). Memory: one copy of the (local) trainable parameters. Time: one no-grad
+forward pass.
 """
 
 from __future__ import annotations
@@ -54,8 +56,15 @@ class ReferenceWeights:
 
     @torch.no_grad()
     def _swap(self, model: torch.nn.Module) -> None:
+        """Exchanges the model's trainable data with the copy: by pointer (``param.data``, no bytes copied) where the
+        copy lies where the parameter does; by value otherwise (ZeRO-3 shards, which DeepSpeed gathers from the
+        shard's own storage, and a copy kept on another device)."""
+        parameters = dict(model.named_parameters())
         for name, data in _trainable_shards(model):
             reference = self.weights[name]
+            if not self.sharded and _same_place(reference, data):
+                parameters[name].data, self.weights[name] = reference, data
+                continue
             current = data.clone()
             data.copy_(reference)
             reference.copy_(current)
@@ -143,6 +152,10 @@ class ReferenceLogitsCache:
         for row, (i, length) in enumerate(zip(ids, lengths, strict=True)):
             logits[row, :length] = self.cached[i].to(input_ids.device)
         return logits
+
+
+def _same_place(a: Tensor, b: Tensor) -> bool:
+    return a.device == b.device and a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
 
 
 def _trainable_shards(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:

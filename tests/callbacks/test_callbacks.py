@@ -234,6 +234,9 @@ def test_refresh_above_threshold_verifies_samples_assumed_forgotten(small_testbe
         MemorizationMonitor(dataloader=unlearning_data(tb).scoring_dataloader(), refresh="above_threshold")
     with pytest.raises(ValueError, match="refresh must be"):
         MemorizationMonitor(refresh="sometimes")
+    # By default a step's scoring follows the records still above the threshold, not the forget set's size.
+    assert MemorizationMonitor().refresh_policy == "above_threshold"
+    assert MemorizationMonitor(dataloader=unlearning_data(tb).scoring_dataloader()).refresh_policy == "all"
 
 
 def test_quantile_threshold_floor_and_interval_are_measured_once_and_logged(small_testbed):

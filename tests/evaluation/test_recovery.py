@@ -74,6 +74,8 @@ def test_quantize_rounds_a_copys_linear_layers_and_leaves_the_model_as_it_was(ti
     assert 0 < (by8 - exact).abs().max() < (by4 - exact).abs().max()
     with pytest.raises(ValueError, match="8 or 4 bits"):
         quantize(tiny_model, bits=3, backend="bitsandbytes")
+    with pytest.raises(ValueError, match="'fp4' or 'nf4'"):  # bitsandbytes' 4-bit codes; fp4 by default
+        quantize(tiny_model, bits=4, backend="bitsandbytes", quant_type="int4")
 
 
 def test_continuation_log_prob_is_the_product_of_each_tokens_probability(tiny_model):

@@ -116,11 +116,10 @@ def test_losses_reject_a_non_positive_beta(beta):
 def test_token_kl_in_chunks_has_the_formulas_gradient(dtype, monkeypatch):
     """Chunk by chunk (here 3 rows at a time), the KL and its gradient are the full computation's, and the gradient
     comes in the logits' dtype."""
-    from lightning_unlearn.functional import losses
 
     torch.manual_seed(0)
     vocabulary = 11
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 4 * 3 * vocabulary)
+    monkeypatch.setattr(memorization, "CHUNK_ELEMENTS", 4 * 3 * vocabulary)
     logits = torch.randn(3, 7, vocabulary, dtype=torch.float64)
     reference = torch.randn(3, 7, vocabulary, dtype=torch.float64)
     mask = torch.ones(3, 7, dtype=torch.long)

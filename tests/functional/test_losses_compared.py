@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lightning_unlearn.functional import losses, memorization
+from lightning_unlearn.functional import memorization
 from lightning_unlearn.functional.losses import ce_u_loss, rmu_loss, satimp_loss, undial_loss, wga_loss
 
 # One record [0, 1, 1] over the vocabulary {0, 1}; the model predicts token 1 with p = 3/4, then p = 1/4 (the last
@@ -97,7 +97,7 @@ def test_soft_target_losses_in_chunks_have_the_formulas_gradient(dtype, loss, mo
     and the gradient comes in the logits' dtype."""
     torch.manual_seed(0)
     vocabulary = 11
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 4 * 3 * vocabulary)
+    monkeypatch.setattr(memorization, "CHUNK_ELEMENTS", 4 * 3 * vocabulary)
     logits = torch.randn(3, 7, vocabulary, dtype=torch.float64)
     reference = torch.randn(3, 7, vocabulary, dtype=torch.float64)
     ids = torch.randint(vocabulary, (3, 7))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, GPTNeoModel
 
-from benchmarks.peak_memory import StepPeak
+from benchmarks.peak_memory import StepPeak, WeightCopies
 from benchmarks.random_data import IdTokenizer, random_texts
 from lightning_unlearn import (
     NPO,
@@ -265,6 +265,33 @@ def test_reference_weights_swap_in_and_back_bit_for_bit(small_testbed):
     assert all(torch.equal(p, edited[n]) for n, p in model.named_parameters())  # and the edit back, exactly
     restored = ReferenceWeights.from_state_dict(reference.state_dict(model), model)
     assert torch.equal(restored.logits(model, batch), expected)
+
+
+class WeightTraffic(L.Callback):
+    """Bytes copied from or to the weights (the model's and the KL reference's) in the second step cycle."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 1:
+            watched = [*pl_module.model.parameters(), *pl_module.reference.weights.values()]
+            self.copies = WeightCopies(watched).__enter__()
+        elif trainer.global_step == 2:
+            self.copies.__exit__(None, None, None)
+
+
+def test_a_step_with_the_kl_term_copies_no_weights(small_testbed):
+    """The KL reference's pass swaps ``param.data`` pointers: a step cycle of SGA + KL copies at most 10% of the
+    parameter bytes (it copied 6x: a clone and two copies per swap, two swaps per pass), and the model's weights are
+    the same storage, bit for bit, after a reference pass."""
+    model = copy.deepcopy(small_testbed.model)
+    module = SelectiveGradientAscent(model, retain_loss="kl", retain_weight=1.0, learning_rate=1e-5)
+    traffic = WeightTraffic()
+    make_trainer(max_steps=3, callbacks=[traffic]).fit(module, unlearning_data(small_testbed))
+    parameters = sum(p.nbytes for p in model.parameters())
+    assert traffic.copies.bytes <= 0.1 * parameters
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in module.model.named_parameters()}
+    module.reference.logits(module.model, next(iter(unlearning_data(small_testbed).scoring_dataloader("retain"))))
+    for name, p in module.model.named_parameters():
+        assert p.data_ptr() == before[name][0] and torch.equal(p, before[name][1]), name
 
 
 def test_npo_scores_its_reference_once_and_forgets_every_record(small_testbed):
