@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -335,7 +336,10 @@ class UnlearningModule(L.LightningModule):
         if retain is not None and not deferred:  # the reference first: its weights are swapped in place
             retain = self._with_reference(retain)
         forget = self.forget_inputs(forget)
-        logits, head = self._logits(forget)
+        # With an adversary the loss is taken at its copy: the model's own pass only scores g, and keeps no graph,
+        # so that one activation graph (the copy's) is alive at the step's peak.
+        with torch.no_grad() if self.adversary is not None else nullcontext():
+            logits, head = self._logits(forget)
         if self._scores_in_loop() and self._monitors("forget"):  # the callbacks take each sample's g as it comes
             nll, g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"], **head)
         else:

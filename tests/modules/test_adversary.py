@@ -197,3 +197,23 @@ def test_sharpness_on_bf16_weights_is_refused_rather_than_quietly_plain_sga(tiny
     with pytest.raises(ValueError, match=r"torch.bfloat16.*'bf16-mixed'"):
         SharpnessAdversary(copy.deepcopy(tiny_model).to(torch.bfloat16).requires_grad_(True), rho=0.05)
     assert SharpnessAdversary(copy.deepcopy(tiny_model).requires_grad_(True), rho=0.05).rho == 0.05
+
+
+def test_with_an_adversary_the_models_own_pass_keeps_no_graph(small_testbed):
+    """The forget loss is taken at the adversary's copy: the model's own training forward only scores g, so it keeps
+    no activation graph, and one graph (the copy's) is alive at the step's peak instead of two."""
+    import lightning as L
+
+    seen: list[bool] = []
+
+    class ModelForwards(L.Callback):
+        hooked = False
+
+        def on_train_batch_start(self, trainer, pl_module, *args):  # after the copy is made: the model's alone
+            if not self.hooked:
+                pl_module.model.register_forward_hook(lambda module, a, out: seen.append(out.logits.requires_grad))
+                self.hooked = True
+
+    module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), sharpness=0.05, learning_rate=1e-5)
+    make_trainer(max_steps=2, callbacks=[ModelForwards()]).fit(module, unlearning_data(small_testbed))
+    assert seen and not any(seen)
