@@ -281,8 +281,8 @@ def peak(method: Row, shape: Shape, records: int, tokens: int, s: Setting) -> fl
     transient = forward(shape, n, s, freed)
     if s.zero3_processes:
         transient += 2 * 2 * max(shape.layer_parameters(), shape.vocab * shape.hidden)  # gathered, and prefetched
-    if method.adversary:  # the attack runs while the forward at θ is alive: the copy's Adam, gradients, forward
-        at_theta = activations(shape, n, s) + head(shape, n, s, temporaries=False)
+    if method.adversary:  # the forward at θ keeps no graph, only its logits: the copy's Adam, gradients, forward
+        at_theta = head(shape, n, s, temporaries=False)
         transient = at_theta + 3 * w * trained + forward(shape, n, s, 0)
     if method.retain:  # the retain pass, after the forget pass's backward
         retain = kl_head(shape, n, s)
