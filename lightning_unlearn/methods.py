@@ -100,7 +100,7 @@ METHODS: dict[str, Method] = {
         callbacks=per_sample_control,
         in_demo=False,
     ),
-    "satimp": Method(  # lr 1e-5: Yang et al. 2025 and open-unlearning's SatImp on TOFU
+    "satimp": Method(  # lr 1e-5: open-unlearning's unlearning rate on TOFU (SatImp's own config not re-read)
         "selective SatImp (token weights p^5 · (1 − p)) + KL retain, lr 1e-5",
         _with(SatImp, learning_rate=1e-5, retain_loss="kl", retain_weight=0.3),
         needs_retain=True,
