@@ -15,19 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from robust_forgetting import FRESH_SEED, PROTOCOLS  # the robustness table's protocols and fresh records
+
 from lightning_unlearn.evaluation.recovery import quantize, relearn
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.testbed.build import build_testbed
 from lightning_unlearn.utilities.files import write_text_atomically
-
-# name -> (relearning data, steps, learning rate): robust_forgetting.py's protocols
-PROTOCOLS = {
-    "retain 20 @ 1e-4": ("retain", 20, 1e-4),
-    "retain 50 @ 3e-4": ("retain", 50, 3e-4),
-    "fresh 20 @ 1e-4": ("fresh", 20, 1e-4),
-    "fresh 100 @ 1e-4": ("fresh", 100, 1e-4),
-}
-FRESH_SEED = 424242
 
 
 def attacked_scores(model, testbed, splits=("holdout",)) -> dict[str, dict[str, list[float]]]:

@@ -239,7 +239,7 @@ def memorization_report(
                 row["retrain_g"] = retrain_g[row["sample_id"]]
         summary["verdict"] = attack_verdicts(report, alpha, reference) if has_holdout else None
         if has_holdout:
-            _mark_records(report, summary["verdict"]["none"], alpha)
+            _mark_records(report, summary["verdict"]["none"])
         if el_n is not None:
             summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
         if datamodule.has_split("retain"):
@@ -278,11 +278,11 @@ def attack_verdicts(report: Report, alpha: float = 0.05, retrain: Report | None 
         if attack == "sampling":
             verdict = discovery_verdict(scores, DISCOVERY, alpha, reference)
         else:
-            nll = (
-                ([row["nll"] for row in report.rows], list(report.holdout["nll"].values())) if attack == "none" else ()
-            )
+            nll = {}  # with no attack, over-forgetting in NLL too
+            if attack == "none":
+                nll = {"nll": [row["nll"] for row in report.rows], "holdout_nll": list(report.holdout["nll"].values())}
             verdict = record_verdict(
-                scores, unseen, alpha, *nll, retrain_g=reference, retrain_holdout_g=reference_unseen
+                scores, unseen, alpha, **nll, retrain_g=reference, retrain_holdout_g=reference_unseen
             )
         verdicts[attack] = _verdict_fields(verdict, ids, len(unseen))
     return verdicts
@@ -309,7 +309,7 @@ def _verdict_fields(verdict: RecordVerdict, ids: Sequence[int], holdout_records:
     return fields
 
 
-def _mark_records(report: Report, verdict: Mapping[str, Any], alpha: float) -> None:
+def _mark_records(report: Report, verdict: Mapping[str, Any]) -> None:
     """Each row's tail p-value against the holdout (no attack), whether it is ``flagged`` (back: stands out above
     the unseen records) or ``over_forgotten`` (stands out below them, in g or NLL), and the summary's counts."""
     holdout_g = torch.tensor(list(report.holdout["g"].values()))

@@ -261,7 +261,7 @@ def stands_out(values: Tensor, holdout: Tensor, side: Side = "above", alpha: flo
 def detection_level(holdout: Tensor, records: int, side: Side = "above", alpha: float = 0.05) -> float:
     """The score from which a record stands out whatever the other ``records − 1`` records score (its p-value at
     most α / records, the first step of Benjamini–Hochberg): on ``"above"``, every forget record at or above this g
-    is found; on ``"below"``, every one at or below it. ``inf`` (``-inf`` below) when nothing can stand out.
+    is found; on ``"below"``, every one at or below it. With no spread in the holdout's tail, anything beyond it.
 
     Example:
         >>> round(detection_level(torch.linspace(0.2, 0.4, 128), 32), 3)
