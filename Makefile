@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test test-fast docs lint bench venv
+.PHONY: demo test test-fast docs lint bench venv browser
 
 venv: $(STAMP)
 
@@ -21,7 +21,13 @@ demo: $(STAMP)
 docs: $(STAMP)
 	$(OFFLINE) $(PY) -m sphinx -E -q -n -W --keep-going -b html docs docs/_build/html
 
-test: $(STAMP) docs
+# Debian's Chromium, in which the HTML report's tests load its pages; installed when missing (root, or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) docs browser
 	$(OFFLINE) $(PY) -m ruff check lightning_unlearn tests benchmarks examples docs
 	$(OFFLINE) $(PY) -m pytest -q
 

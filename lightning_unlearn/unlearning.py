@@ -26,9 +26,20 @@ from transformers import PreTrainedModel
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, UnlearningProgress
 from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
 from lightning_unlearn.distributed.checkpoints import AtomicCheckpointIO
+from lightning_unlearn.evaluation.evidence import (
+    RECORD_SCHEMA,
+    RECORD_VERSION,
+    environment,
+    set_sha256,
+    state_sha256,
+    text_sha256,
+    weights_sha256,
+)
+from lightning_unlearn.evaluation.html import record_html
 from lightning_unlearn.evaluation.recovery import check_recovery_attacks
 from lightning_unlearn.evaluation.report import Report, memorization_report, verdict_text
 from lightning_unlearn.integrations.huggingface import check_causal_lm, default_precision, load_causal_lm
+from lightning_unlearn.integrations.peft import saved_state
 from lightning_unlearn.methods import check_method, make_method
 from lightning_unlearn.modules import UnlearningModule
 from lightning_unlearn.utilities.files import exists
@@ -73,6 +84,10 @@ class UnlearningResult:
         """A few lines for people: the rule, the records above the threshold before and after, the costs."""
         return summary_text(self.record)
 
+    def html(self) -> str:
+        """The takedown record as one self-contained HTML page (figures inline; readable without the library)."""
+        return record_html(self.record, self.summary().splitlines())
+
 
 def unlearn(
     model: PreTrainedModel | str | os.PathLike,
@@ -91,6 +106,7 @@ def unlearn(
     checkpoint_every: int = 10,
     retrain: PreTrainedModel | str | os.PathLike | None = None,
     recovery_attacks: tuple[str, ...] | list[str] = (),
+    include_texts: bool = False,
     **trainer_options: Any,
 ) -> UnlearningResult:
     """Unlearns ``forget`` from ``model`` until every record is no more memorized than unseen texts of the same kind
@@ -123,6 +139,8 @@ def unlearn(
             against the retrain's and the retrain's own records back. Without it the verdict is per record only.
         recovery_attacks: names from :data:`~lightning_unlearn.evaluation.recovery.RECOVERY_ATTACKS` run on the result
             (each on a copy; relearning fine-tunes on the retain texts): records above the threshold after each.
+        include_texts: write each forget text into ``unlearning.json`` beside its SHA-256. Off by default: the
+            takedown record must not leak the data it documents.
         **trainer_options: ``lightning.Trainer`` arguments (default: ``max_steps=600``, no logger, no checkpoints,
             ``precision`` :func:`~lightning_unlearn.integrations.huggingface.default_precision`: bf16-mixed on a GPU,
             else 32-true; checkpoints, when asked for, are written whole or not at all by
@@ -171,6 +189,7 @@ def unlearn(
         resume_from = last if exists(last) else None
     trainer = L.Trainer(**{**defaults, **trainer_options, "callbacks": callbacks})
     device = trainer.strategy.root_device
+    weights_before = weights_sha256(model)
     before = _measure(model, datamodule, device, "holdout_quantile")
     module, callbacks = make_method(method, model, **(method_options or {}))
     trainer.callbacks.extend(callbacks)
@@ -183,10 +202,40 @@ def unlearn(
         retrain = load_causal_lm(retrain)
     after = _measure(module.get_model(), datamodule, device, threshold, retrain, recovery_attacks)
     record |= {"method": method} | measured_record(before, after)
-    documents = datamodule.split("forget").documents  # with long_texts="windows", the text each record is part of
+    forget_split = datamodule.split("forget")
     for row in record["records"]:
-        row["document"] = documents[row["sample_id"]]
+        row["document"] = forget_split.documents[row["sample_id"]]  # with long_texts="windows", the text it is from
+        row["sha256"] = text_sha256(forget_split.texts[row["sample_id"]])
+        if include_texts:
+            row["text"] = forget_split.texts[row["sample_id"]]
+    record |= evidence_record(datamodule, weights_before, _saved_weights_sha256(module), max_length, long_texts)
     return UnlearningResult(module, record["rule_met"], before, after, record)
+
+
+def evidence_record(
+    datamodule: UnlearningDataModule, before: str, after: str, max_length: int, long_texts: str
+) -> dict[str, Any]:
+    """What ties ``unlearning.json`` to what it is about (:mod:`~lightning_unlearn.evaluation.evidence`): the
+    schema, how the texts were cut into records, the SHA-256 of each split's texts, of the weights before and after
+    (``before``, ``after``), and the software and device."""
+    splits = {
+        name: {"sha256": set_sha256(datamodule.split(name).texts), "records": len(datamodule.split(name))}
+        for name in ("forget", "holdout", "retain")
+        if datamodule.has_split(name)
+    }
+    return {
+        "schema": {"name": RECORD_SCHEMA, "version": RECORD_VERSION},
+        "data": {"max_length": max_length, "long_texts": long_texts, **splits},
+        "weights_sha256": {"before": before, "after": after},
+        "environment": environment(),
+    }
+
+
+def _saved_weights_sha256(module: UnlearningModule) -> str:
+    """The weights' hash of what :meth:`UnlearningResult.save` writes (merged, for an adapter; under ZeRO-3 the
+    gathered state, as saving gathers it)."""
+    target, state = saved_state(module.get_model(), merge=True)
+    return state_sha256(state if state is not None else target.state_dict())
 
 
 def check_holdout_size(size: int) -> None:
@@ -242,7 +291,6 @@ def measured_record(before: Report, after: Report) -> dict[str, Any]:
     records = [
         {
             "sample_id": row["sample_id"],
-            "text": row["text"],
             "g_before": row["g"],
             "g_after": rows_after[row["sample_id"]]["g"],
             "nll_before": row["nll"],

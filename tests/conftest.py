@@ -102,6 +102,28 @@ def small_testbed(testbed_cache):
     return build_testbed(seed=0, cache_dir=testbed_cache, progress=False, **SMALL_TESTBED)
 
 
+@pytest.fixture(scope="session")
+def unlearned(small_testbed, tmp_path_factory):
+    """The small testbed as files (``testbed/``) and sga-kl's result saved with its takedown record
+    (``unlearned/unlearning.json``), in one folder for the session."""
+    from lightning_unlearn.unlearning import unlearn
+
+    folder = tmp_path_factory.mktemp("unlearned")
+    small_testbed.export(folder / "testbed")
+    with pytest.warns(UserWarning, match="the holdout has 16 records"):
+        result = unlearn(
+            str(folder / "testbed/model"),
+            str(folder / "testbed/forget.jsonl"),
+            str(folder / "testbed/holdout.jsonl"),
+            retain=str(folder / "testbed/retain.jsonl"),
+            progress=False,
+            accelerator="cpu",
+        )
+    assert result.rule_met
+    result.save(folder / "unlearned")
+    return folder
+
+
 def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
     """Tensors computed along two float32 paths (merged vs adapter, saved vs in memory) agree to ``rel`` times the
     largest magnitude compared: rounding grows with the values' size and the summation order, which differ between

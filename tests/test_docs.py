@@ -120,6 +120,7 @@ def check_results(page: Path, namespace: dict) -> None:
     if page == "README.md":
         assert namespace["result"].rule_met and Path("unlearned/python/unlearning.json").is_file()
         assert json.loads(Path("unlearned/cli/unlearning.json").read_text())["rule_met"] is True
+        assert "default-src 'none'" in Path("verify.html").read_text()  # verify's report of the command's result
     if page == "docs/guides/own-trainer.md":
         threshold = namespace["stopping"].threshold_value
         assert max(namespace["monitor"].scores.values()) <= threshold  # the callbacks' own stop rule held

@@ -24,7 +24,7 @@ LAYERS = [
     ["callbacks"],
     ["modules"],
     ["methods"],
-    ["unlearning"],
+    ["unlearning", "verification"],
     ["testbed"],
     ["cli"],
 ]

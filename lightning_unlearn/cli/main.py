@@ -12,6 +12,8 @@
     lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--alpha 0.05] [--el] [--output DIR]
                             [--utility TASK,... [--include-path DIR]]
                             [--recovery-attacks relearn,int8,int4,sampling [--relearn-data FILE]] [--retrain MODEL]
+    lightning-unlearn verify --model PATH_OR_ID --record unlearning.json --forget FILE [--holdout FILE]
+                             [--recovery-attacks relearn,int8,int4,sampling [--relearn-data FILE]]
 
 ``unlearn`` is :func:`lightning_unlearn.unlearn` on files: it writes the unlearned model and ``unlearning.json`` (the
 rule, the threshold, every record's g before and after, holdout NLL and attack AUCs before and after) to ``--output``,
@@ -31,8 +33,11 @@ says from which g a record is always found; the threshold is the holdout's 0.95 
 from ``--include-path``, a folder of task YAML, or lm-eval's built-in tasks) to the report. ``--recovery-attacks`` asks
 whether the records stay forgotten when the model is attacked (:mod:`lightning_unlearn.evaluation.recovery`, each attack
 on a copy): fine-tuned on ``--relearn-data``, quantized to int8 or int4, or sampled; per attack, how many records are
-above the threshold afterwards, and how many holdout records under the same attack. Errors a user can fix print one line
-and exit 2.
+above the threshold afterwards, and how many holdout records under the same attack. ``verify`` checks a model against
+its takedown record (:func:`lightning_unlearn.verification.verify`): whether it is the recorded model (its weights'
+SHA-256), and whether the forget texts, matched to the record by SHA-256, are still at or below the record's threshold
+(with ``--holdout``, the per-record verdict again); exit 0 when all holds, 1 when not. Errors a user can fix print one
+line and exit 2.
 """
 
 from __future__ import annotations
@@ -130,12 +135,45 @@ def _unlearn(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         retrain=args.retrain,
         recovery_attacks=_names(args.recovery_attacks),
+        include_texts=args.include_texts,
         **(trainer | args.trainer_options),
     )
     result.save(args.output)  # every process takes part (ZeRO-3 gathers); the first writes
     if rank_zero_only.rank == 0:  # one summary, whatever the number of processes
         print(f"{result.summary()}\nwritten to {args.output}/: the model and unlearning.json")
+        if args.report:
+            _write_report(args.report, result.html())
     return 0 if result.rule_met or args.allow_unmet else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from lightning_unlearn.verification import read_record, verify
+
+    attacks = _names(args.recovery_attacks)
+    if "relearn" in attacks and not args.relearn_data:
+        raise ValueError("--recovery-attacks relearn needs --relearn-data: texts of the same kind, never the records")
+    read_record(args.record)  # a malformed record fails before any model loads
+    found = verify(
+        args.model,
+        args.record,
+        args.forget,
+        args.holdout,
+        recovery_attacks=attacks,
+        relearn=args.relearn_data,
+        device={"gpu": "cuda"}.get(args.accelerator, args.accelerator),
+    )
+    print(found.text())
+    if args.report:
+        _write_report(args.report, found.html())
+    return 0 if found.passed else 1
+
+
+def _write_report(path: str, page: str) -> None:
+    """Writes the HTML ``page`` to ``path``, whole or not at all, and says where."""
+    from lightning_unlearn.utilities.files import write_text_atomically
+
+    write_text_atomically(Path(path), page)
+    print(f"report: {path}")
 
 
 def dotted_options(extra: list[str], prefixes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -261,6 +299,10 @@ def _audit(args: argparse.Namespace) -> None:
     if args.output:
         write_report(report, args.output)
         print(f"\n{summary_markdown(s)}written to {args.output}/: per_sample.csv, per_sample.json, summary.json/.md")
+    if args.report:
+        from lightning_unlearn.evaluation.html import report_html
+
+        _write_report(args.report, report_html(report))
 
 
 def _recovery_attacks(args: argparse.Namespace) -> str | None:
@@ -430,6 +472,10 @@ def parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--batch-size", type=int, default=32, help="texts per step, forget and retain alike")
     unlearn.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     unlearn.add_argument("--allow-unmet", action="store_true", help="exit 0 even when the rule was not met")
+    unlearn.add_argument("--report", help="also write the takedown record as one self-contained HTML file")
+    unlearn.add_argument(
+        "--include-texts", action="store_true", help="write each forget text into unlearning.json (default: hashes)"
+    )
 
     audit = commands.add_parser("audit", help="per-sample memorization report of a causal LM on a text file")
     audit.add_argument("--model", required=True, help="a local folder or hub id of a causal LM")
@@ -443,6 +489,7 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--level", choices=("quantile", "mean"), help=argparse.SUPPRESS)  # old: --threshold holdout_*
     audit.add_argument("--el", action="store_true", help="add the extraction likelihood EL_10 (slower: it decodes)")
     audit.add_argument("--output", help="write the report here: per_sample.csv/.json, summary.json/.md")
+    audit.add_argument("--report", help="also write the report as one self-contained HTML file")
     audit.add_argument("--text-column", default="text")
     audit.add_argument("--max-length", type=int, default=200)
     audit.add_argument("--gguf-file", help="a GGUF file inside --model")
@@ -468,6 +515,17 @@ def parser() -> argparse.ArgumentParser:
         choices=("32-true", "bf16-true", "16-true"),
         help="the model's weights (default: bf16-true on a GPU, else 32-true)",
     )
+    verify = commands.add_parser("verify", help="check a model against its takedown record (unlearning.json)")
+    verify.add_argument("--model", required=True, help="the model to check: a local folder or hub id")
+    verify.add_argument("--record", required=True, help="the unlearning.json that unlearn wrote")
+    verify.add_argument("--forget", required=True, help="the forget texts the record was made for")
+    verify.add_argument("--holdout", help="unseen texts of the same kind (the record's holdout): re-run the verdict")
+    verify.add_argument(
+        "--recovery-attacks", help="comma-separated, from relearn, int8, int4, sampling (need --holdout)"
+    )
+    verify.add_argument("--relearn-data", help="texts the relearning attack fine-tunes on (never the records)")
+    verify.add_argument("--accelerator", default="auto", help="where to score: auto, cpu, gpu")
+    verify.add_argument("--report", help="also write the verification as one self-contained HTML file")
     return root
 
 
@@ -488,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                 options = dotted_options(extra, ("trainer", "method"))
                 args.trainer_options, args.method_options = options["trainer"], options["method"]
                 return _unlearn(args)
+            if args.command == "verify":
+                return _verify(args)
             {"demo": _demo, "testbed": _testbed, "audit": _audit}[args.command](args)
     except (FileExistsError, FileNotFoundError, ImportError, KeyError, TypeError, ValueError) as error:
         message = " ".join(str(error).split())  # one line, whatever the library's message looked like
