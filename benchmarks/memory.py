@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -47,62 +47,7 @@ from lightning_unlearn import (
     TaskArithmetic,
     UnlearningDataModule,
 )
-from lightning_unlearn.functional.memorization import CHUNK_ELEMENTS
-
-GB = 1e9
-LORA_RANK = 16
-LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down: "all-linear" (peft leaves the output layer out)
-
-
-@dataclass(frozen=True)
-class Shape:
-    """A Llama decoder's shape (widths in elements)."""
-
-    name: str
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied: bool = False
-
-    @property
-    def kv(self) -> int:
-        """Width of the key (and of the value) projection."""
-        return self.hidden // self.heads * self.kv_heads
-
-    def parameters(self) -> int:
-        h, i, k = self.hidden, self.intermediate, self.kv
-        layer = 2 * h * h + 2 * h * k + 3 * h * i + 2 * h
-        return self.vocab * h * (1 if self.tied else 2) + self.layers * layer + h
-
-    def layer_parameters(self) -> int:
-        h, i, k = self.hidden, self.intermediate, self.kv
-        return 2 * h * h + 2 * h * k + 3 * h * i + 2 * h
-
-    def lora_parameters(self, rank: int = LORA_RANK) -> int:
-        h, i, k = self.hidden, self.intermediate, self.kv
-        per_layer = rank * ((h + h) * 2 + (h + k) * 2 + (h + i) * 3)
-        return self.layers * per_layer
-
-    def lora_b_parameters(self, rank: int = LORA_RANK) -> int:
-        """The LoRA B factors' share (out x rank each): what TA edits on an adapter."""
-        h, i, k = self.hidden, self.intermediate, self.kv
-        return self.layers * rank * (3 * h + 2 * k + 2 * i)
-
-    def config(self, tokens: int) -> LlamaConfig:
-        return LlamaConfig(
-            hidden_size=self.hidden,
-            intermediate_size=self.intermediate,
-            num_hidden_layers=self.layers,
-            num_attention_heads=self.heads,
-            num_key_value_heads=self.kv_heads,
-            vocab_size=self.vocab,
-            tie_word_embeddings=self.tied,
-            max_position_embeddings=tokens,
-        )
-
+from lightning_unlearn.planning import GB, LORA_RANK, MethodState, Shape, peak, persistent, setting
 
 SIZES = {  # built from config on the CPU, the batch (records x tokens) of each
     "small": (Shape("small", 128, 352, 2, 2, 2, 1024), (8, 64)),
@@ -115,94 +60,26 @@ LLAMA_3 = {
 }
 
 
-# --- the model -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setting:
-    """How a step runs: bytes per weight and per activation, gradient checkpointing, ZeRO-3's process count."""
-
-    weight_bytes: int  # weights, gradients and Adam's moments (torch's Adam keeps them in the weights' dtype)
-    activation_bytes: int
-    checkpointing: bool = False
-    zero3_processes: int = 0  # 0: no ZeRO-3
-
-
-def setting(precision: str, checkpointing: bool = False, zero3_processes: int = 0) -> Setting:
-    """32-true, bf16-true (and, for the projections, ZeRO-3's bf16)."""
-    if precision == "32-true":
-        return Setting(4, 4, checkpointing, zero3_processes)
-    if precision == "bf16-true":
-        return Setting(2, 2, checkpointing, zero3_processes)
-    raise ValueError(f"the model covers 32-true and bf16-true, not {precision}")
-
-
-def layer_activations(shape: Shape, tokens: int, s: Setting) -> int:
-    """Bytes one decoder layer keeps for backward over ``tokens`` tokens (see the module docstring)."""
-    h, k, i, w = shape.hidden, shape.kv, shape.intermediate, s.activation_bytes
-    norms = 2 * 8 * h  # each: two float32 tensors (x · rsqrt(mean x²), the weighted output) or a float32 copy and two
-    attention = w * (2 * h + 2 * k) + 4 * shape.heads  # q, k after RoPE, v, the output; the log-sum-exp
-    residuals = 2 * w * h if w == 4 else 0  # kept by the next RMSNorm in float32 (its float32 copy is a norm's)
-    return tokens * (norms + attention + residuals + 4 * w * i)
-
-
-def activations(shape: Shape, tokens: int, s: Setting) -> int:
-    """Bytes the decoder keeps for backward at the end of a training forward (the embeddings' output, each layer's
-    activations or, with checkpointing, each layer's input, and the final norm's), the output layer aside."""
-    w, h = s.activation_bytes, shape.hidden
-    first = w * h if w == 4 else 0  # the first RMSNorm's input, kept in float32 only (as the residuals)
-    if s.checkpointing:
-        return tokens * (shape.layers * w * h + first + 8 * h)
-    return tokens * (first + 8 * h) + shape.layers * layer_activations(shape, tokens, s)
-
-
-def head(shape: Shape, tokens: int, s: Setting, backward: bool = False, temporaries: bool = True) -> int:
-    """Bytes of the output layer and the per-sample NLL. Float32 logits: the logits and their log-softmax at the
-    forward's end; at the backward's start the log-softmax and two gradients (the logits are freed when the
-    training step returns). Half-precision logits (:func:`~lightning_unlearn.functional.memorization.token_nll`): the
-    logits, kept for backward, their gradient in backward, and while the NLL is taken two float32 chunks."""
-    logits = tokens * shape.vocab
-    if s.activation_bytes == 4:
-        return (3 if backward else 2) * 4 * logits
-    chunks = 2 * 4 * min(logits, CHUNK_ELEMENTS) if temporaries else 0
-    return (2 if backward else 1) * 2 * logits + chunks
-
-
-def forward(shape: Shape, tokens: int, s: Setting, freed: int, temporaries: bool = True) -> int:
-    """The most bytes a training forward and backward hold above the persistent ones, the larger of: at the
-    forward's end, the activations and the output layer's; at the backward's start, the same with the output
-    layer's backward, less the ``freed`` bytes of the previous step's gradients (set to None between the forward
-    and the backward) that have not grown again; with checkpointing, also one layer's recomputed activations in
-    place of the output layer's."""
-    kept = activations(shape, tokens, s)
-    end = kept + head(shape, tokens, s, temporaries=temporaries)
-    start = kept + head(shape, tokens, s, backward=True, temporaries=temporaries) - freed
-    if not s.checkpointing:
-        return max(end, start)
-    return max(end, start, kept + layer_activations(shape, tokens, s) - freed)
-
-
-def kl_head(shape: Shape, tokens: int, s: Setting) -> int:
-    """Bytes of the KL retain term's output layer at its backward
-    (:func:`~lightning_unlearn.functional.losses.token_kl`): the logits, the reference's, their gradient, and per chunk
-    the two float32 softmaxes and, for half-precision logits, the float32 copy of the reference's chunk."""
-    logits = tokens * shape.vocab
-    chunk = min(logits, max(1, CHUNK_ELEMENTS // 4 // shape.vocab) * shape.vocab)
-    return 3 * s.activation_bytes * logits + (2 if s.activation_bytes == 4 else 3) * 4 * chunk
-
-
 @dataclass(frozen=True)
 class Row:
-    """A method's row: how to build the module, and whether it trains a LoRA adapter, keeps a reference, and so on."""
+    """A method's row: its name, how to build the module, and what it keeps (the planner's :class:`MethodState`)."""
 
     name: str
     make: Callable[..., L.LightningModule]
-    lora: bool = False
-    reference: bool = False  # a frozen copy of what trains (KL retain term)
-    base: bool = False  # TA's θ_base, and the copy kept while an edit is scored
-    ascent_adapter: bool = False  # TAU on LoRA: the SGA phase's adapter, frozen beside the trained one
-    adversary: bool = False  # relearning-aware: a copy of the model, its gradients and Adam state in the step
-    retain: bool = False
+    state: MethodState = field(default_factory=MethodState)
+
+
+def config(shape: Shape, tokens: int) -> LlamaConfig:
+    return LlamaConfig(
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        vocab_size=shape.vocab,
+        tie_word_embeddings=shape.tied,
+        max_position_embeddings=tokens,
+    )
 
 
 NEVER = {"threshold": -1.0}  # no stop: every step runs
@@ -214,85 +91,28 @@ METHODS = [
     Row(
         "SGA + KL",
         lambda model, **o: SelectiveGradientAscent(model, **SGA_NEVER, **KL, **o),
-        reference=True,
-        retain=True,
+        MethodState(reference=True, retain=True),
     ),
-    Row("NPO + KL", lambda model, **o: NPO(model, **KL, **o), reference=True, retain=True),
-    Row("TA", lambda model, **o: TaskArithmetic(model, **NEVER, **o), base=True),
-    Row("TAU", lambda model, **o: TAU(model, switch_at=1.0, **NEVER, **o), base=True),
+    Row("NPO + KL", lambda model, **o: NPO(model, **KL, **o), MethodState(reference=True, retain=True)),
+    Row("TA", lambda model, **o: TaskArithmetic(model, **NEVER, **o), MethodState(base=True)),
+    Row("TAU", lambda model, **o: TAU(model, switch_at=1.0, **NEVER, **o), MethodState(base=True)),
     Row(
         "SGA + KL, relearning-aware",
         lambda model, **o: SelectiveGradientAscent(model, **SGA_NEVER, **KL, adversary_steps=2, **o),
-        reference=True,
-        adversary=True,
-        retain=True,
+        MethodState(reference=True, adversary=True, retain=True),
     ),
     Row(
         "SGA + KL, LoRA",
         lambda model, **o: SelectiveGradientAscent(model, **SGA_NEVER, **KL, **o),
-        lora=True,
-        reference=True,
-        retain=True,
+        MethodState(lora=True, reference=True, retain=True),
     ),
-    Row("TA, LoRA", lambda model, **o: TaskArithmetic(model, **NEVER, **o), lora=True, base=True),
+    Row("TA, LoRA", lambda model, **o: TaskArithmetic(model, **NEVER, **o), MethodState(lora=True, base=True)),
     Row(
         "TAU, LoRA",
         lambda model, **o: TAU(model, switch_at=1.0, **NEVER, **o),
-        lora=True,
-        base=True,
-        ascent_adapter=True,
+        MethodState(lora=True, base=True, ascent_adapter=True),
     ),
 ]
-
-
-def persistent(method: Row, shape: Shape, s: Setting) -> dict[str, float]:
-    """Bytes that live between steps, by part (each process's under ZeRO-3)."""
-    p, w = shape.parameters(), s.weight_bytes
-    trained = shape.lora_parameters() if method.lora else p
-    shards = max(1, s.zero3_processes)
-    if s.zero3_processes:  # DeepSpeed bf16: bfloat16 weights and gradients, float32 master weights and moments
-        parts = {
-            "weights": 2 * (p + (trained if method.lora else 0)),
-            "gradients": 2 * trained,
-            "optimizer": 12 * trained,
-        }
-    else:
-        parts = {
-            "weights": w * (p + (trained if method.lora else 0)),
-            "gradients": w * trained,
-            "optimizer": 2 * w * trained,
-        }
-    parts["reference"] = w * trained if method.reference else 0
-    edited = shape.lora_b_parameters() if method.lora else p  # on an adapter TA edits its B factors only
-    parts["base"] = w * edited if method.base else 0
-    parts["ascent adapter"] = w * trained if method.ascent_adapter else 0
-    parts["adversary copy"] = w * p if method.adversary else 0
-    return {part: size / shards for part, size in parts.items()}
-
-
-def peak(method: Row, shape: Shape, records: int, tokens: int, s: Setting) -> float:
-    """The most bytes alive in a step cycle: the persistent ones plus the step's largest transient."""
-    kept = sum(persistent(method, shape, s).values())
-    n = records * tokens
-    w, trained = s.weight_bytes, shape.lora_parameters() if method.lora else shape.parameters()
-    # the gradients set to None before the backward, less those of the output and last layers, which grow first
-    regrown = 0 if method.lora else shape.vocab * shape.hidden + shape.layer_parameters()
-    freed = 0 if s.zero3_processes else max(0, w * (trained - regrown))
-    transient = forward(shape, n, s, freed)
-    if s.zero3_processes:
-        transient += 2 * 2 * max(shape.layer_parameters(), shape.vocab * shape.hidden)  # gathered, and prefetched
-    if method.adversary:  # the forward at θ keeps no graph, only its logits: the copy's Adam, gradients, forward
-        at_theta = head(shape, n, s, temporaries=False)
-        transient = at_theta + 3 * w * trained + forward(shape, n, s, 0)
-    if method.retain:  # the retain pass, after the forget pass's backward
-        retain = kl_head(shape, n, s)
-        if s.checkpointing:
-            retain = max(retain, layer_activations(shape, n, s))
-        transient = max(transient, activations(shape, n, s) + retain)
-    if method.base:  # scoring an edit (no graph): one more copy of the edited weights, for the restore
-        edited = shape.lora_b_parameters() if method.lora else shape.parameters()
-        transient = max(transient, w * edited / max(1, s.zero3_processes) + head(shape, n, s))  # ZeRO-3: shards
-    return kept + transient
 
 
 # --- the measurement -------------------------------------------------------------------------------------------
@@ -320,7 +140,7 @@ def measure(
     """(persistent, peak) bytes of ``method``'s step cycle, measured on a model of ``shape`` built from config."""
     torch.manual_seed(0)
     dtype = torch.bfloat16 if precision == "bf16-true" else torch.float32
-    model = LlamaForCausalLM(shape.config(tokens)).to(dtype)
+    model = LlamaForCausalLM(config(shape, tokens)).to(dtype)
     tokenizer = IdTokenizer(shape.vocab)
     texts = {
         split: random_texts(records, tokens, shape.vocab, seed)
@@ -337,7 +157,7 @@ def measure(
         shuffle=False,
     )
     options: dict[str, Any] = {"gradient_checkpointing": checkpointing}
-    if method.lora:
+    if method.state.lora:
         from peft import LoraConfig
 
         options["peft"] = LoraConfig(
@@ -383,7 +203,7 @@ def check(sizes: list[str], precision: str, checkpointing: bool) -> float:
         parameter_bytes = shape.parameters() * s.weight_bytes
         for method in METHODS:
             measured = measure(method, shape, records, tokens, precision, checkpointing)
-            modelled = sum(persistent(method, shape, s).values()), peak(method, shape, records, tokens, s)
+            modelled = sum(persistent(method.state, shape, s).values()), peak(method.state, shape, records, tokens, s)
             (kept, top), (kept_model, top_model) = (
                 [x / parameter_bytes for x in pair] for pair in (measured, modelled)
             )
@@ -402,11 +222,11 @@ def projections() -> list[str]:
     for method in METHODS:
         cells = []
         for shape in LLAMA_3.values():
-            cells.append(_gb(peak(method, shape, 8, 512, setting("bf16-true", checkpointing=True))))
-            if method.adversary:  # it copies the weights, and ZeRO-3 shards them: refused
+            cells.append(_gb(peak(method.state, shape, 8, 512, setting("bf16-true", checkpointing=True))))
+            if method.state.adversary:  # it copies the weights, and ZeRO-3 shards them: refused
                 cells.append("not supported")
             else:
-                cells.append(_gb(peak(method, shape, 8, 512, setting("bf16-true", True, zero3_processes=8))))
+                cells.append(_gb(peak(method.state, shape, 8, 512, setting("bf16-true", True, zero3_processes=8))))
         lines.append(f"| {method.name} | " + " | ".join(cells) + " |")
     return lines
 

@@ -24,7 +24,7 @@ LAYERS = [
     ["callbacks"],
     ["modules"],
     ["methods"],
-    ["unlearning", "verification"],
+    ["unlearning", "verification", "planning"],
     ["testbed"],
     ["cli"],
 ]

@@ -12,6 +12,8 @@
     lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--alpha 0.05] [--el] [--output DIR]
                             [--utility TASK,... [--include-path DIR]]
                             [--recovery-attacks relearn,int8,int4,sampling [--relearn-data FILE]] [--retrain MODEL]
+    lightning-unlearn plan --model PATH_OR_ID_OR_CONFIG --method NAME [--peft lora] [--devices N]
+                           [--strategy ddp|deepspeed_stage_3] [--batch-size 8] [--max-length 512]
     lightning-unlearn verify --model PATH_OR_ID --record unlearning.json --forget FILE [--holdout FILE]
                              [--recovery-attacks relearn,int8,int4,sampling [--relearn-data FILE]]
 
@@ -37,7 +39,9 @@ above the threshold afterwards, and how many holdout records under the same atta
 its takedown record (:func:`lightning_unlearn.verification.verify`): whether it is the recorded model (its weights'
 SHA-256), and whether the forget texts, matched to the record by SHA-256, are still at or below the record's threshold
 (with ``--holdout``, the per-record verdict again); exit 0 when all holds, 1 when not. Errors a user can fix print one
-line and exit 2.
+line and exit 2. ``plan`` reads only a model's configuration (a folder, a hub id or a config JSON file) and prints the
+memory model's persistent and peak bytes per GPU for a method (:mod:`lightning_unlearn.planning`), what fits on 24,
+40, 80 and 141 GB cards, and what would make it fit.
 """
 
 from __future__ import annotations
@@ -166,6 +170,24 @@ def _verify(args: argparse.Namespace) -> int:
     if args.report:
         _write_report(args.report, found.html())
     return 0 if found.passed else 1
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from lightning_unlearn.planning import plan_text
+
+    print(
+        plan_text(
+            args.model,
+            args.method,
+            lora=args.peft == "lora",
+            devices=args.devices,
+            strategy=args.strategy,
+            records=args.batch_size,
+            tokens=args.max_length,
+            precision=args.precision,
+            checkpointing=not args.no_gradient_checkpointing,
+        )
+    )
 
 
 def _write_report(path: str, page: str) -> None:
@@ -515,6 +537,19 @@ def parser() -> argparse.ArgumentParser:
         choices=("32-true", "bf16-true", "16-true"),
         help="the model's weights (default: bf16-true on a GPU, else 32-true)",
     )
+    plan = commands.add_parser("plan", help="memory per GPU for a method on a model, from its config: what fits")
+    plan.add_argument("--model", required=True, help="a local folder, hub id or config JSON file (no weights read)")
+    plan.add_argument("--method", default="sga-kl", help=f"{', '.join(METHODS)} (default: sga-kl)")
+    plan.add_argument("--peft", choices=("lora",), help="a LoRA adapter (rank 16) on every linear layer")
+    plan.add_argument("--devices", type=int, default=1, help="GPUs")
+    plan.add_argument(
+        "--strategy", default="ddp", choices=("ddp", "deepspeed_stage_3"), help="ddp: every GPU holds the model"
+    )
+    plan.add_argument("--batch-size", type=int, default=8, help="records per step")
+    plan.add_argument("--max-length", type=int, default=512, help="tokens per record")
+    plan.add_argument("--precision", default="bf16-true", choices=("bf16-true", "32-true"), help="one GPU's weights")
+    plan.add_argument("--no-gradient-checkpointing", action="store_true", help="keep every layer's activations")
+
     verify = commands.add_parser("verify", help="check a model against its takedown record (unlearning.json)")
     verify.add_argument("--model", required=True, help="the model to check: a local folder or hub id")
     verify.add_argument("--record", required=True, help="the unlearning.json that unlearn wrote")
@@ -548,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _unlearn(args)
             if args.command == "verify":
                 return _verify(args)
-            {"demo": _demo, "testbed": _testbed, "audit": _audit}[args.command](args)
+            {"demo": _demo, "testbed": _testbed, "audit": _audit, "plan": _plan}[args.command](args)
     except (FileExistsError, FileNotFoundError, ImportError, KeyError, TypeError, ValueError) as error:
         message = " ".join(str(error).split())  # one line, whatever the library's message looked like
         print(f"lightning-unlearn {args.command}: error: {message}", file=sys.stderr)
