@@ -208,7 +208,9 @@ def unlearn(
         row["sha256"] = text_sha256(forget_split.texts[row["sample_id"]])
         if include_texts:
             row["text"] = forget_split.texts[row["sample_id"]]
-    record |= evidence_record(datamodule, weights_before, _saved_weights_sha256(module), max_length, long_texts)
+    weights_after = _saved_weights_sha256(module)
+    record |= evidence_record(datamodule, weights_before, weights_after, max_length, long_texts)
+    record["environment"] = trainer.strategy.broadcast(record["environment"])  # one time for every process
     return UnlearningResult(module, record["rule_met"], before, after, record)
 
 

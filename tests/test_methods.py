@@ -76,6 +76,10 @@ def test_method_settings_are_their_papers_and_options_override_them(tiny_model):
     rmu = make_method("rmu", copy.deepcopy(tiny_model))[0]
     assert rmu.hparams.retain_weight == 1200.0 and rmu.steered_layer() is decoder_layers(rmu.model)[-1]
     assert testbed_method("npo-kl")(copy.deepcopy(tiny_model)).beta == 0.01
+    # The default ascends the tokens still predicted on real models, the whole record on the testbed (its tables).
+    assert module.tokens == module.hparams.tokens == "hits" and testbed_method("sga-kl")(tiny_model).tokens == "all"
+    with pytest.raises(ValueError, match="tokens must be 'all' or 'hits'"):
+        make_method("sga-kl", copy.deepcopy(tiny_model), tokens="some")
     assert testbed_method("ta")(copy.deepcopy(tiny_model), learning_rate=1e-3).hparams.learning_rate == 1e-3
     assert set(TESTBED_SETTINGS) <= set(METHODS)
     choices = "sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, sga-kl-sam, ga, ga-mean, wga, satimp, ce-u, undial, rmu"

@@ -137,6 +137,24 @@ def token_weighted_ascent_loss(nll: Tensor, targets: Tensor, weights: Tensor) ->
     return -(weights.detach() * nll * counted).sum(1) / counted.sum(1)
 
 
+def hit_token_ascent_loss(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Gradient ascent on the tokens the model still predicts: −Σ_t 1[argmax p(· | x_<t) = x_t] · NLL_t / (predicted
+    positions) per sample (``Tensor[B]``). The tokens g counts (teacher-forced hits) are pushed until they are no
+    longer the argmax; the tokens already missed are left where they are, so a record's NLL rises no further than
+    bringing its g down takes. On a pretrained LM the whole-sequence NLL rises far faster than g falls, and ascending
+    it pushes records far below unseen text (SmolLM2-135M: LOSS AUC 0.18, docs/benchmarks.md); this does not.
+
+    Example:
+        >>> import torch
+        >>> z = torch.tensor([[[2.0, 0.0], [2.0, 0.0], [0.0, 0.0]]])  # predicts token 0 at every position
+        >>> hit_token_ascent_loss(z, torch.tensor([[0, 0, 1]]), torch.ones(1, 3))  # only x_1 = 0 is a hit
+        tensor([-0.0635])
+    """
+    targets = next_token_targets(input_ids, attention_mask)
+    nll, predicted = token_nll(logits, targets, argmax=True)
+    return token_weighted_ascent_loss(nll, targets, (predicted == targets).to(nll.dtype))
+
+
 def wga_loss(logits: Tensor, input_ids: Tensor, attention_mask: Tensor, beta: float = 1.0) -> Tensor:
     """WGA (Wang et al. 2025, "Rethinking LLM Unlearning Objectives", weighted GA): −mean_t p_θ(x_t | x_<t)^β ·
     NLL_t per sample (``Tensor[B]``), the weight p^β taken without gradient, as the authors' code does. Tokens the

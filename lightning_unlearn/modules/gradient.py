@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
-from lightning_unlearn.functional.losses import satimp_loss, wga_loss
+from lightning_unlearn.functional.losses import hit_token_ascent_loss, satimp_loss, wga_loss
 from lightning_unlearn.modules.base import UnlearningModule
 from lightning_unlearn.utilities.deprecation import renamed_argument
 
@@ -62,6 +62,10 @@ class SelectiveGradientAscent(GradientAscent):
         criterion: ``"max"`` or ``"mean"`` (``stop``, its old name, still works with a warning).
         mode: ``"select"`` (0/1 weights, the paper) or ``"proportional"``.
         skip_forgotten: stop ascending a sample once it is at or below the threshold, even as the batch's top.
+        tokens: which tokens of a selected sample are ascended: ``"all"`` (its mean token NLL, the paper) or
+            ``"hits"`` (only those the model still predicts, g's hits:
+            :func:`~lightning_unlearn.functional.losses.hit_token_ascent_loss`), which keeps a pretrained LM from
+            pushing records far below unseen text.
         **kwargs: :class:`UnlearningModule` arguments (``retain_loss=``, ``retain_weight=``, …).
     """
 
@@ -75,12 +79,21 @@ class SelectiveGradientAscent(GradientAscent):
         criterion: Literal["max", "mean"] = "max",
         mode: Literal["select", "proportional"] = "select",
         skip_forgotten: bool = False,
+        tokens: Literal["all", "hits"] = "all",
         **kwargs: Any,
     ) -> None:
         criterion = renamed_argument(kwargs, type(self).__name__, "stop", "criterion", criterion, "max")
+        if tokens not in ("all", "hits"):
+            raise ValueError(f"tokens must be 'all' or 'hits', got {tokens!r}")
         super().__init__(model, **kwargs)
+        self.tokens = tokens
         self.selective = SelectiveAscent(gamma=gamma, keep_top=keep_top, mode=mode, skip_forgotten=skip_forgotten)
         self.stopping = MemorizationEarlyStopping(criterion=criterion, threshold=threshold, quantile=quantile)
+
+    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+        if self.tokens == "hits":
+            return hit_token_ascent_loss(logits, batch["input_ids"], batch["attention_mask"])
+        return -nll
 
     def configure_callbacks(self) -> list[Callback]:
         self.selective, self.stopping = self.users_or_own(self.selective), self.users_or_own(self.stopping)

@@ -16,6 +16,9 @@ from lightning_unlearn.modules import UnlearningModule
 
 #: method name -> module arguments that override the registry's settings on the testbed
 TESTBED_SETTINGS: dict[str, dict[str, Any]] = {
+    # The whole record's NLL, as the seed paper: on the testbed it ends like the retrain (LOSS AUC 0.52, the retrain
+    # 0.48; hit tokens only: 0.65, small testbed seed 0), and the published tables were measured with it.
+    "sga-kl": {"tokens": "all"},
     "npo-kl": {"beta": 0.01, "learning_rate": 1e-4},
     "ta": {"learning_rate": 3e-4},
     "satimp": {"learning_rate": 1e-3},

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_unlearn.functional import memorization
-from lightning_unlearn.functional.losses import npo_loss, simnpo_loss, token_kl
+from lightning_unlearn.functional.losses import hit_token_ascent_loss, npo_loss, simnpo_loss, token_kl
 from lightning_unlearn.functional.memorization import sequence_log_likelihood, sequence_nll
 
 # Two samples over a 3-token vocabulary: [0, 2, 1] (three tokens) and [1, 0] (two tokens, then padding).
@@ -137,3 +137,29 @@ def test_token_kl_in_chunks_has_the_formulas_gradient(dtype, monkeypatch):
     assert ours.grad.dtype == dtype
     assert torch.allclose(kl.double(), expected.detach(), rtol=tolerance, atol=tolerance)
     assert torch.allclose(ours.grad.double(), leaf.grad, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hit_token_ascent_pushes_only_the_tokens_still_predicted(dtype):
+    """Its gradient is the mean NLL's on the teacher-forced hits and zero on the tokens already missed, so a record
+    whose every token is missed is not pushed at all (the whole-record loss pushes it further below unseen text)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11).to(dtype).requires_grad_()
+    input_ids = torch.randint(0, 11, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    predicted = logits.detach()[:, :-1].argmax(-1)
+    input_ids[0, 1:4] = predicted[0, :3]  # three hits in the first record
+    input_ids[1, 1:] = (predicted[1] + 1) % 11  # none in the second
+    loss = hit_token_ascent_loss(logits, input_ids, mask)
+    loss.sum().backward()
+    hits = (predicted == input_ids[:, 1:]) & (mask[:, 1:] * mask[:, :-1]).bool()
+    nll = -torch.log_softmax(logits.detach().float()[:, :-1], -1).gather(-1, input_ids[:, 1:, None])[..., 0]
+    counted = (mask[:, 1:] * mask[:, :-1]).sum(1)
+    expected = -(nll * hits).sum(1) / counted
+    assert loss.detach().float().tolist() == pytest.approx(
+        expected.tolist(), rel=1e-2 if dtype == torch.bfloat16 else 1e-5
+    )
+    assert loss[1] == 0 and logits.grad[1].abs().max() == 0  # nothing left to push in the second record
+    moved = logits.grad[:, :-1].abs().amax(-1) > 0
+    assert torch.equal(moved, hits) and hits[0, :3].all()  # only the hits move
