@@ -208,7 +208,7 @@ def unlearn(
         row["sha256"] = text_sha256(forget_split.texts[row["sample_id"]])
         if include_texts:
             row["text"] = forget_split.texts[row["sample_id"]]
-    weights_after = _saved_weights_sha256(module)
+    weights_after = trainer.strategy.broadcast(_saved_weights_sha256(module))  # what the first process writes
     record |= evidence_record(datamodule, weights_before, weights_after, max_length, long_texts)
     record["environment"] = trainer.strategy.broadcast(record["environment"])  # one time for every process
     return UnlearningResult(module, record["rule_met"], before, after, record)
@@ -235,7 +235,7 @@ def evidence_record(
 
 def _saved_weights_sha256(module: UnlearningModule) -> str:
     """The weights' hash of what :meth:`UnlearningResult.save` writes (merged, for an adapter; under ZeRO-3 the
-    gathered state, as saving gathers it)."""
+    gathered state, as saving gathers it: whole on the first process, which writes it). Call it on every process."""
     target, state = saved_state(module.get_model(), merge=True)
     return state_sha256(state if state is not None else target.state_dict())
 

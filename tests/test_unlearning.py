@@ -88,6 +88,12 @@ def test_the_one_command_and_unlearn_on_two_processes_give_what_one_gives(small_
     _processes(*torchrun, folder=tmp_path, testbed_cache=testbed_cache)
     ranks = [json.loads((tmp_path / f"zero3/rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks[0] == ranks[1]
+    from transformers import AutoModelForCausalLM
+
+    from lightning_unlearn.evaluation.evidence import weights_sha256
+
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "zero3/model")  # gathered from the shards, then saved
+    assert ranks[0]["record"]["weights_sha256"]["after"] == weights_sha256(saved)
     for record in (json.loads((tmp_path / "ddp-out/unlearning.json").read_text()), ranks[0]["record"]):
         assert record["rule_met"] and abs(record["steps"] - one["record"]["steps"]) <= 2
         difference = [abs(a - b) for a, b in zip(_g_after(record), _g_after(one["record"]), strict=True)]

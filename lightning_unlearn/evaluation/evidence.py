@@ -5,8 +5,8 @@ them), and the software and device a run had.
 A text's hash is that of its UTF-8 bytes. A set's hash does not depend on the order of its texts: the SHA-256 of
 the sorted hex digests of its texts, one per line (a text given twice counts twice). A model's hash covers its state
 dict in name order: each distinct tensor's name, dtype, shape and values (little-endian bytes, on the CPU; tied
-weights once), so a model saved, reloaded, saved in shards or loaded in another process hashes the same; an adapted
-model is hashed as its merged weights (base + adapter), which is what
+weights once, under the input embedding's name), so a model saved, reloaded, saved in shards or loaded in another
+process hashes the same; an adapted model is hashed as its merged weights (base + adapter), which is what
 :meth:`UnlearningModule.save_pretrained() <lightning_unlearn.modules.base.UnlearningModule.save_pretrained>` writes.
 
 Example:
@@ -61,17 +61,18 @@ def weights_sha256(model: torch.nn.Module) -> str:
 @torch.no_grad()
 def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 hex digest of a state dict: one line per distinct tensor in name order (its name, dtype, shape and
-    the SHA-256 of its values), a tensor equal to one of an earlier name left out, so that tied weights count once
-    whether a state dict keeps them tied (a loaded model) or as two copies (a gathered one). Tensors are copied to
-    the CPU one at a time."""
+    the SHA-256 of its values), a tensor equal to one of a later name left out, so that tied weights count once, under
+    the input embedding's name, whether a state dict holds both names (a loaded model: ``lm_head.weight`` sorts
+    first) or only the parameter's own (a state gathered from ZeRO-3 shards). Tensors are copied to the CPU one at a
+    time."""
     lines, seen = [], set()
-    for name, tensor in sorted(state.items()):
+    for name, tensor in sorted(state.items(), reverse=True):
         values = tensor.detach().to("cpu").contiguous()
         content = (str(values.dtype), tuple(values.shape), hashlib.sha256(_little_endian_bytes(values)).hexdigest())
         if content not in seen:
             seen.add(content)
             lines.append(f"{name} {content[0]} {list(content[1])} {content[2]}")
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return hashlib.sha256("\n".join(reversed(lines)).encode()).hexdigest()
 
 
 def _little_endian_bytes(values: torch.Tensor) -> bytes:
