@@ -264,6 +264,7 @@ NOT_MEASURED = [
     "| setting | what holds (tested) |",
     "| model | full fine-tuning (16 B per parameter) | LoRA trainable | LoRA: base + adapter |",
     "| name | what it does | demo |",
+    "| field | what it holds |",
 ]
 
 

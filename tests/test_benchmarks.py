@@ -225,8 +225,8 @@ def test_memory_model_matches_a_measured_step_cycle_and_the_readme_shows_its_pro
         f"for name, checkpointing in {cases!r}:\n"
         "    method, s = methods[name], memory.setting('32-true', checkpointing)\n"
         "    measured = memory.measure(method, shape, records, tokens, '32-true', checkpointing)\n"
-        "    modelled = sum(memory.persistent(method, shape, s).values()), "
-        "memory.peak(method, shape, records, tokens, s)\n"
+        "    modelled = sum(memory.persistent(method.state, shape, s).values()), "
+        "memory.peak(method.state, shape, records, tokens, s)\n"
         "    rows.append([name, *measured, *modelled])\n"
         "print(json.dumps(rows))\n"
     )
