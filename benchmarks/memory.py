@@ -1,20 +1,10 @@
 """The memory model: what each method keeps (persistent bytes) and the peak of a step cycle, as multiples of the
 parameter bytes; checked against measured CPU steps at three sizes, and projected to Llama-3 8B and 70B.
 
-Persistent bytes are what lives between steps: weights, gradients (set to None only after the next forward),
-Adam's two moments, and each method's own state: the KL reference (a frozen copy of what trains), TA's θ_base,
-the relearning-aware adversary's copy. The peak is the most tensor memory alive at any point of a step cycle (the
-training step and the scoring after it): the persistent bytes plus the activations that the backward keeps, the
-output layer's logits and the loss's temporaries, or, for TA, the copy kept while an edit is scored.
-
-Activations follow from what autograd saves in a Hugging Face Llama decoder layer with scaled-dot-product
-attention (no T x T matrix kept: flash or memory-efficient kernels), per token (h hidden, k key-value width, i
-MLP width, w bytes per activation): the two RMSNorms 8h bytes each (float32 products, or a float32 copy and two
-half-precision tensors), q and k after RoPE, v and the attention output (w·(2h + 2k)), in float32 the two residual
-sums (the norms keep their input; in half precision their float32 copy instead), and the SwiGLU MLP's gate, up,
-SiLU and product (4·w·i): counted with ``torch.autograd.graph.saved_tensors_hooks``. With gradient checkpointing
-a layer keeps only its input (w·h), and one layer's activations are recomputed at a time. The measured side counts
-every tensor storage alive (:class:`peak_memory.TotalTensorMemory`); nothing in the model is fitted to it.
+The model itself is :mod:`lightning_unlearn.planning` (``lightning-unlearn plan``), documented there; this script
+measures what it predicts. The measured side counts every tensor storage alive
+(:class:`peak_memory.TotalTensorMemory`) over a step cycle of a model of each size built from config; nothing in the
+model is fitted to it.
 
     python benchmarks/memory.py                     # the check at three sizes (32-true) and the projections
     python benchmarks/memory.py --sizes small --precisions 32-true,bf16-true --checkpointing

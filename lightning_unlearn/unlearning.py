@@ -157,7 +157,7 @@ def unlearn(
     recovery_attacks = check_recovery_attacks(recovery_attacks)
     if "relearn" in recovery_attacks and retain is None:
         raise ValueError("the relearning attack fine-tunes on the retain texts: give retain=")
-    tokenizer = tokenizer if tokenizer is not None else _model_tokenizer(model)
+    tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
     datamodule = UnlearningDataModule(
         tokenizer,
         forget,
@@ -361,8 +361,8 @@ def _measure(
     )
 
 
-def _model_tokenizer(model: Any) -> Any:
-    """The model's own tokenizer, from its source."""
+def model_tokenizer(model: Any) -> Any:
+    """The model's own tokenizer, from its source (a hub id, a folder, or an instance's ``name_or_path``)."""
     source = model if not isinstance(model, torch.nn.Module) else getattr(model, "name_or_path", "")
     if not source:
         raise ValueError("the model was given as an instance without a source: give tokenizer= too")

@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from lightning_unlearn.data import TokenizedSplit, UnlearningDataModule, load_texts, load_tokenizer
+from lightning_unlearn.data import TokenizedSplit, UnlearningDataModule, load_texts
 from lightning_unlearn.evaluation.evidence import RECORD_SCHEMA, RECORD_VERSION, set_sha256, text_sha256, weights_sha256
 from lightning_unlearn.evaluation.html import Table, g_figure, html_document, verdict_figure
 from lightning_unlearn.evaluation.report import Report, memorization_report, verdict_text
 from lightning_unlearn.integrations.huggingface import check_causal_lm, load_causal_lm
+from lightning_unlearn.unlearning import model_tokenizer
 
 
 class RecordError(ValueError):
@@ -197,7 +198,7 @@ def verify(
     texts = load_texts(forget, "forget")
     if not texts:
         raise ValueError("no forget texts given: give the texts the record was made for")
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(_source(model))
+    tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
     data = record["data"]
     split = TokenizedSplit("forget", texts, tokenizer, data["max_length"], data["long_texts"])
     recorded = {row["sha256"]: row for row in record["records"]}
@@ -255,10 +256,3 @@ def verify(
         holdout_matches=None if holdout is None else set_sha256(datamodule.split("holdout").texts) == holdout_record,
         report=report,
     )
-
-
-def _source(model: Any) -> str:
-    source = model if not isinstance(model, torch.nn.Module) else getattr(model, "name_or_path", "")
-    if not source:
-        raise ValueError("the model was given as an instance without a source: give tokenizer= too")
-    return str(source)
