@@ -3,6 +3,7 @@ and clear refusals of bad input; ``lightning-unlearn verify`` exits 0, 1 or 2 al
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_the_record_ties_itself_to_the_texts_and_weights_and_holds_no_forget_tex
 
 def test_the_record_holds_the_texts_when_asked(small_testbed):
     result = unlearn(
-        small_testbed.model,
+        copy.deepcopy(small_testbed.model),  # unlearn() trains the instance it is given
         small_testbed.forget,
         small_testbed.holdout,
         retain=small_testbed.retain,
