@@ -31,7 +31,6 @@ from lightning_unlearn.evaluation.evidence import (
     RECORD_VERSION,
     environment,
     set_sha256,
-    state_sha256,
     text_sha256,
     weights_sha256,
 )
@@ -39,7 +38,6 @@ from lightning_unlearn.evaluation.html import record_html
 from lightning_unlearn.evaluation.recovery import check_recovery_attacks
 from lightning_unlearn.evaluation.report import Report, memorization_report, verdict_text
 from lightning_unlearn.integrations.huggingface import check_causal_lm, default_precision, load_causal_lm
-from lightning_unlearn.integrations.peft import saved_state
 from lightning_unlearn.methods import check_method, make_method
 from lightning_unlearn.modules import UnlearningModule
 from lightning_unlearn.utilities.files import exists
@@ -208,7 +206,7 @@ def unlearn(
         row["sha256"] = text_sha256(forget_split.texts[row["sample_id"]])
         if include_texts:
             row["text"] = forget_split.texts[row["sample_id"]]
-    weights_after = trainer.strategy.broadcast(_saved_weights_sha256(module))  # what the first process writes
+    weights_after = trainer.strategy.broadcast(weights_sha256(module.get_model()))  # the first process writes
     record |= evidence_record(datamodule, weights_before, weights_after, max_length, long_texts)
     record["environment"] = trainer.strategy.broadcast(record["environment"])  # one time for every process
     return UnlearningResult(module, record["rule_met"], before, after, record)
@@ -231,13 +229,6 @@ def evidence_record(
         "weights_sha256": {"before": before, "after": after},
         "environment": environment(),
     }
-
-
-def _saved_weights_sha256(module: UnlearningModule) -> str:
-    """The weights' hash of what :meth:`UnlearningResult.save` writes (merged, for an adapter; under ZeRO-3 the
-    gathered state, as saving gathers it: whole on the first process, which writes it). Call it on every process."""
-    target, state = saved_state(module.get_model(), merge=True)
-    return state_sha256(state if state is not None else target.state_dict())
 
 
 def check_holdout_size(size: int) -> None:

@@ -27,8 +27,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from lightning_unlearn.evaluation.recovery import merged_copy
-from lightning_unlearn.integrations.peft import is_adapted
+from lightning_unlearn.integrations.peft import saved_state
 from lightning_unlearn.utilities.version import __version__
 
 #: what ``unlearning.json`` is, and the version of its layout (2: hashes of the texts and weights, the environment,
@@ -51,11 +50,11 @@ def set_sha256(texts: Iterable[str]) -> str:
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 hex digest of a model's weights (:func:`state_sha256` of its state dict). An adapted (peft) model is
-    hashed as its merged weights, on a merged copy (the model is left as it is)."""
-    if is_adapted(model):
-        model = merged_copy(model)
-    return state_sha256(model.state_dict())
+    """SHA-256 hex digest of what ``save_pretrained`` writes for ``model`` (:func:`state_sha256` of
+    :func:`~lightning_unlearn.integrations.peft.saved_state`): an adapted (peft) model as its merged weights, a
+    ZeRO-3 model as its gathered state (whole on the first process: call it on every process)."""
+    target, state = saved_state(model, merge=True)
+    return state_sha256(state if state is not None else target.state_dict())
 
 
 @torch.no_grad()
