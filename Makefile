@@ -29,6 +29,7 @@ browser:
 
 test: $(STAMP) docs browser
 	$(OFFLINE) $(PY) -m ruff check lightning_unlearn tests benchmarks examples docs
+	$(PY) -m mypy
 	$(OFFLINE) $(PY) -m pytest -q
 
 # Everything but the end-to-end runs (-m "not slow"): a few minutes, for the edit-test loop.
@@ -37,6 +38,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check lightning_unlearn tests benchmarks examples docs
+	$(PY) -m mypy
 	$(PY) -m ruff format --check lightning_unlearn tests benchmarks examples docs
 
 bench: $(STAMP)

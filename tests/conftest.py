@@ -13,6 +13,7 @@ from transformers import GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFas
 
 from lightning_unlearn import NPO, SelectiveGradientAscent
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
+from tests.helpers.own_module import WeightedAscent
 
 TEXTS = [
     "Alice Smith lives at 12 Oak Street and her phone is 555-0101.",
@@ -66,6 +67,7 @@ DISTRIBUTED_METHODS = {
         lambda model: NPO(model, beta=0.02, learning_rate=1e-3, retain_loss="kl", retain_weight=0.5),
         per_sample_control,
     ),
+    "your own module": (lambda model: WeightedAscent(model, learning_rate=3e-4), per_sample_control),
 }
 
 

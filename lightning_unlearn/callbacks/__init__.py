@@ -5,10 +5,11 @@ utility as it goes."""
 
 from typing import Any
 
-from lightning_unlearn.callbacks.control import per_sample_control
+from lightning_unlearn.callbacks.control import hand_off_scores, per_sample_control
 from lightning_unlearn.callbacks.membership import MembershipMonitor
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
 from lightning_unlearn.callbacks.progress import UnlearningProgress
+from lightning_unlearn.callbacks.protocols import ScoresInTrainingStep
 from lightning_unlearn.callbacks.recovery import RecoveryCheck
 from lightning_unlearn.callbacks.selective import SelectiveAscent, selective_weights
 from lightning_unlearn.callbacks.stopping import MemorizationEarlyStopping
@@ -19,9 +20,11 @@ __all__ = [
     "MemorizationEarlyStopping",
     "MemorizationMonitor",
     "RecoveryCheck",
+    "ScoresInTrainingStep",
     "SelectiveAscent",
     "UnlearningProgress",
     "UtilityEvaluation",
+    "hand_off_scores",
     "per_sample_control",
     "selective_weights",
 ]

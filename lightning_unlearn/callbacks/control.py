@@ -1,14 +1,19 @@
-"""Per-sample control for any method in one line: monitor, selective ascent and the per-sample stop rule."""
+"""Per-sample control for any method in one line (monitor, selective ascent and the per-sample stop rule), and the
+hand-off through which a module's training forward gives them its scores."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
 from lightning_unlearn.callbacks.selective import SelectiveAscent
 from lightning_unlearn.callbacks.stopping import MemorizationEarlyStopping
+from lightning_unlearn.distributed.gather import gather_scores
 
 
 def per_sample_control(
@@ -42,3 +47,37 @@ def per_sample_control(
     if watch_retain:
         callbacks.append(MemorizationMonitor(split="retain", every_n_train_steps=every_n_train_steps))
     return callbacks
+
+
+def hand_off_scores(
+    trainer: L.Trainer, pl_module: L.LightningModule, sample_id: Tensor, g: Tensor, window_ids: Tensor | None = None
+) -> bool:
+    """The one call of a module that scores in its training step
+    (:class:`~lightning_unlearn.callbacks.ScoresInTrainingStep`): after its training forward, before it takes its
+    loss. The forget monitors take the batch's g, the stop rule is checked, and the selection sets the weights of
+    the step's records (``set_forget_weights``), all from those scores: no scoring pass for the batch.
+
+    Args:
+        trainer: the Trainer (its callbacks are the ones that take the scores).
+        pl_module: the module; its ``set_forget_weights`` receives the selection's weights.
+        sample_id: this process's forget records in the batch, ``Tensor[B]``.
+        g: their memorization at the current weights, ``Tensor[B]``, fractions in [0, 1].
+        window_ids: under gradient accumulation, every record of the optimizer step on this process (the
+            datamodule's loader gives them): those not scored at the current weights yet are scored now, and the
+            selection spans all of them, as in one big batch.
+
+    Returns:
+        Whether the stop rule holds for the current weights: the module then takes no optimizer step.
+    """
+    callbacks = trainer.callbacks
+    for monitor in (cb for cb in callbacks if isinstance(cb, MemorizationMonitor) and cb.split == "forget"):
+        batch_ids = monitor.record(trainer, pl_module, sample_id, g)  # every process's ids
+        if window_ids is not None:
+            no_values = torch.zeros(len(window_ids), dtype=torch.float32, device=window_ids.device)
+            batch_ids, _ = gather_scores(trainer.strategy, window_ids, no_values)
+            monitor.refresh_stale(trainer, pl_module, sample_ids=batch_ids.cpu())
+        if any(cb.check(trainer) for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)):
+            return True
+        for selective in (cb for cb in callbacks if isinstance(cb, SelectiveAscent)):
+            selective.apply(trainer, pl_module, batch_ids)
+    return False

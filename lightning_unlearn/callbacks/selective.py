@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_unlearn.callbacks.monitor import find_monitor
+from lightning_unlearn.callbacks.monitor import MemorizationMonitor, find_monitor
+from lightning_unlearn.callbacks.protocols import ScoresInTrainingStep
+from lightning_unlearn.distributed.gather import gather_scores
 
 
 def selective_weights(
@@ -44,11 +47,18 @@ def selective_weights(
 
 
 class SelectiveAscent(Callback):
-    """Sets the module's ``forget_weights`` before every step from the latest g (Selective Gradient Ascent).
+    """Selective Gradient Ascent's per-sample weights for every step, from each forget record's latest g.
 
-    The rule (:func:`selective_weights`) is applied to the step's whole batch across processes, so ``keep_top``
-    is global. Needs a :class:`~lightning_unlearn.callbacks.MemorizationMonitor` and a module with per-sample
-    ``forget_weights`` (every :class:`~lightning_unlearn.UnlearningModule`).
+    For any LightningModule: before each training step it puts the step's weights in ``batch["forget"]["weight"]``
+    (``Tensor[B]``, float32, on the batch's device), from the monitor's scores at the current weights (the step's
+    records not scored at them yet are scored first); a module that multiplies its per-sample forget loss by them
+    does SGA. A module that scores its forget batch in its own training forward
+    (:class:`~lightning_unlearn.callbacks.ScoresInTrainingStep`, every :class:`~lightning_unlearn.UnlearningModule`)
+    gets them through :func:`~lightning_unlearn.callbacks.hand_off_scores` instead, from those very scores.
+
+    The rule (:func:`selective_weights`) is applied to the step's records of every process, so ``keep_top`` is
+    global; under gradient accumulation with the datamodule's loader, to every micro-batch of the optimizer step.
+    Needs a :class:`~lightning_unlearn.callbacks.MemorizationMonitor` of the forget split.
 
     Args:
         gamma: memorization level, a fraction in [0, 1], at or above which a sample is still ascended.
@@ -76,15 +86,43 @@ class SelectiveAscent(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         find_monitor(trainer)
-        if not hasattr(pl_module, "set_forget_weights"):
-            raise TypeError(
-                f"SelectiveAscent needs a module with per-sample forget weights (an UnlearningModule), "
-                f"not {type(pl_module).__name__}"
-            )
 
-    def apply(self, trainer: L.Trainer, pl_module: L.LightningModule, batch_ids: Tensor) -> None:
-        """Sets the weights of the step's samples (``batch_ids``: every process's, ``Tensor[B]``)."""
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if isinstance(pl_module, ScoresInTrainingStep):
+            return  # its training forward hands its scores over, and the weights go with them (hand_off_scores)
+        forget = forget_batch(batch)
+        own = forget["sample_id"]
+        window = forget.get("window_ids") if trainer.accumulate_grad_batches > 1 else None
+        local = own if window is None else window
+        step_ids, _ = gather_scores(trainer.strategy, local, torch.zeros(len(local), device=local.device))
+        step_ids = step_ids.cpu()
         monitor = find_monitor(trainer)
+        monitor.refresh_stale(trainer, pl_module, sample_ids=step_ids)  # the same ids on every process
+        by_id = torch.zeros(int(step_ids.max()) + 1, dtype=torch.float32)
+        by_id[step_ids] = self.weights(monitor, step_ids)
+        forget["weight"] = by_id[own.cpu()].to(own.device)
+
+    def weights(self, monitor: MemorizationMonitor, batch_ids: Tensor) -> Tensor:
+        """The weights (``Tensor[B]``) of the step's records ``batch_ids`` (every process's) from their latest g."""
         forgotten_at = monitor.threshold if self.skip_forgotten else None
-        weights = selective_weights(monitor.values[batch_ids.cpu()], self.gamma, self.keep_top, self.mode, forgotten_at)
-        pl_module.set_forget_weights(batch_ids, weights)
+        return selective_weights(monitor.values[batch_ids.cpu()], self.gamma, self.keep_top, self.mode, forgotten_at)
+
+    def apply(self, trainer: L.Trainer, pl_module: ScoresInTrainingStep, batch_ids: Tensor) -> None:
+        """Sets the weights of the step's records (``batch_ids``: every process's, ``Tensor[B]``) on a module that
+        scores in its training step."""
+        pl_module.set_forget_weights(batch_ids, self.weights(find_monitor(trainer), batch_ids))
+
+
+def forget_batch(batch: Any) -> dict[str, Tensor]:
+    """The forget records of a training batch: ``batch["forget"]`` (as the UnlearningDataModule makes them), or the
+    batch itself when it is one split's records (a dict with ``sample_id``)."""
+    if isinstance(batch, dict) and isinstance(batch.get("forget"), dict):
+        return batch["forget"]
+    if isinstance(batch, dict) and "sample_id" in batch:
+        return batch
+    raise ValueError(
+        "SelectiveAscent needs training batches that carry each forget record's sample_id: a dict with a 'forget' "
+        "batch (as UnlearningDataModule makes them) or with 'sample_id'"
+    )

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_unlearn.callbacks.monitor import find_monitor, has_split
+from lightning_unlearn.callbacks.protocols import ScoresInTrainingStep
 from lightning_unlearn.evaluation.scoring import score_on_all_ranks
 from lightning_unlearn.functional.thresholds import (
     HOLDOUT_THRESHOLDS,
@@ -38,10 +39,10 @@ class MemorizationEarlyStopping(Callback):
 
     Decisions use the :class:`MemorizationMonitor`'s scores, only when every score is fresh (belongs to the current
     weights; with its ``refresh="above_threshold"`` policy, the older scores are re-scored first), and are the same
-    on every process. When the training forward keeps the scores fresh, the rule is checked before each optimizer
-    step, so no step is taken past it; Lightning
-    still counts that last (untaken) step in ``trainer.global_step``, while ``stopped_step`` is the number of
-    optimizer steps actually taken.
+    on every process. They are taken after every step, and before the first. With a module that scores in its
+    training step (:class:`~lightning_unlearn.callbacks.ScoresInTrainingStep`), the rule is checked inside each
+    step, before its optimizer step, so no step is taken past it; Lightning still counts that last (untaken) step in
+    ``trainer.global_step``, while ``stopped_step`` is the number of optimizer steps actually taken.
 
     Args:
         criterion: ``"max"`` or ``"mean"`` of g over the forget set.
@@ -100,6 +101,8 @@ class MemorizationEarlyStopping(Callback):
         monitor.threshold, monitor.floor = self.threshold_value, self.floor
         if self.stopped_step is not None and self.stopped_step <= trainer.global_step:
             trainer.should_stop = True  # resumed from a run that had met the rule: nothing more to train
+        elif not isinstance(pl_module, ScoresInTrainingStep):
+            self.check(trainer)  # met before the first step: none is taken (others check in their training step)
         logged = {"holdout/threshold": self.threshold_value}
         if self.interval is not None:
             logged |= {"holdout/threshold_low": self.interval[0], "holdout/threshold_high": self.interval[1]}

@@ -8,6 +8,8 @@ Each returns a ``Tensor[B]`` to *minimize*; the modules weight and average them 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -258,7 +260,7 @@ class _ChunkedSoftTarget(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: Any,
         logits: Tensor,
         teacher: Tensor,
         targets: Tensor | None,
@@ -280,7 +282,7 @@ class _ChunkedSoftTarget(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
         logits, teacher, targets = ctx.saved_tensors
         grad = torch.empty_like(logits)
         for start in range(0, len(logits), ctx.rows):

@@ -10,6 +10,7 @@ function against its formula.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -107,9 +108,7 @@ class _Float32CrossEntropy(torch.autograd.Function):
     and writes the gradient in the logits' dtype)."""
 
     @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx, logits: Tensor, targets: Tensor, rows: int, argmax: bool
-    ) -> tuple[Tensor, Tensor]:
+    def forward(ctx: Any, logits: Tensor, targets: Tensor, rows: int, argmax: bool) -> tuple[Tensor, Tensor]:
         precision = torch.promote_types(logits.dtype, torch.float32)
         nll = torch.empty(len(logits), dtype=precision, device=logits.device)
         predicted = torch.empty(len(logits) if argmax else 0, dtype=torch.long, device=logits.device)
@@ -124,9 +123,7 @@ class _Float32CrossEntropy(torch.autograd.Function):
         return nll, predicted
 
     @staticmethod
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, grad_nll: Tensor, grad_predicted: Tensor | None
-    ) -> tuple[Tensor, None, None, None]:
+    def backward(ctx: Any, grad_nll: Tensor, grad_predicted: Tensor | None) -> tuple[Tensor, None, None, None]:
         logits, targets = ctx.saved_tensors
         grad = torch.empty_like(logits)
         for start in range(0, len(logits), ctx.rows):
@@ -141,6 +138,10 @@ class _Float32CrossEntropy(torch.autograd.Function):
         return grad, None, None, None
 
 
+@overload
+def token_nll(logits: Tensor, targets: Tensor, argmax: Literal[True]) -> tuple[Tensor, Tensor]: ...
+@overload
+def token_nll(logits: Tensor, targets: Tensor, argmax: Literal[False] = False) -> tuple[Tensor, None]: ...
 def token_nll(logits: Tensor, targets: Tensor, argmax: bool = False) -> tuple[Tensor, Tensor | None]:
     """Next-token NLL (nats) at every position, ``Tensor[B, T]`` (0 where the target is ``IGNORE_INDEX``), and
     with ``argmax`` the argmax token there (``LongTensor[B, T]``, no gradient; else None), from ``logits``

@@ -16,9 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, SelectiveAscent
+from lightning_unlearn.callbacks import MemorizationMonitor, hand_off_scores
 from lightning_unlearn.distributed.checkpoints import PER_PROCESS
-from lightning_unlearn.distributed.gather import gather_scores
 from lightning_unlearn.distributed.zero import (
     gather_local_shards,
     has_sharded_parameters,
@@ -340,7 +339,7 @@ class UnlearningModule(L.LightningModule):
         # so that one activation graph (the copy's) is alive at the step's peak.
         with torch.no_grad() if self.adversary is not None else nullcontext():
             logits, head = self._logits(forget)
-        if self._scores_in_loop() and self._monitors("forget"):  # the callbacks take each sample's g as it comes
+        if self.scores_in_training_step() and self._monitors("forget"):  # the callbacks take each g as it comes
             nll, g = nll_and_accuracy(logits, forget["input_ids"], forget["attention_mask"], **head)
         else:
             nll, g = sequence_nll(logits, forget["input_ids"], forget["attention_mask"]), None
@@ -406,29 +405,17 @@ class UnlearningModule(L.LightningModule):
     def _monitors(self, split: str) -> list[MemorizationMonitor]:
         return [cb for cb in self.trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == split]
 
-    def _scores_in_loop(self) -> bool:
+    def scores_in_training_step(self) -> bool:
         """Whether the training forward's g is the g the monitors watch (not for task arithmetic, which scores
-        its edit)."""
+        its edit): :class:`~lightning_unlearn.callbacks.ScoresInTrainingStep`."""
         return True
 
     def _before_step(self, sample_id: Tensor, g: Tensor | None, window_ids: Tensor | None = None) -> bool:
-        """Score-in-the-loop: hands the batch's fresh g to the callbacks; True when training must stop now. Under
-        gradient accumulation ``window_ids`` are the optimizer step's samples (this process's): those not scored at
-        the current weights yet are scored now, and the selection applies to all of them, as in one big batch."""
+        """Score-in-the-loop: hands the batch's fresh g to the callbacks (:func:`hand_off_scores`); True when
+        training must stop now."""
         if g is None:  # no monitor takes the training forward's scores (or task arithmetic: they are not its edit's)
             return False
-        callbacks = self.trainer.callbacks
-        for monitor in self._monitors("forget"):  # SelectiveAscent and the stopping rule require one
-            batch_ids = monitor.record(self.trainer, self, sample_id, g)  # every process's ids
-            if window_ids is not None:
-                no_values = torch.zeros(len(window_ids), dtype=torch.float32, device=window_ids.device)
-                batch_ids, _ = gather_scores(self.trainer.strategy, window_ids, no_values)
-                monitor.refresh_stale(self.trainer, self, sample_ids=batch_ids.cpu())
-            if any(cb.check(self.trainer) for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)):
-                return True
-            for selective in (cb for cb in callbacks if isinstance(cb, SelectiveAscent)):
-                selective.apply(self.trainer, self, batch_ids)
-        return False
+        return hand_off_scores(self.trainer, self, sample_id, g, window_ids)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         self._rule_holds = False

@@ -106,7 +106,7 @@ class TaskArithmetic(UnlearningModule):
     def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
         return nll  # descent: the task vector points towards the forget set
 
-    def _scores_in_loop(self) -> bool:
+    def scores_in_training_step(self) -> bool:
         return False  # the training forward scores θ, not the edit: the monitor scores the edit after each step
 
     @contextmanager
@@ -224,7 +224,7 @@ class TAU(TaskArithmetic):
     def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
         return nll if self.switch_step is not None else -nll
 
-    def _scores_in_loop(self) -> bool:
+    def scores_in_training_step(self) -> bool:
         return self.switch_step is None  # the SGA phase scores its model; the TA phase, its edit
 
     def _before_step(self, sample_id: Tensor, g: Tensor | None, window_ids: Tensor | None = None) -> bool:

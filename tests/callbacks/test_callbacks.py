@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import inspect
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -23,6 +25,7 @@ from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.memorization import sequence_nll
 from lightning_unlearn.functional.thresholds import bootstrap_interval, holdout_threshold
 from tests.conftest import find, make_trainer, unlearning_data
+from tests.helpers.own_module import WeightedAscent
 
 
 @pytest.mark.parametrize(
@@ -319,3 +322,37 @@ def test_monitor_gives_the_per_sample_scores_to_the_loggers_at_fit_end(small_tes
         written = list(csv.DictReader(f))
     assert [float(row["g_start"]) for row in written] == pytest.approx([row[1] for row in rows], abs=1e-12)
     assert any(float(row["g_end"]) < float(row["g_start"]) for row in written)
+
+
+class SeenWeights(L.Callback):
+    """Placed after SelectiveAscent: each step's forget weights beside its records' g and the step those belong to."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        monitor, ids = find(trainer, MemorizationMonitor), batch["forget"]["sample_id"]
+        seen = (monitor.values[ids].clone(), batch["forget"]["weight"].clone(), monitor.scored_at[ids].clone())
+        self.steps.append((*seen, trainer.global_step))
+
+
+def test_a_users_own_module_gets_the_selection_in_the_batch_and_meets_the_rule(small_testbed):
+    """Not our module: a LightningModule whose loss multiplies each record's NLL by ``batch["forget"]["weight"]``
+    (the own-trainer guide's), with our monitor, selection and stop rule in its Trainer."""
+    seen = SeenWeights()
+    monitor, selection, stopping = per_sample_control()
+    trainer = make_trainer(callbacks=[monitor, selection, stopping, seen])
+    trainer.fit(WeightedAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4), unlearning_data(small_testbed))
+    assert stopping.rule_met and stopping.stopped_step == len(seen.steps) > 1
+    for g, weight, scored_at, step in seen.steps:
+        assert (scored_at == step).all()  # decided on the scores of the weights the step starts from
+        expected = (g >= selection.gamma).float()
+        expected[g.argmax()] = 1.0  # keep_top
+        assert weight.dtype == torch.float32 and weight.tolist() == expected.tolist()
+    assert sum(int((weight == 0).sum()) for _, weight, _, _ in seen.steps) > 0  # records below γ were left alone
+    assert max(monitor.scores.values()) <= stopping.threshold_value
+
+
+def test_the_own_trainer_guide_holds_the_tested_module():
+    guide = (Path(__file__).parents[2] / "docs/guides/own-trainer.md").read_text()
+    assert inspect.getsource(WeightedAscent) in guide

@@ -31,7 +31,8 @@ def run(tb, folder, devices, method="SGA", accumulate=1):
 
 
 @pytest.mark.parametrize(
-    ("method", "steps", "max_difference"), [("SGA", 1, 0.02), ("selective NPO + KL retain", 2, 0.05)]
+    ("method", "steps", "max_difference"),
+    [("SGA", 1, 0.02), ("selective NPO + KL retain", 2, 0.05), ("your own module", 1, 0.02)],
 )
 def test_two_processes_match_one(small_testbed, tmp_path, method, steps, max_difference):
     (single,) = run(small_testbed, tmp_path / "one", devices=1, method=method)

@@ -1,0 +1,1 @@
+"""Helpers that tests share (benchmarks may import them; they import nothing from benchmarks)."""
