@@ -253,3 +253,14 @@ def test_real_model_runs_on_a_tiny_base_model(small_testbed, testbed_cache, tmp_
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 0 |")]
     assert [row[1] for row in rows] == ["original", "sga-kl"], out
     assert "retrained without the forget records" in out, out
+
+
+def test_behaviour_kept_runs_a_side_and_flags_any_change(small_testbed, testbed_cache, tmp_path):
+    out = tmp_path / "side.json"
+    run_on_small_testbed(testbed_cache, "benchmarks/behaviour_kept.py", "--run", str(out), "--methods", "ga-mean")
+    side = json.loads(out.read_text())
+    assert side["ga-mean"]["steps"] > 0 and len(side["ga-mean"]["g"]) == len(small_testbed.forget)
+    compare = load_script("behaviour_kept").compare
+    nudged = {"ga-mean": {"steps": side["ga-mean"]["steps"], "g": [g + 2e-6 for g in side["ga-mean"]["g"]]}}
+    assert compare(side, side, 1e-6)[1] and not compare(side, nudged, 1e-6)[1]
+    assert not compare(side, {"ga-mean": {**side["ga-mean"], "steps": side["ga-mean"]["steps"] + 1}}, 1e-6)[1]

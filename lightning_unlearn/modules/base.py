@@ -81,6 +81,18 @@ class UnlearningModule(L.LightningModule):
     selection and the per-sample stop rule compose with every method: add
     :func:`~lightning_unlearn.callbacks.per_sample_control` to the Trainer's callbacks.
 
+    A method overrides these, and no private name:
+
+    - :meth:`forget_loss` (required): each forget record's loss to minimize, ``Tensor[B]``;
+    - :meth:`retain_loss` (with :attr:`retain_losses`) and :meth:`retain_inputs`: a retain term of its own;
+    - :meth:`forget_inputs` (with :attr:`forget_uses_reference`): what the forget loss needs computed before the
+      training forward, e.g. the reference's log-likelihoods (NPO);
+    - :meth:`on_forget_scores`: after the step's scores went to the callbacks, before the loss (TAU's switch);
+    - :meth:`scores_in_training_step`: ``False`` when the training forward does not score what the monitor
+      watches (task arithmetic scores its edit);
+    - Lightning's own hooks (``configure_model``, ``configure_callbacks``, ``on_train_start``, ``on_train_end``,
+      ``on_save_checkpoint``/``on_load_checkpoint``), calling ``super()``.
+
     Args:
         model: a causal LM instance, a hub id or a local path (created in ``configure_model`` when given by name).
         learning_rate: Adam learning rate (the paper: 5e-5).
@@ -333,7 +345,7 @@ class UnlearningModule(L.LightningModule):
         retain = self._retain_batch(batch) if self.needs_retain else None
         deferred = retain is not None and self._backward_per_part()
         if retain is not None and not deferred:  # the reference first: its weights are swapped in place
-            retain = self._with_reference(retain)
+            retain = self.retain_inputs(retain)
         forget = self.forget_inputs(forget)
         # With an adversary the loss is taken at its copy: the model's own pass only scores g, and keeps no graph,
         # so that one activation graph (the copy's) is alive at the step's peak.
@@ -415,7 +427,14 @@ class UnlearningModule(L.LightningModule):
         training must stop now."""
         if g is None:  # no monitor takes the training forward's scores (or task arithmetic: they are not its edit's)
             return False
-        return hand_off_scores(self.trainer, self, sample_id, g, window_ids)
+        if hand_off_scores(self.trainer, self, sample_id, g, window_ids):
+            return True
+        self.on_forget_scores()
+        return False
+
+    def on_forget_scores(self) -> None:
+        """Hook, in the training step: the step's forget scores have gone to the callbacks, the stop rule does not
+        hold and the selection's weights are set; the forget loss is taken next (TAU switches phase here)."""
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         self._rule_holds = False
@@ -493,7 +512,7 @@ class UnlearningModule(L.LightningModule):
         retain, scale = self._deferred
         self._deferred = None
         with self.trainer.precision_plugin.forward_context():  # as training_step runs: autocast under mixed precision
-            part, self._deferred_metrics = self._retain_part(self._with_reference(retain), scale)
+            part, self._deferred_metrics = self._retain_part(self.retain_inputs(retain), scale)
         check_finite(part, self.global_step)
         part = part / self.trainer.accumulate_grad_batches
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -513,9 +532,10 @@ class UnlearningModule(L.LightningModule):
             )
         return batch["retain"]
 
-    def _with_reference(self, retain: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The retain batch with the reference's logits on it, for a KL retain term. The reference's weights are
-        swapped in place, so this runs before any forward pass whose graph a backward pass will use."""
+    def retain_inputs(self, retain: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Hook: the retain batch with what :meth:`retain_loss` needs besides the model's logits, computed before
+        any forward pass whose graph a backward pass will use (the reference's weights are swapped in place): for
+        a KL retain term, the reference's logits (``batch["reference_logits"]``); the batch itself otherwise."""
         if self.hparams.get("retain_loss") != "kl":
             return retain
         if self.reference is None:

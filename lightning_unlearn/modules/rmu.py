@@ -133,9 +133,9 @@ class RMU(UnlearningModule):
         batch["activations"] = captured[0]  # the training pass's: recomputed passes come after the hook is gone
         return logits, head
 
-    def _with_reference(self, retain: dict[str, Tensor]) -> dict[str, Tensor]:
+    def retain_inputs(self, retain: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.hparams.get("retain_loss") != "activations":
-            return super()._with_reference(retain)
+            return super().retain_inputs(retain)
         with layer_output(self.steered_layer()) as captured:
             self.reference.logits(self.model, retain)  # the reference's forward pass, whose layer ℓ is kept
         return {**retain, "reference_activations": captured[0]}

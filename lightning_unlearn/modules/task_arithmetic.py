@@ -227,15 +227,10 @@ class TAU(TaskArithmetic):
     def scores_in_training_step(self) -> bool:
         return self.switch_step is None  # the SGA phase scores its model; the TA phase, its edit
 
-    def _before_step(self, sample_id: Tensor, g: Tensor | None, window_ids: Tensor | None = None) -> bool:
-        if self.switch_step is not None:
-            return False
-        if super()._before_step(sample_id, g, window_ids):
-            return True
+    def on_forget_scores(self) -> None:
         monitor = find_monitor(self.trainer)
         if monitor.is_current(self.global_step) and monitor.summary()["g_mean"] <= self.switch_at:
             self._switch(self.trainer)
-        return False
 
     def _switch(self, trainer: L.Trainer) -> None:
         self.switch_step = self.global_step

@@ -82,7 +82,7 @@ def test_rmus_retain_term_compares_with_the_original_models_activations(small_te
     retain = next(iter(unlearning_data(small_testbed).scoring_dataloader("retain")))
     with layer_output(decoder_layers(original)[0]) as captured, torch.no_grad():
         original(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"])
-    reference = module._with_reference(dict(retain))["reference_activations"]
+    reference = module.retain_inputs(dict(retain))["reference_activations"]
     assert torch.allclose(reference, captured[0], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(trained["transformer.h.0.mlp.c_fc.weight"], original.transformer.h[0].mlp.c_fc.weight)
     assert all(torch.equal(p, trained[name]) for name, p in module.model.named_parameters())
