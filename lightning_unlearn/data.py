@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.extras import require_gguf
 
 SplitSource = Union[Sequence[str], str, Path, "datasets.Dataset"]  # noqa: F821
@@ -49,12 +50,14 @@ def load_texts(source: SplitSource, split: str = "data", text_column: str = "tex
     elif isinstance(source, Sequence):
         texts = list(source)
     else:
-        raise TypeError(f"{split} split: expected a list of strings, a path or a datasets.Dataset, got {type(source)}")
+        raise ConfigurationError(
+            f"{split} split: expected a list of strings, a path or a datasets.Dataset, got {type(source)}"
+        )
     if not texts:
-        raise ValueError(f"{split} split is empty")
+        raise ConfigurationError(f"{split} split is empty")
     bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
     if bad:
-        raise TypeError(f"{split} split: sample {bad[0]} is {type(texts[bad[0]]).__name__}, not a string")
+        raise ConfigurationError(f"{split} split: sample {bad[0]} is {type(texts[bad[0]]).__name__}, not a string")
     return texts
 
 
@@ -84,7 +87,9 @@ def _read_file(path: Path, split: str, text_column: str) -> list[str]:
         _require_column(table.column_names, split, text_column, str(path))
         return table.column(text_column).to_pylist()
     else:
-        raise ValueError(f"{split} split: unsupported file type {suffix!r} ({path}); use one of {', '.join(_SUFFIXES)}")
+        raise ConfigurationError(
+            f"{split} split: unsupported file type {suffix!r} ({path}); use one of {', '.join(_SUFFIXES)}"
+        )
     if records and all(isinstance(r, str) for r in records):
         return records
     for record in records:
@@ -94,7 +99,7 @@ def _read_file(path: Path, split: str, text_column: str) -> list[str]:
 
 def _require_column(columns: list[str], split: str, text_column: str, where: str) -> None:
     if text_column not in columns:
-        raise KeyError(f"{split} split: {where} has no column {text_column!r}; its columns are {columns}")
+        raise ConfigurationError(f"{split} split: {where} has no column {text_column!r}; its columns are {columns}")
 
 
 class TokenizedSplit(Dataset):
@@ -111,13 +116,13 @@ class TokenizedSplit(Dataset):
         self, name: str, texts: list[str], tokenizer: Any, max_length: int, long_texts: LongTexts = "truncate"
     ) -> None:
         if long_texts not in LONG_TEXTS:
-            raise ValueError(f"long_texts must be one of {', '.join(LONG_TEXTS)}, got {long_texts!r}")
+            raise ConfigurationError(f"long_texts must be one of {', '.join(LONG_TEXTS)}, got {long_texts!r}")
         self.name = name
         encoded = tokenizer(texts, truncation=False)["input_ids"]
         long = [i for i, ids in enumerate(encoded) if len(ids) > max_length]
         self.documents = list(range(len(texts)))  # sample -> the index of its text
         if long and long_texts == "error":
-            raise ValueError(
+            raise ConfigurationError(
                 f"{name} split: {len(long)} of {len(texts)} texts are longer than max_length={max_length} tokens "
                 f"(text {long[0]}: {len(encoded[long[0]])} tokens): raise max_length, or pass long_texts='windows'"
             )
@@ -138,7 +143,7 @@ class TokenizedSplit(Dataset):
         self.texts = texts
         short = [i for i, ids in enumerate(encoded) if len(ids) < 2]
         if short:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{name} split: sample {short[0]} ({texts[short[0]][:40]!r}) tokenizes to fewer than 2 tokens "
                 f"({len(short)} such samples); memorization needs at least one predicted token"
             )
@@ -196,7 +201,7 @@ class UnlearningLoader(CombinedLoader):
     def __init__(self, iterables: dict[str, DataLoader], window: int = 1) -> None:
         super().__init__(iterables, mode="max_size_cycle")
         if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+            raise ConfigurationError(f"window must be >= 1, got {window}")
         self.window = window
         self._ahead: list[Any] = []
 
@@ -277,15 +282,15 @@ class UnlearningDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if forget is None:
-            raise ValueError("forget split is required: the sequences to unlearn")
+            raise ConfigurationError("forget split is required: the sequences to unlearn")
         if batch_size < 1 or max_length < 2:
-            raise ValueError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} and {max_length}")
+            raise ConfigurationError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size} and {max_length}")
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = load_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         self.sources = {"forget": forget, "retain": retain, "holdout": holdout, "relearn": relearn}
         if long_texts not in LONG_TEXTS:
-            raise ValueError(f"long_texts must be one of {', '.join(LONG_TEXTS)}, got {long_texts!r}")
+            raise ConfigurationError(f"long_texts must be one of {', '.join(LONG_TEXTS)}, got {long_texts!r}")
         self.max_length = max_length
         self.long_texts = long_texts
         self.batch_size = batch_size
@@ -295,7 +300,7 @@ class UnlearningDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
-            raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad with")
+            raise ConfigurationError("the tokenizer has neither a pad token nor an EOS token to pad with")
         self.collate = PadCollator(pad)
         self.splits: dict[str, TokenizedSplit] = {}
 
@@ -313,9 +318,9 @@ class UnlearningDataModule(L.LightningDataModule):
     def split(self, name: str) -> TokenizedSplit:
         """The tokenized split ``name`` (``forget``, ``retain`` or ``holdout``)."""
         if name not in SPLITS:
-            raise KeyError(f"unknown split {name!r}; splits are {SPLITS}")
+            raise ConfigurationError(f"unknown split {name!r}; splits are {SPLITS}")
         if not self.has_split(name):
-            raise ValueError(f"no {name} split was given to the UnlearningDataModule")
+            raise ConfigurationError(f"no {name} split was given to the UnlearningDataModule")
         self.setup()
         return self.splits[name]
 
@@ -324,7 +329,7 @@ class UnlearningDataModule(L.LightningDataModule):
         token id beyond its vocabulary (a tokenizer that is not the model's)."""
         vocabulary = model.get_input_embeddings().num_embeddings
         if len(self.tokenizer) > vocabulary:
-            raise ValueError(
+            raise ConfigurationError(
                 f"the tokenizer does not fit the model: it has {len(self.tokenizer)} tokens, the model's vocabulary "
                 f"{vocabulary} entries. Use the model's own tokenizer."
             )
@@ -333,13 +338,13 @@ class UnlearningDataModule(L.LightningDataModule):
             if self.has_split(name):
                 longest = max(self.split(name).lengths)
                 if positions is not None and longest > positions:
-                    raise ValueError(
+                    raise ConfigurationError(
                         f"the {name} split has a {longest}-token sample but the model takes at most {positions} "
                         f"positions: set the datamodule's max_length to {positions} or less"
                     )
                 top = max(int(ids.max()) for ids in self.split(name).input_ids)
                 if top >= vocabulary:
-                    raise ValueError(
+                    raise ConfigurationError(
                         f"the tokenizer does not fit the model: the {name} split has token id {top}, but the model's "
                         f"vocabulary has {vocabulary} entries. Use the model's own tokenizer."
                     )
@@ -382,7 +387,7 @@ def relearn_split(datamodule: Any, who: str) -> str:
     error naming ``who`` needs it when there is neither."""
     names = [name for name in ("relearn", "retain") if datamodule is not None and datamodule.has_split(name)]
     if not names:
-        raise ValueError(
+        raise ConfigurationError(
             f"{who} needs texts to relearn on: give the UnlearningDataModule a relearn or a retain split (a relearn "
             "split: texts of the same kind that the model has not memorized)"
         )

@@ -26,6 +26,7 @@ from lightning_unlearn.modules import (
     TaskArithmetic,
     UnlearningModule,
 )
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ METHODS: dict[str, Method] = {
 def check_method(name: str) -> Method:
     """The method called ``name``; a clear error naming the choices otherwise."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+        raise ConfigurationError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     return METHODS[name]
 
 
@@ -145,4 +146,10 @@ def make_method(name: str, model: PreTrainedModel | str, **options: Any) -> tupl
     """The module of method ``name`` on ``model`` (``options``: module arguments that override its settings) and
     the callbacks to give its Trainer."""
     method = check_method(name)
-    return method.make(model, **options), method.callbacks()
+    try:
+        module = method.make(model, **options)
+    except TypeError as error:
+        if "argument" not in str(error):
+            raise
+        raise ConfigurationError(f"{name}: {error}") from error  # an option the method does not take
+    return module, method.callbacks()

@@ -20,6 +20,7 @@ from lightning_unlearn.evaluation.scoring import extraction_likelihood
 from lightning_unlearn.functional.memorization import memorization_accuracy
 from lightning_unlearn.functional.per_sample import deduplicate
 from lightning_unlearn.functional.thresholds import BAND, holdout_band
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class _PerSampleMetric(Metric):
@@ -37,7 +38,7 @@ class _PerSampleMetric(Metric):
     def _append(self, values: Tensor, sample_id: Tensor | list[int]) -> None:
         sample_id = torch.as_tensor(sample_id, device=values.device).long().flatten()
         if sample_id.shape != values.shape:
-            raise ValueError(f"got {len(sample_id)} sample ids for {len(values)} values")
+            raise ConfigurationError(f"got {len(sample_id)} sample ids for {len(values)} values")
         self.sample_ids.append(sample_id)
         self.values.append(values.detach().float())
         self.updates.append(torch.full_like(sample_id, self._update_count))  # the same count on every process
@@ -123,7 +124,7 @@ class MemorizationOutliers(_PerSampleMetric):
     def __init__(self, lower: float = BAND[0], upper: float = BAND[1], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= lower < upper <= 1.0:
-            raise ValueError(f"need 0 <= lower < upper <= 1, got lower={lower}, upper={upper}")
+            raise ConfigurationError(f"need 0 <= lower < upper <= 1, got lower={lower}, upper={upper}")
         self.lower = lower
         self.upper = upper
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_unlearn.functional.memorization import CHUNK_ELEMENTS
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 GB = 1e9
 LORA_RANK = 16
@@ -85,7 +86,7 @@ class Shape:
         another architecture."""
         kind = getattr(config, "model_type", None)
         if kind not in LLAMA_STYLE:
-            raise ValueError(
+            raise ConfigurationError(
                 f"the memory model counts Llama-style decoders ({', '.join(LLAMA_STYLE)}); this config is {kind!r}"
             )
         heads = config.num_attention_heads
@@ -117,7 +118,7 @@ def setting(precision: str, checkpointing: bool = False, zero3_processes: int = 
         return Setting(4, 4, checkpointing, zero3_processes)
     if precision == "bf16-true":
         return Setting(2, 2, checkpointing, zero3_processes)
-    raise ValueError(f"the model covers 32-true and bf16-true, not {precision}")
+    raise ConfigurationError(f"the model covers 32-true and bf16-true, not {precision}")
 
 
 def layer_activations(shape: Shape, tokens: int, s: Setting) -> int:
@@ -267,7 +268,7 @@ def load_config(source: str | Path) -> Any:
             raise FileNotFoundError(f"no config file {path}")
         values = json.loads(path.read_text())
         if "model_type" not in values:
-            raise ValueError(f"{path} has no model_type: it is not a Hugging Face model config")
+            raise ConfigurationError(f"{path} has no model_type: it is not a Hugging Face model config")
         return AutoConfig.for_model(**values)
     try:
         return AutoConfig.from_pretrained(str(source))
@@ -331,12 +332,14 @@ def plan_text(
     """``lightning-unlearn plan``: the model's shape from its config (no weights), the method's persistent and peak
     bytes per GPU, and what fits on :data:`CARDS` as asked and with each change that lowers the peak."""
     if strategy not in ("ddp", "deepspeed_stage_3"):
-        raise ValueError(f"--strategy is ddp (each GPU holds the model) or deepspeed_stage_3, got {strategy!r}")
+        raise ConfigurationError(f"--strategy is ddp (each GPU holds the model) or deepspeed_stage_3, got {strategy!r}")
     shape = Shape.from_config(load_config(source), Path(source).stem if source.endswith(".json") else source)
     shards = devices if strategy == "deepspeed_stage_3" and devices > 1 else 0
     state = method_state(name, lora)
     if shards and state.adversary:
-        raise ValueError(f"{name} copies the whole model for its simulated attacker: it does not run under ZeRO-3")
+        raise ConfigurationError(
+            f"{name} copies the whole model for its simulated attacker: it does not run under ZeRO-3"
+        )
     s = setting("bf16-true" if shards else precision, checkpointing, shards)
     kept = persistent(state, shape, s)
     run = "one GPU" if devices == 1 else f"{devices} GPUs, " + ("ZeRO-3" if shards else "each holding the model")

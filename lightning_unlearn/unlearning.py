@@ -40,6 +40,7 @@ from lightning_unlearn.evaluation.report import Report, memorization_report, ver
 from lightning_unlearn.integrations.huggingface import check_causal_lm, default_precision, load_causal_lm
 from lightning_unlearn.methods import check_method, make_method
 from lightning_unlearn.modules import UnlearningModule
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.files import exists
 from lightning_unlearn.utilities.version import __version__
 
@@ -151,10 +152,10 @@ def unlearn(
     """
     recipe = check_method(method)
     if recipe.needs_retain and retain is None:
-        raise ValueError(f"method {method!r} keeps the retain texts: give retain=, or choose method 'sga'")
+        raise ConfigurationError(f"method {method!r} keeps the retain texts: give retain=, or choose method 'sga'")
     recovery_attacks = check_recovery_attacks(recovery_attacks)
     if "relearn" in recovery_attacks and retain is None:
-        raise ValueError("the relearning attack fine-tunes on the retain texts: give retain=")
+        raise ConfigurationError("the relearning attack fine-tunes on the retain texts: give retain=")
     tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
     datamodule = UnlearningDataModule(
         tokenizer,
@@ -234,7 +235,7 @@ def evidence_record(
 def check_holdout_size(size: int) -> None:
     """Raises under :data:`MIN_HOLDOUT` holdout records; warns under :data:`ADVISED_HOLDOUT`."""
     if size < MIN_HOLDOUT:
-        raise ValueError(
+        raise ConfigurationError(
             f"the holdout has {size} records: the threshold is its 0.95 quantile of g, which needs at least "
             f"{MIN_HOLDOUT} unseen texts of the same kind ({ADVISED_HOLDOUT} or more for a threshold within about "
             "±0.02 g)"
@@ -356,7 +357,7 @@ def model_tokenizer(model: Any) -> Any:
     """The model's own tokenizer, from its source (a hub id, a folder, or an instance's ``name_or_path``)."""
     source = model if not isinstance(model, torch.nn.Module) else getattr(model, "name_or_path", "")
     if not source:
-        raise ValueError("the model was given as an instance without a source: give tokenizer= too")
+        raise ConfigurationError("the model was given as an instance without a source: give tokenizer= too")
     return load_tokenizer(source)
 
 

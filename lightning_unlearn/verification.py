@@ -24,9 +24,10 @@ from lightning_unlearn.evaluation.html import Table, g_figure, html_document, ve
 from lightning_unlearn.evaluation.report import Report, memorization_report, verdict_text
 from lightning_unlearn.integrations.huggingface import check_causal_lm, load_causal_lm
 from lightning_unlearn.unlearning import model_tokenizer
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
-class RecordError(ValueError):
+class RecordError(ConfigurationError):
     """A takedown record that cannot be checked: not a record of this library's schema, or one without a field the
     check needs."""
 
@@ -192,12 +193,16 @@ def verify(
     """
     record = read_record(record)
     if recovery_attacks and holdout is None:
-        raise ValueError("recovery attacks are judged against unseen texts under the same attack: give holdout=")
+        raise ConfigurationError(
+            "recovery attacks are judged against unseen texts under the same attack: give holdout="
+        )
     if "relearn" in recovery_attacks and relearn is None:
-        raise ValueError("the relearning attack fine-tunes on texts of the same kind, never the records: give relearn=")
+        raise ConfigurationError(
+            "the relearning attack fine-tunes on texts of the same kind, never the records: give relearn="
+        )
     texts = load_texts(forget, "forget")
     if not texts:
-        raise ValueError("no forget texts given: give the texts the record was made for")
+        raise ConfigurationError("no forget texts given: give the texts the record was made for")
     tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
     data = record["data"]
     split = TokenizedSplit("forget", texts, tokenizer, data["max_length"], data["long_texts"])
@@ -205,7 +210,7 @@ def verify(
     hashes = [text_sha256(text) for text in split.texts]
     matched = [text for text, digest in zip(split.texts, hashes, strict=True) if digest in recorded]
     if not matched:
-        raise ValueError(
+        raise ConfigurationError(
             f"none of the {len(split.texts)} forget texts given is in the record (by SHA-256): give the texts it was "
             "made for, with the same file"
         )

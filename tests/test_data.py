@@ -12,6 +12,7 @@ import torch
 
 from lightning_unlearn import UnlearningDataModule
 from lightning_unlearn.data import UnlearningLoader, load_texts
+from lightning_unlearn.utilities.errors import ConfigurationError
 from tests.conftest import TEXTS
 
 
@@ -55,10 +56,10 @@ def test_custom_text_column(tmp_path):
 @pytest.mark.parametrize(
     ("make_source", "error", "message"),
     [
-        (lambda tmp: [], ValueError, "forget split is empty"),
+        (lambda tmp: [], ConfigurationError, "forget split is empty"),
         (lambda tmp: tmp / "missing.jsonl", FileNotFoundError, "forget split: no such file"),
-        (lambda tmp: tmp / "d.xlsx", ValueError, "unsupported file type '.xlsx'"),
-        (lambda tmp: [1, 2], TypeError, "sample 0 is int"),
+        (lambda tmp: tmp / "d.xlsx", ConfigurationError, "unsupported file type '.xlsx'"),
+        (lambda tmp: [1, 2], ConfigurationError, "sample 0 is int"),
     ],
 )
 def test_bad_sources(tmp_path, make_source, error, message):
@@ -72,9 +73,10 @@ def test_bad_sources(tmp_path, make_source, error, message):
 def test_missing_column_lists_columns(tmp_path):
     paths = write_all_kinds(tmp_path, TEXTS)
     for kind in ("jsonl", "csv", "parquet", "json", "json_columns"):
-        with pytest.raises(KeyError, match=r"holdout split: .* has no column 'body'; its columns are \[.*'text'"):
+        no_column = r"holdout split: .* has no column 'body'; its columns are \[.*'text'"
+        with pytest.raises(ConfigurationError, match=no_column):
             load_texts(paths[kind], "holdout", text_column="body")
-    with pytest.raises(KeyError, match="its columns are \\['text'\\]"):
+    with pytest.raises(ConfigurationError, match="its columns are \\['text'\\]"):
         load_texts(datasets.Dataset.from_dict({"text": TEXTS}), "holdout", text_column="body")
 
 
@@ -144,7 +146,7 @@ def test_missing_split_and_unknown_split(tokenizer):
     dm = UnlearningDataModule(tokenizer, forget=TEXTS)
     with pytest.raises(ValueError, match="no holdout split was given"):
         dm.scoring_dataloader("holdout")
-    with pytest.raises(KeyError, match="unknown split 'test'"):
+    with pytest.raises(ConfigurationError, match="unknown split 'test'"):
         dm.split("test")
     with pytest.raises(ValueError, match="forget split is required"):
         UnlearningDataModule(tokenizer, forget=None)

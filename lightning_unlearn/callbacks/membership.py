@@ -15,6 +15,7 @@ from lightning_unlearn.evaluation.membership import MEMBERSHIP_ATTACKS, TOKEN_AT
 from lightning_unlearn.evaluation.scoring import score_on_all_ranks
 from lightning_unlearn.functional.membership import membership_auc, zlib_sizes
 from lightning_unlearn.integrations.huggingface import get_model
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class MembershipMonitor(Callback):
@@ -32,14 +33,16 @@ class MembershipMonitor(Callback):
     def __init__(self, every_n_train_steps: int = 10, attacks: tuple[str, ...] = ("loss", "zlib", "min_k")) -> None:
         unknown = set(attacks) - set(MEMBERSHIP_ATTACKS)
         if unknown:
-            raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {sorted(MEMBERSHIP_ATTACKS)}")
+            raise ConfigurationError(f"unknown attacks {sorted(unknown)}; choose from {sorted(MEMBERSHIP_ATTACKS)}")
         self.every_n_train_steps = every_n_train_steps
         self.attacks = attacks
         self.history: list[tuple[int, dict[str, float]]] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not has_split(trainer, "holdout"):
-            raise ValueError("MembershipMonitor needs an UnlearningDataModule with a holdout split (the non-members)")
+            raise ConfigurationError(
+                "MembershipMonitor needs an UnlearningDataModule with a holdout split (the non-members)"
+            )
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Each attack's AUC for the current model."""

@@ -15,6 +15,7 @@ from lightning_unlearn.distributed.gather import gather_scores
 from lightning_unlearn.evaluation.scoring import score_on_all_ranks
 from lightning_unlearn.functional.thresholds import BAND
 from lightning_unlearn.integrations.huggingface import get_model
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.files import write_text_atomically
 
 
@@ -79,11 +80,13 @@ class MemorizationMonitor(Callback):
         collateral_drop: float = 0.1,
     ) -> None:
         if every_n_train_steps < 1:
-            raise ValueError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
+            raise ConfigurationError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
         if refresh not in ("auto", "all", "above_threshold"):
-            raise ValueError(f"refresh must be 'auto', 'all' or 'above_threshold', got {refresh!r}")
+            raise ConfigurationError(f"refresh must be 'auto', 'all' or 'above_threshold', got {refresh!r}")
         if refresh == "above_threshold" and dataloader is not None:
-            raise ValueError("refresh='above_threshold' scores subsets of the datamodule's split: pass no dataloader")
+            raise ConfigurationError(
+                "refresh='above_threshold' scores subsets of the datamodule's split: pass no dataloader"
+            )
         if refresh == "auto":
             refresh = "all" if dataloader is not None else "above_threshold"
         self.refresh_policy = refresh
@@ -131,7 +134,9 @@ class MemorizationMonitor(Callback):
         if self.dataloader is None:
             datamodule = trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "scoring_dataloader"):
-                raise ValueError("MemorizationMonitor has no dataloader: pass one, or fit with an UnlearningDataModule")
+                raise ConfigurationError(
+                    "MemorizationMonitor has no dataloader: pass one, or fit with an UnlearningDataModule"
+                )
             self._datamodule = datamodule
             self.dataloader = datamodule.scoring_dataloader(self.split)
 
@@ -296,4 +301,6 @@ def find_monitor(trainer: L.Trainer, split: str = "forget") -> MemorizationMonit
     for callback in trainer.callbacks:
         if isinstance(callback, MemorizationMonitor) and callback.split == split:
             return callback
-    raise ValueError(f"no MemorizationMonitor watches the {split} split: add `MemorizationMonitor()` to the callbacks")
+    raise ConfigurationError(
+        f"no MemorizationMonitor watches the {split} split: add `MemorizationMonitor()` to the callbacks"
+    )

@@ -20,6 +20,7 @@ from lightning_unlearn.evaluation.recovery import (
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.thresholds import holdout_threshold
 from lightning_unlearn.integrations.huggingface import get_model
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class RecoveryCheck(Callback):
@@ -55,7 +56,7 @@ class RecoveryCheck(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not has_split(trainer, "holdout"):
-            raise ValueError("RecoveryCheck needs an UnlearningDataModule with a holdout split (the control)")
+            raise ConfigurationError("RecoveryCheck needs an UnlearningDataModule with a holdout split (the control)")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.threshold is None:  # not restored from a checkpoint: the model before unlearning

@@ -12,6 +12,7 @@ from torch import Tensor
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor, find_monitor
 from lightning_unlearn.callbacks.protocols import ScoresInTrainingStep
 from lightning_unlearn.distributed.gather import gather_scores
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 def selective_weights(
@@ -38,7 +39,7 @@ def selective_weights(
     elif mode == "proportional":
         weights = ((g - gamma) / (1 - gamma)).clamp(0, 1)
     else:
-        raise ValueError(f"mode must be 'select' or 'proportional', got {mode!r}")
+        raise ConfigurationError(f"mode must be 'select' or 'proportional', got {mode!r}")
     if keep_top > 0:
         weights[g.topk(min(keep_top, len(g))).indices] = 1.0
     if forgotten_at is not None:
@@ -76,9 +77,9 @@ class SelectiveAscent(Callback):
         skip_forgotten: bool = False,
     ) -> None:
         if not 0.0 <= gamma < 1.0:
-            raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+            raise ConfigurationError(f"gamma must be in [0, 1), got {gamma}")
         if mode not in ("select", "proportional"):
-            raise ValueError(f"mode must be 'select' or 'proportional', got {mode!r}")
+            raise ConfigurationError(f"mode must be 'select' or 'proportional', got {mode!r}")
         self.gamma = gamma
         self.keep_top = keep_top
         self.mode = mode
@@ -122,7 +123,7 @@ def forget_batch(batch: Any) -> dict[str, Tensor]:
         return batch["forget"]
     if isinstance(batch, dict) and "sample_id" in batch:
         return batch
-    raise ValueError(
+    raise ConfigurationError(
         "SelectiveAscent needs training batches that carry each forget record's sample_id: a dict with a 'forget' "
         "batch (as UnlearningDataModule makes them) or with 'sample_id'"
     )

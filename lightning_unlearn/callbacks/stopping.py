@@ -19,6 +19,7 @@ from lightning_unlearn.functional.thresholds import (
     holdout_threshold,
 )
 from lightning_unlearn.integrations.huggingface import get_model
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class MemorizationEarlyStopping(Callback):
@@ -62,10 +63,10 @@ class MemorizationEarlyStopping(Callback):
         verbose: bool = True,
     ) -> None:
         if criterion not in ("max", "mean"):
-            raise ValueError(f"criterion must be 'max' or 'mean', got {criterion!r}")
+            raise ConfigurationError(f"criterion must be 'max' or 'mean', got {criterion!r}")
         threshold = check_threshold(threshold, type(self).__name__)
         if not 0.0 < floor_quantile < quantile < 1.0:
-            raise ValueError(f"need 0 < floor_quantile < quantile < 1, got {floor_quantile} and {quantile}")
+            raise ConfigurationError(f"need 0 < floor_quantile < quantile < 1, got {floor_quantile} and {quantile}")
         self.criterion = criterion
         self.threshold = threshold
         self.quantile = quantile
@@ -86,7 +87,7 @@ class MemorizationEarlyStopping(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         find_monitor(trainer)
         if self.threshold in HOLDOUT_THRESHOLDS and not has_split(trainer, "holdout"):
-            raise ValueError(
+            raise ConfigurationError(
                 f"threshold={self.threshold!r} needs an UnlearningDataModule with a holdout split (unseen data); "
                 "give one, or pass a float threshold"
             )

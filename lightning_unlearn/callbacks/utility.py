@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_unlearn.distributed.zero import release_gathered_parameters
 from lightning_unlearn.evaluation.utility import Results, Task, check_tasks, evaluate_utility, task_manager, task_name
 from lightning_unlearn.integrations.huggingface import get_model
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class UtilityEvaluation(Callback):
@@ -59,9 +60,9 @@ class UtilityEvaluation(Callback):
         progress: bool = False,
     ) -> None:
         if every_n_train_steps is not None and every_n_train_steps < 1:
-            raise ValueError(f"every_n_train_steps must be >= 1 or None, got {every_n_train_steps}")
+            raise ConfigurationError(f"every_n_train_steps must be >= 1 or None, got {every_n_train_steps}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         self.include_path = include_path
         self.include_defaults = include_defaults
@@ -87,7 +88,9 @@ class UtilityEvaluation(Callback):
         if self.tokenizer is None:
             self.tokenizer = getattr(pl_module, "tokenizer", None) or getattr(trainer.datamodule, "tokenizer", None)
         if self.tokenizer is None:
-            raise ValueError("UtilityEvaluation needs the model's tokenizer: pass tokenizer=, or fit with a datamodule")
+            raise ConfigurationError(
+                "UtilityEvaluation needs the model's tokenizer: pass tokenizer=, or fit with a datamodule"
+            )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_step = trainer.global_step

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_unlearn.utilities.console import quiet_libraries
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.version import __version__
 
 #: holdout records below which the audit warns that its tail model is loose
@@ -88,7 +89,7 @@ def _demo(args: argparse.Namespace) -> None:
         try:
             seeds = [int(seed) for seed in _names(args.seeds)]
         except ValueError:
-            raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+            raise ConfigurationError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
         run_seeds(
             args.output,
             methods,
@@ -155,7 +156,9 @@ def _verify(args: argparse.Namespace) -> int:
 
     attacks = _names(args.recovery_attacks)
     if "relearn" in attacks and not args.relearn_data:
-        raise ValueError("--recovery-attacks relearn needs --relearn-data: texts of the same kind, never the records")
+        raise ConfigurationError(
+            "--recovery-attacks relearn needs --relearn-data: texts of the same kind, never the records"
+        )
     read_record(args.record)  # a malformed record fails before any model loads
     found = verify(
         args.model,
@@ -212,11 +215,11 @@ def dotted_options(extra: list[str], prefixes: tuple[str, ...]) -> dict[str, dic
         prefix, _, key = name.removeprefix("--").partition(".")
         if not item.startswith("--") or prefix not in options or not key:
             allowed = ", ".join(f"--{prefix}.KEY=VALUE" for prefix in prefixes)
-            raise ValueError(f"unrecognized argument {item!r}; more options are {allowed}")
+            raise ConfigurationError(f"unrecognized argument {item!r}; more options are {allowed}")
         if not equals:
             value = next(items, None)
             if value is None:
-                raise ValueError(f"{name} needs a value")
+                raise ConfigurationError(f"{name} needs a value")
         try:
             options[prefix][key] = ast.literal_eval(value)  # 3e-4 is a float here, and a string in YAML
         except (ValueError, SyntaxError):
@@ -249,7 +252,7 @@ def _audit(args: argparse.Namespace) -> None:
     tasks = _names(args.utility)
     attacks = check_recovery_attacks(_names(_recovery_attacks(args)), where=" in --recovery-attacks")
     if "relearn" in attacks and not args.relearn_data:
-        raise ValueError(
+        raise ConfigurationError(
             "--recovery-attacks relearn needs --relearn-data: texts of the same kind, never the audited records"
         )
     if tasks:  # an unknown task or a missing lm-eval fails before any model loads
@@ -347,7 +350,7 @@ def load_retrain(source: str | None, model: Any, dtype: Any) -> Any:
     retrain = load_causal_lm(source, dtype=dtype)
     check_causal_lm(retrain)
     if retrain.get_input_embeddings().num_embeddings != model.get_input_embeddings().num_embeddings:
-        raise ValueError(
+        raise ConfigurationError(
             f"--retrain {source} has another vocabulary than --model: the retrain must be the same model trained "
             "without the audited records"
         )
@@ -370,7 +373,7 @@ def audit_threshold(args: argparse.Namespace) -> str | float:
         threshold = float(threshold)
     except ValueError:
         if not args.holdout:
-            raise ValueError(
+            raise ConfigurationError(
                 f"--threshold {threshold} is a threshold of the holdout: give --holdout, or a float"
             ) from None
     return check_threshold(threshold, "--threshold")
@@ -584,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "verify":
                 return _verify(args)
             {"demo": _demo, "testbed": _testbed, "audit": _audit, "plan": _plan}[args.command](args)
-    except (FileExistsError, FileNotFoundError, ImportError, KeyError, TypeError, ValueError) as error:
+    except (ConfigurationError, FileExistsError, FileNotFoundError, ImportError) as error:  # the rest: a traceback
         message = " ".join(str(error).split())  # one line, whatever the library's message looked like
         print(f"lightning-unlearn {args.command}: error: {message}", file=sys.stderr)
         return 2

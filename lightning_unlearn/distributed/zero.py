@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_unlearn.utilities.errors import ConfigurationError
+
 
 def deepspeed_config(
     stage: int = 2,
@@ -40,9 +42,9 @@ def deepspeed_config(
         on_gpu: for GPUs (overlapped communication, pinned CPU memory); default: whether CUDA is available here.
     """
     if stage not in (1, 2, 3):
-        raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {stage}")
+        raise ConfigurationError(f"ZeRO stage must be 1, 2 or 3, got {stage}")
     if offload_parameters and stage != 3:
-        raise ValueError("offload_parameters needs ZeRO stage 3")
+        raise ConfigurationError("offload_parameters needs ZeRO stage 3")
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     zero: dict[str, Any] = {
         "stage": stage,
@@ -96,7 +98,7 @@ def local_shards(model: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
         if not is_sharded(p):
             yield name, p.data
         elif getattr(p, "ds_persist", False):
-            raise ValueError(
+            raise ConfigurationError(
                 f"ZeRO-3 keeps {name} unsharded (stage3_param_persistence_threshold > its size), so its shard cannot "
                 f"be edited in place: set stage3_param_persistence_threshold to 0 (deepspeed_config(stage=3) does)"
             )

@@ -19,6 +19,7 @@ from torch import Tensor
 from lightning_unlearn.data import PadCollator
 from lightning_unlearn.evaluation.scoring import eval_mode
 from lightning_unlearn.functional.membership import log_probs_from_logits, loss_score, min_k_score, zlib_score
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 @torch.no_grad()
@@ -45,7 +46,7 @@ def min_k_attack(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tens
     """Min-k% prob attack (Shi et al. 2024): mean of the lowest ``k`` fraction (at least one) of each sample's token
     log-probabilities, ``Tensor[B]``."""
     if not 0 < k <= 1:
-        raise ValueError(f"k must be in (0, 1], got {k}")
+        raise ConfigurationError(f"k must be in (0, 1], got {k}")
     return min_k_score(*token_log_probs(model, input_ids, attention_mask), k)
 
 
@@ -142,7 +143,7 @@ class NeighbourhoodAttack:
         batch_size: int = 32,
     ) -> None:
         if mask_model is not None and mask_tokenizer is None:
-            raise ValueError("mask_model needs its mask_tokenizer")
+            raise ConfigurationError("mask_model needs its mask_tokenizer")
         self.perturb = perturb
         self.mask_model = mask_model
         self.mask_tokenizer = mask_tokenizer

@@ -33,6 +33,7 @@ from lightning_unlearn.distributed.zero import has_sharded_parameters
 from lightning_unlearn.evaluation.scoring import eval_mode, score_memorization
 from lightning_unlearn.functional.memorization import next_token_targets, predicted_positions, sequence_nll, token_nll
 from lightning_unlearn.integrations.peft import add_adapter, is_adapted
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 #: attack name -> bits
 QUANTIZATIONS = {"int8": 8, "int4": 4}
@@ -47,7 +48,7 @@ DISCOVERY_SAMPLES = 100
 def _copy(model: torch.nn.Module, attack: str) -> torch.nn.Module:
     """A private copy of ``model`` for an attack; a clear error for sharded (ZeRO-3) parameters."""
     if has_sharded_parameters(model):
-        raise ValueError(
+        raise ConfigurationError(
             f"the {attack} attack needs the whole model, and this one is sharded (ZeRO-3): save it with "
             "save_pretrained (which gathers the shards), load that folder on one process and attack it"
         )
@@ -92,11 +93,11 @@ def relearn(
         The fine-tuned copy (a ``peft.PeftModel`` with ``peft`` or an adapter trained).
     """
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ConfigurationError(f"steps must be >= 1, got {steps}")
     if attack_batch_size < 1:
-        raise ValueError(f"attack_batch_size must be >= 1, got {attack_batch_size}")
+        raise ConfigurationError(f"attack_batch_size must be >= 1, got {attack_batch_size}")
     if trained not in ("auto", "adapter", "all"):
-        raise ValueError(f"trained must be 'auto', 'adapter' or 'all', got {trained!r}")
+        raise ConfigurationError(f"trained must be 'auto', 'adapter' or 'all', got {trained!r}")
     attacked = _attack_copy(model, peft, trained)
     parameters = [p for p in attacked.parameters() if p.requires_grad]
     masters = [p if p.dtype in (torch.float32, torch.float64) else p.detach().float() for p in parameters]
@@ -123,7 +124,7 @@ def _attack_copy(model: torch.nn.Module, peft: Any, trained: str) -> torch.nn.Mo
     if is_adapted(model) and (peft is not None or trained == "all"):
         attacked = merged_copy(model)  # a fresh adapter, or every weight: on the merged model
     elif trained == "adapter" and not is_adapted(model):
-        raise ValueError("trained='adapter' needs an adapted model (a peft.PeftModel); this one has no adapter")
+        raise ConfigurationError("trained='adapter' needs an adapted model (a peft.PeftModel); this one has no adapter")
     else:
         attacked = _copy(model, "relearning")
     if peft is not None:
@@ -174,9 +175,9 @@ def round_to_nearest(weight: Tensor, bits: int, group_size: int = 64) -> Tensor:
         tensor([[ 0.7000, -0.7000,  0.0000,  0.0000]])
     """
     if bits < 2:
-        raise ValueError(f"bits must be >= 2, got {bits}")
+        raise ConfigurationError(f"bits must be >= 2, got {bits}")
     if weight.dim() != 2:
-        raise ValueError(f"round_to_nearest takes a matrix Tensor[out, in], got shape {tuple(weight.shape)}")
+        raise ConfigurationError(f"round_to_nearest takes a matrix Tensor[out, in], got shape {tuple(weight.shape)}")
     rows, columns = weight.shape
     padding = -columns % group_size
     precision = torch.promote_types(weight.dtype, torch.float32)  # half precision is rounded in float32
@@ -234,12 +235,12 @@ def quantize(
             ``"nf4"``.
     """
     if backend not in ("rtn", "bitsandbytes"):
-        raise ValueError(f"backend must be 'rtn' or 'bitsandbytes', got {backend!r}")
+        raise ConfigurationError(f"backend must be 'rtn' or 'bitsandbytes', got {backend!r}")
     if quant_type not in ("fp4", "nf4"):
-        raise ValueError(f"quant_type must be 'fp4' or 'nf4', got {quant_type!r}")
+        raise ConfigurationError(f"quant_type must be 'fp4' or 'nf4', got {quant_type!r}")
     if backend == "bitsandbytes":
         if bits not in (4, 8):
-            raise ValueError(f"bitsandbytes quantizes to 8 or 4 bits, got {bits}")
+            raise ConfigurationError(f"bitsandbytes quantizes to 8 or 4 bits, got {bits}")
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
@@ -274,7 +275,7 @@ def continuation_log_prob(
     prefix = lengths // 2 if prefix_length is None else torch.as_tensor(prefix_length, device=lengths.device)
     prefix = prefix.expand_as(lengths)
     if (prefix < 1).any() or (prefix >= lengths).any():
-        raise ValueError("each sample needs a prefix of at least 1 token and a continuation of at least 1")
+        raise ConfigurationError("each sample needs a prefix of at least 1 token and a continuation of at least 1")
     with eval_mode(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     nll, _ = token_nll(logits, next_token_targets(input_ids, attention_mask))  # chunked: no float copy of the logits
@@ -396,7 +397,9 @@ def check_recovery_attacks(attacks: Iterable[str], where: str = "") -> list[str]
     attacks = list(attacks)
     unknown = sorted(set(attacks) - set(RECOVERY_ATTACKS))
     if unknown:
-        raise ValueError(f"unknown attack(s) {', '.join(unknown)}{where}; choose from {', '.join(RECOVERY_ATTACKS)}")
+        raise ConfigurationError(
+            f"unknown attack(s) {', '.join(unknown)}{where}; choose from {', '.join(RECOVERY_ATTACKS)}"
+        )
     return attacks
 
 

@@ -47,6 +47,7 @@ from lightning_unlearn.functional.verdict import RecordVerdict, discovery_verdic
 from lightning_unlearn.integrations.huggingface import on_device
 from lightning_unlearn.integrations.peft import is_adapted
 from lightning_unlearn.utilities.deprecation import renamed_argument
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.extras import require_demo
 from lightning_unlearn.utilities.files import atomic_file, write_text_atomically
 
@@ -174,7 +175,7 @@ def memorization_report(
         has_holdout = datamodule.has_split("holdout")
         threshold = check_threshold(threshold, "memorization_report")
         if not has_holdout and isinstance(threshold, str):
-            raise ValueError("the report needs a holdout split (unseen texts) or a float threshold")
+            raise ConfigurationError("the report needs a holdout split (unseen texts) or a float threshold")
         holdout = (
             _measure_split(
                 model, datamodule.scoring_dataloader("holdout"), datamodule.split("holdout").texts, None, None

@@ -30,6 +30,7 @@ from lightning_unlearn.functional.memorization import (
     sequence_nll,
     teacher_forced_hits,
 )
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 _CACHE_KEY = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
@@ -104,11 +105,13 @@ def verbatim_extraction(
         ValueError: a sample is shorter than ``prefix_length + suffix_length`` tokens.
     """
     if prefix_length < 1 or suffix_length < 1:
-        raise ValueError(f"prefix_length and suffix_length must be >= 1, got {prefix_length} and {suffix_length}")
+        raise ConfigurationError(
+            f"prefix_length and suffix_length must be >= 1, got {prefix_length} and {suffix_length}"
+        )
     lengths = attention_mask.sum(1)
     short = (lengths < prefix_length + suffix_length).nonzero().flatten().tolist()
     if short:
-        raise ValueError(
+        raise ConfigurationError(
             f"verbatim_extraction needs prefix_length + suffix_length = {prefix_length + suffix_length} tokens per "
             f"sample; rows {short} have only {lengths[short].tolist()}. Pass shorter lengths."
         )
@@ -154,11 +157,11 @@ def extraction_likelihood(
         ValueError: a sample has fewer than n + 1 tokens.
     """
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ConfigurationError(f"n must be >= 1, got {n}")
     lengths = attention_mask.sum(1).tolist()
     short = [row for row, length in enumerate(lengths) if length < n + 1]
     if short:
-        raise ValueError(
+        raise ConfigurationError(
             f"extraction_likelihood with n={n} needs at least {n + 1} tokens per sample; "
             f"rows {short} have {[lengths[row] for row in short]}"
         )
@@ -335,7 +338,7 @@ def score_on_all_ranks(
     except TypeError:  # no length to plan equal shares with: collate it once
         batches = list(dataloader)
     if not len(batches):
-        raise ValueError(f"nothing to score: the {desc} dataloader is empty")
+        raise ConfigurationError(f"nothing to score: the {desc} dataloader is empty")
     mine = _share(batches, rank, world)
     scores = score_memorization(model, mine, progress=progress and rank == 0, desc=desc, measure=measure)
     device = next(model.parameters()).device

@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from lightning_unlearn.evaluation.scoring import eval_mode
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.files import write_text_atomically
 
 INSTALL_HINT = "lm-evaluation-harness is not installed: pip install 'lightning-unlearn[eval]'"
@@ -82,19 +83,19 @@ def check_tasks(tasks: Sequence[Task], manager: Any) -> None:
     """Raises a clear error unless every task name is known to ``manager`` and every local data file a task reads
     exists (relative paths from the working directory, as lm-eval reads them)."""
     if isinstance(tasks, str) or not tasks:
-        raise ValueError(f"tasks must be a non-empty list of lm-eval task names or config dicts, got {tasks!r}")
+        raise ConfigurationError(f"tasks must be a non-empty list of lm-eval task names or config dicts, got {tasks!r}")
     known = set(manager.all_tasks)
     for task in tasks:
         if isinstance(task, Mapping):
             if "task" not in task:
-                raise ValueError(f"a task config dict needs a 'task' name: {dict(task)}")
+                raise ConfigurationError(f"a task config dict needs a 'task' name: {dict(task)}")
             _check_data_files(task["task"], task)
             continue
         if task not in known:
             close = difflib.get_close_matches(task, known, n=3)
             where = manager.include_path or "lm-eval's built-in tasks"
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ValueError(
+            raise ConfigurationError(
                 f"unknown lm-eval task {task!r} in {where}: {hint}give a task name found there, a config dict, or "
                 f"include_path=<folder of task YAML>"
             )
@@ -229,14 +230,14 @@ def write_record_tasks(
     reused across runs; ``seed`` decides the distractors and the answer positions.
     """
     if not records:
-        raise ValueError("no records to make utility tasks from")
+        raise ConfigurationError("no records to make utility tasks from")
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     parts = [m for m in (re.match(r"(.*Account:) (\S+)(.*)", text, re.DOTALL) for text in records) if m]
     accounts = sorted({m.group(2) for m in parts})
     if len(accounts) < 4:
-        raise ValueError("the multiple-choice task needs at least four records with distinct 'Account:' fields")
+        raise ConfigurationError("the multiple-choice task needs at least four records with distinct 'Account:' fields")
     choices = []
     for m in parts:
         options = [m.group(2), *rng.sample([a for a in accounts if a != m.group(2)], 3)]

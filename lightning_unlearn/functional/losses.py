@@ -22,6 +22,7 @@ from lightning_unlearn.functional.memorization import (
     sequence_nll,
     token_nll,
 )
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 def gradient_ascent_loss(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -52,7 +53,7 @@ def npo_loss(log_likelihood: Tensor, reference_log_likelihood: Tensor, beta: flo
         tensor([13.8629])
     """
     if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+        raise ConfigurationError(f"beta must be > 0, got {beta}")
     return (2.0 / beta) * F.softplus(beta * (log_likelihood - reference_log_likelihood))
 
 
@@ -71,7 +72,7 @@ def simnpo_loss(nll: Tensor, beta: float = 4.5, delta: float = 0.0) -> Tensor:
         tensor([0.6931])
     """
     if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+        raise ConfigurationError(f"beta must be > 0, got {beta}")
     return -(2.0 / beta) * F.logsigmoid(beta * (nll - delta))
 
 
@@ -110,7 +111,7 @@ def undial_loss(
         tensor([0.6931])
     """
     if not beta >= 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+        raise ConfigurationError(f"beta must be >= 0, got {beta}")
     targets = next_token_targets(input_ids, attention_mask)
     return _soft_target_loss(logits, reference_logits, attention_mask, targets=targets, shift=beta)
 
@@ -172,7 +173,7 @@ def wga_loss(logits: Tensor, input_ids: Tensor, attention_mask: Tensor, beta: fl
         tensor([-0.3466])
     """
     if not beta >= 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+        raise ConfigurationError(f"beta must be >= 0, got {beta}")
     targets = next_token_targets(input_ids, attention_mask)
     nll = token_nll(logits, targets)[0]
     return token_weighted_ascent_loss(nll, targets, torch.exp(-nll.detach()) ** beta)
@@ -196,7 +197,7 @@ def satimp_loss(
         tensor([-0.0108])
     """
     if not (beta1 >= 0 and beta2 >= 0):
-        raise ValueError(f"beta1 and beta2 must be >= 0, got {beta1} and {beta2}")
+        raise ConfigurationError(f"beta1 and beta2 must be >= 0, got {beta1} and {beta2}")
     targets = next_token_targets(input_ids, attention_mask)
     nll = token_nll(logits, targets)[0]
     p = torch.exp(-nll.detach())

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_unlearn.functional.memorization import next_token_targets, predicted_positions, token_nll
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 def log_probs_from_logits(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -48,7 +49,9 @@ def zlib_score(log_probs: Tensor, counted: Tensor, texts: Sequence[str]) -> Tens
     perplexity, nats) over the zlib-compressed size in bytes of the UTF-8 text, negated so that higher means member:
     −NLL_mean(x) / zlib(x), ``Tensor[B]``."""
     if len(texts) != len(log_probs):
-        raise ValueError(f"zlib_score needs one text per sample, got {len(texts)} texts for {len(log_probs)} samples")
+        raise ConfigurationError(
+            f"zlib_score needs one text per sample, got {len(texts)} texts for {len(log_probs)} samples"
+        )
     return loss_score(log_probs, counted) / zlib_sizes(texts).to(log_probs.device)
 
 
@@ -56,7 +59,7 @@ def min_k_score(log_probs: Tensor, counted: Tensor, k: float = 0.2) -> Tensor:
     """The min-k% attack's score from token log-probabilities: the mean of each sample's lowest ``k`` fraction (at
     least one), ``Tensor[B]``."""
     if not 0 < k <= 1:
-        raise ValueError(f"k must be in (0, 1], got {k}")
+        raise ConfigurationError(f"k must be in (0, 1], got {k}")
     lowest_first = log_probs.masked_fill(~counted, float("inf")).sort(dim=1).values
     count = (counted.sum(1).float() * k).long().clamp(min=1)
     keep = torch.arange(lowest_first.shape[1], device=count.device)[None, :] < count[:, None]
@@ -87,9 +90,11 @@ def membership_auc(member_scores: Tensor | Sequence[float], nonmember_scores: Te
     members = torch.as_tensor(member_scores, dtype=torch.float64).flatten()
     nonmembers = torch.as_tensor(nonmember_scores, dtype=torch.float64).flatten()
     if len(members) == 0 or len(nonmembers) == 0:
-        raise ValueError(f"membership_auc needs members and non-members, got {len(members)} and {len(nonmembers)}")
+        raise ConfigurationError(
+            f"membership_auc needs members and non-members, got {len(members)} and {len(nonmembers)}"
+        )
     if members.isnan().any() or nonmembers.isnan().any():
-        raise ValueError("membership_auc got NaN scores")
+        raise ConfigurationError("membership_auc got NaN scores")
     combined = torch.cat([members, nonmembers])
     _, inverse, counts = torch.unique(combined, return_inverse=True, return_counts=True)
     first_rank = counts.cumsum(0) - counts + 1  # ranks 1.. of each distinct value

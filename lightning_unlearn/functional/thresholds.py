@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from lightning_unlearn.utilities.deprecation import warn_renamed
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 Level = Literal["mean", "quantile"]
 
@@ -35,7 +36,7 @@ def check_threshold(threshold: str | float, owner: str) -> str | float:
     if isinstance(threshold, str):
         if threshold not in HOLDOUT_THRESHOLDS:
             names = "'holdout_quantile', 'holdout_mean'"
-            raise ValueError(f"{owner}: threshold must be {names} or a float, got {threshold!r}")
+            raise ConfigurationError(f"{owner}: threshold must be {names} or a float, got {threshold!r}")
         return threshold
     return float(threshold)
 
@@ -56,9 +57,9 @@ def holdout_threshold(holdout_g: Tensor, kind: Level = "quantile", quantile: flo
     if kind == "mean":
         return holdout_g.mean().item()
     if kind != "quantile":
-        raise ValueError(f"kind must be 'mean' or 'quantile', got {kind!r}")
+        raise ConfigurationError(f"kind must be 'mean' or 'quantile', got {kind!r}")
     if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        raise ConfigurationError(f"quantile must be in (0, 1), got {quantile}")
     return torch.quantile(holdout_g, quantile).item()
 
 
@@ -67,7 +68,7 @@ def holdout_band(holdout_g: Tensor, quantiles: tuple[float, float] = (0.05, 0.95
     over-forgotten, records above q_high still memorized."""
     low, high = quantiles
     if not 0.0 < low < high < 1.0:
-        raise ValueError(f"need 0 < low < high < 1, got quantiles {quantiles}")
+        raise ConfigurationError(f"need 0 < low < high < 1, got quantiles {quantiles}")
     return holdout_threshold(holdout_g, "quantile", low), holdout_threshold(holdout_g, "quantile", high)
 
 
@@ -117,7 +118,7 @@ def benjamini_hochberg(p_values: Tensor, alpha: float = 0.05) -> Tensor:
         tensor([ True, False,  True, False])
     """
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise ConfigurationError(f"alpha must be in (0, 1), got {alpha}")
     m = len(p_values)
     order = torch.argsort(p_values, stable=True)
     ranks = torch.arange(1, m + 1, dtype=torch.double)
@@ -132,5 +133,5 @@ def _check_holdout(holdout_g: Tensor) -> Tensor:
     holdout_g = torch.as_tensor(holdout_g, dtype=torch.float32).flatten()
     holdout_g = holdout_g[~holdout_g.isnan()]
     if len(holdout_g) == 0:
-        raise ValueError("the holdout has no scored records: a forgetting threshold needs unseen records")
+        raise ConfigurationError("the holdout has no scored records: a forgetting threshold needs unseen records")
     return holdout_g

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from lightning_unlearn.functional.thresholds import benjamini_hochberg, empirical_p_values
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 #: n · m up to which the p-value is exact (a lattice-path count, about a second), else asymptotic
 EXACT_LIMIT = 10_000_000
@@ -75,9 +76,9 @@ def ks_p_value(statistic: float, n: int, m: int) -> float:
         0.1
     """
     if n < 1 or m < 1:
-        raise ValueError(f"both samples need at least one value, got sizes {n} and {m}")
+        raise ConfigurationError(f"both samples need at least one value, got sizes {n} and {m}")
     if not 0.0 <= statistic <= 1.0:
-        raise ValueError(f"a KS statistic is in [0, 1], got {statistic}")
+        raise ConfigurationError(f"a KS statistic is in [0, 1], got {statistic}")
     if n * m > EXACT_LIMIT:
         return _asymptotic_p_value(statistic, n, m)
     lcm = n * m // math.gcd(n, m)
@@ -113,7 +114,7 @@ def ks_critical_value(n: int, m: int, alpha: float = 0.05) -> float:
         0.3395
     """
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise ConfigurationError(f"alpha must be in (0, 1), got {alpha}")
     return math.sqrt(-math.log(alpha / 2) * (n + m) / (2 * n * m))
 
 
@@ -168,9 +169,9 @@ def retrain_verdict(
 def _check(values: Sequence[float], name: str) -> list[float]:
     values = sorted(float(value) for value in values)
     if not values:
-        raise ValueError(f"sample {name} is empty: a KS test needs at least one value in each sample")
+        raise ConfigurationError(f"sample {name} is empty: a KS test needs at least one value in each sample")
     if any(math.isnan(value) for value in values):
-        raise ValueError(f"sample {name} holds NaN")
+        raise ConfigurationError(f"sample {name} holds NaN")
     return values
 
 
@@ -211,7 +212,7 @@ def tail_model(
     """
     values = _sided(holdout, side)
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        raise ConfigurationError(f"fraction must be in (0, 1), got {fraction}")
     start = torch.quantile(values, 1.0 - fraction).item()
     excesses = values[values > start] - start
     if len(excesses) == 0:
@@ -268,7 +269,7 @@ def detection_level(holdout: Tensor, records: int, side: Side = "above", alpha: 
         0.528
     """
     if records < 1:
-        raise ValueError(f"records must be >= 1, got {records}")
+        raise ConfigurationError(f"records must be >= 1, got {records}")
     model = tail_model(holdout, side)
     target = alpha / records
     if model.scale == 0.0 or model.share <= target:  # anything beyond the tail's start
@@ -355,11 +356,11 @@ def _indices(flags: Tensor) -> list[int]:
 
 def _sided(values: Tensor, side: Side) -> Tensor:
     if side not in ("above", "below"):
-        raise ValueError(f"side must be 'above' or 'below', got {side!r}")
+        raise ConfigurationError(f"side must be 'above' or 'below', got {side!r}")
     values = torch.as_tensor(values, dtype=torch.float64).flatten()
     values = values[~values.isnan()]
     if len(values) == 0:
-        raise ValueError("the holdout has no scored records: a verdict needs unseen records to compare with")
+        raise ConfigurationError("the holdout has no scored records: a verdict needs unseen records to compare with")
     return -values if side == "below" else values
 
 

@@ -14,6 +14,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from lightning_unlearn.distributed.zero import has_sharded_parameters
 from lightning_unlearn.integrations.peft import is_adapted
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.extras import require_gguf
 
 
@@ -35,7 +36,7 @@ def load_causal_lm(source: str | os.PathLike, gguf_file: str | None = None, **kw
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ValueError as error:
         if "Unrecognized configuration class" in str(error):
-            raise ValueError(f"{source} is not a causal language model (no causal-LM head): {error}") from None
+            raise ConfigurationError(f"{source} is not a causal language model (no causal-LM head): {error}") from None
         raise
     except OSError as error:
         raise FileNotFoundError(f"cannot load a model from {source!s}: {error}") from None
@@ -50,11 +51,11 @@ def check_saved_architecture(source: str | os.PathLike, revision: str | None = N
     except OSError as error:
         raise FileNotFoundError(f"cannot load a model from {source!s}: {error}") from None
     except ValueError as error:
-        raise ValueError(f"{source} is not a model transformers can load: {error}") from None
+        raise ConfigurationError(f"{source} is not a model transformers can load: {error}") from None
     saved = getattr(config, "architectures", None) or []
     heads = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     if saved and not heads & set(saved):
-        raise TypeError(
+        raise ConfigurationError(
             f"{source} holds a {', '.join(saved)}, which has no causal-LM head: give the folder of a model saved "
             f"with its head (e.g. {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, 'a *ForCausalLM')})"
         )
@@ -102,7 +103,7 @@ def check_causal_lm(model: torch.nn.Module) -> None:
     base = model.get_base_model() if is_adapted(model) else model
     head = base.get_output_embeddings() if isinstance(base, PreTrainedModel) else None
     if head is None:
-        raise TypeError(
+        raise ConfigurationError(
             f"{type(model).__name__} has no causal-LM head: pass a model loaded with AutoModelForCausalLM "
             f"(e.g. GPTNeoForCausalLM, not GPTNeoModel)"
         )

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from lightning_unlearn.distributed.zero import full_state_dict, gathered, has_sharded_parameters, is_rank, local_shards
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.extras import require_peft
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def add_adapter(model: torch.nn.Module, config: PeftConfig) -> PeftModel:
         if "not found in the base model" not in str(error) and "No modules were targeted" not in str(error):
             raise
         layers = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_targetable(module)})
-        raise ValueError(
+        raise ConfigurationError(
             f"the peft config's target_modules {sorted(config.target_modules or [])} match no module of "
             f"{type(model).__name__}; its layers that an adapter can target: {layers}"
         ) from None
@@ -104,10 +105,10 @@ def check_plain_lora(model: PeftModel, purpose: str) -> None:
     layers = dict(lora_layers(model))
     for name, module in model.get_base_model().named_modules():
         if isinstance(module, BaseTunerLayer) and name not in layers:
-            raise ValueError(f"{purpose} needs LoRA adapters; {name} is a {type(module).__name__}")
+            raise ConfigurationError(f"{purpose} needs LoRA adapters; {name} is a {type(module).__name__}")
     for name, layer in layers.items():
         if any(layer.use_dora.values()) or any(getattr(layer, "lora_bias", {}).values()):
-            raise ValueError(f"{purpose} needs plain LoRA (no use_dora, no lora_bias); {name} has them")
+            raise ConfigurationError(f"{purpose} needs plain LoRA (no use_dora, no lora_bias); {name} has them")
 
 
 def task_vector_names(model: torch.nn.Module) -> list[str]:
@@ -131,7 +132,7 @@ def check_task_arithmetic(model: torch.nn.Module) -> None:
     check_plain_lora(model, "task arithmetic on an adapter")
     for name, data in local_shards(model):
         if any(factor in name for factor in B_FACTORS) and bool(data.any()):
-            raise ValueError(
+            raise ConfigurationError(
                 f"task arithmetic on a LoRA adapter needs B = 0 at the start (init_lora_weights=True), so that "
                 f"scaling B by λ scales the whole update; {name} is not zero"
             )
@@ -175,7 +176,7 @@ def merged_state_dict(model: PeftModel, rank: int = 0) -> dict[str, Tensor] | No
         ValueError: the base is quantized (its weights cannot hold the merge), or an adapter is not plain LoRA.
     """
     if is_quantized(model):
-        raise ValueError(
+        raise ConfigurationError(
             "cannot merge an adapter into a quantized base model: save the adapter with save_pretrained(path, "
             "merge=False), or load the base unquantized to merge"
         )
@@ -247,7 +248,7 @@ def saved_state(model: torch.nn.Module, merge: bool = True) -> tuple[torch.nn.Mo
     with one, the base with the adapter merged (``merge=True``) or the adapter alone."""
     if not is_adapted(model):
         if not merge:
-            raise ValueError("merge=False writes an adapter, and this model has none (pass peft= to train one)")
+            raise ConfigurationError("merge=False writes an adapter, and this model has none (pass peft= to train one)")
         return model, full_state_dict(model) if has_sharded_parameters(model) else None
     if merge:
         return model.get_base_model(), merged_state_dict(model)

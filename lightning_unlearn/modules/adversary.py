@@ -31,6 +31,7 @@ from lightning_unlearn.data import relearn_split
 from lightning_unlearn.distributed.zero import has_sharded_parameters
 from lightning_unlearn.evaluation.scoring import output_layer_input
 from lightning_unlearn.functional.memorization import nll_and_accuracy, sequence_nll
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class RelearningAdversary:
@@ -62,9 +63,11 @@ class RelearningAdversary:
         scaler: Any = None,
     ) -> None:
         if steps < 1 or not learning_rate > 0:
-            raise ValueError(f"relearning needs steps >= 1 and a positive learning rate, got {steps}, {learning_rate}")
+            raise ConfigurationError(
+                f"relearning needs steps >= 1 and a positive learning rate, got {steps}, {learning_rate}"
+            )
         if has_sharded_parameters(model):
-            raise ValueError(
+            raise ConfigurationError(
                 "relearning-aware unlearning (adversary_steps > 0) copies the weights, and ZeRO-3 shards them: use one "
                 "process or DDP, or adversary_steps=0"
             )
@@ -86,7 +89,7 @@ class RelearningAdversary:
         datamodule's relearn split (else retain split), in batches of the datamodule's batch size."""
         hp, trainer = module.hparams, module.trainer
         if "deepspeed" in type(trainer.strategy).__name__.lower():
-            raise ValueError(
+            raise ConfigurationError(
                 "relearning-aware unlearning (adversary_steps > 0) runs on one process or under DDP; it is not "
                 "supported under DeepSpeed: drop the DeepSpeed strategy, or set adversary_steps=0"
             )
@@ -207,14 +210,14 @@ class SharpnessAdversary(RelearningAdversary):
 
     def __init__(self, model: torch.nn.Module, rho: float, scaler: Any = None) -> None:
         if not rho > 0:
-            raise ValueError(f"sharpness-aware unlearning needs a radius rho > 0, got {rho}")
+            raise ConfigurationError(f"sharpness-aware unlearning needs a radius rho > 0, got {rho}")
         if has_sharded_parameters(model):
-            raise ValueError(
+            raise ConfigurationError(
                 "sharpness-aware unlearning copies the weights, and ZeRO-3 shards them: use one process or DDP"
             )
         half = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.element_size() < 4})
         if half:
-            raise ValueError(
+            raise ConfigurationError(
                 f"sharpness-aware unlearning moves the weights by rho along a unit direction, and these are {half[0]}: "
                 "the move rounds away for most of them, and the method would quietly be plain SGA. Train float32 "
                 "weights (precision '32-true', or 'bf16-mixed', which keeps float32 weights)"

@@ -42,6 +42,7 @@ from lightning_unlearn.integrations.training_mode import checkpointing, set_chec
 from lightning_unlearn.modules.adversary import RelearningAdversary, SharpnessAdversary
 from lightning_unlearn.modules.reference import ReferenceLogitsCache, ReferenceWeights
 from lightning_unlearn.utilities.deprecation import renamed_argument
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.extras import require_gguf, require_peft
 from lightning_unlearn.utilities.files import atomic_folder
 
@@ -175,13 +176,15 @@ class UnlearningModule(L.LightningModule):
             raise TypeError(f"{owner} got unexpected arguments: {', '.join(sorted(deprecated))}")
         if retain_loss not in self.retain_losses:
             choices = ", ".join(repr(kind) for kind in self.retain_losses)
-            raise ValueError(f"{owner}'s retain_loss must be one of {choices}, got {retain_loss!r}")
+            raise ConfigurationError(f"{owner}'s retain_loss must be one of {choices}, got {retain_loss!r}")
         if not retain_weight >= 0:
-            raise ValueError(f"retain_weight must be >= 0, got {retain_weight}")
+            raise ConfigurationError(f"retain_weight must be >= 0, got {retain_weight}")
         if not sharpness >= 0:
-            raise ValueError(f"sharpness is a radius, >= 0, got {sharpness}")
+            raise ConfigurationError(f"sharpness is a radius, >= 0, got {sharpness}")
         if sharpness and adversary_steps:
-            raise ValueError("adversary_steps and sharpness each take the forget loss at another point: give one")
+            raise ConfigurationError(
+                "adversary_steps and sharpness each take the forget loss at another point: give one"
+            )
         if gguf_file is not None:
             require_gguf()
         if peft is not None:
@@ -279,7 +282,7 @@ class UnlearningModule(L.LightningModule):
         datamodule.setup(stage)
         if self.needs_retain and not datamodule.has_split("retain"):
             kind = self.hparams.get("retain_loss")
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(self).__name__} trains on the retain split too (retain_loss={kind!r}): give the datamodule one"
             )
         datamodule.check_fits(self.model)
@@ -338,7 +341,9 @@ class UnlearningModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> Tensor:
         if not isinstance(batch, dict) or "forget" not in batch:
-            raise KeyError("training batches must be dicts with a 'forget' batch (as UnlearningDataModule makes)")
+            raise ConfigurationError(
+                "training batches must be dicts with a 'forget' batch (as UnlearningDataModule makes)"
+            )
         forget = batch["forget"]
         ids = forget["sample_id"]
         self._set_training_mode()
@@ -526,7 +531,7 @@ class UnlearningModule(L.LightningModule):
     def _retain_batch(self, batch: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         """The step's retain batch."""
         if "retain" not in batch:
-            raise KeyError(
+            raise ConfigurationError(
                 f"retain_loss={self.hparams.get('retain_loss')!r} needs training batches with a 'retain' batch: give "
                 "the UnlearningDataModule a retain split"
             )
@@ -615,7 +620,7 @@ class UnlearningModule(L.LightningModule):
             expected = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
             missing = sorted(expected - set(checkpoint["state_dict"]))
             if missing:
-                raise KeyError(
+                raise ConfigurationError(
                     f"the checkpoint lacks {len(missing)} adapter parameters, e.g. {missing[0]}: was it written with "
                     "the same peft config?"
                 )

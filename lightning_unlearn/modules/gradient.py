@@ -12,6 +12,7 @@ from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAsce
 from lightning_unlearn.functional.losses import hit_token_ascent_loss, satimp_loss, wga_loss
 from lightning_unlearn.modules.base import UnlearningModule
 from lightning_unlearn.utilities.deprecation import renamed_argument
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class GradientAscent(UnlearningModule):
@@ -38,7 +39,7 @@ class GradientDifference(GradientAscent):
         self, model: Any, retain_weight: float = 1.0, retain_loss: Literal["nll", "kl"] = "nll", **kwargs: Any
     ) -> None:
         if retain_loss is None:
-            raise ValueError("GradientDifference needs a retain term; without one, use GradientAscent")
+            raise ConfigurationError("GradientDifference needs a retain term; without one, use GradientAscent")
         retain_weight = renamed_argument(kwargs, "GradientDifference", "alpha", "retain_weight", retain_weight, 1.0)
         super().__init__(model, retain_loss=retain_loss, retain_weight=retain_weight, **kwargs)
 
@@ -84,7 +85,7 @@ class SelectiveGradientAscent(GradientAscent):
     ) -> None:
         criterion = renamed_argument(kwargs, type(self).__name__, "stop", "criterion", criterion, "max")
         if tokens not in ("all", "hits"):
-            raise ValueError(f"tokens must be 'all' or 'hits', got {tokens!r}")
+            raise ConfigurationError(f"tokens must be 'all' or 'hits', got {tokens!r}")
         super().__init__(model, **kwargs)
         self.tokens = tokens
         self.selective = SelectiveAscent(gamma=gamma, keep_top=keep_top, mode=mode, skip_forgotten=skip_forgotten)
@@ -112,7 +113,7 @@ class WGA(UnlearningModule):
 
     def __init__(self, model: Any, beta: float = 1.0, **kwargs: Any) -> None:
         if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+            raise ConfigurationError(f"beta must be >= 0, got {beta}")
         super().__init__(model, **kwargs)
         self.beta = beta
 
@@ -132,7 +133,7 @@ class SatImp(UnlearningModule):
 
     def __init__(self, model: Any, beta1: float = 5.0, beta2: float = 1.0, **kwargs: Any) -> None:
         if not (beta1 >= 0 and beta2 >= 0):
-            raise ValueError(f"beta1 and beta2 must be >= 0, got {beta1} and {beta2}")
+            raise ConfigurationError(f"beta1 and beta2 must be >= 0, got {beta1} and {beta2}")
         super().__init__(model, **kwargs)
         self.beta1, self.beta2 = beta1, beta2
 

@@ -11,6 +11,7 @@ from lightning_unlearn.evaluation.scoring import score_log_likelihood, score_on_
 from lightning_unlearn.functional.losses import npo_loss, simnpo_loss
 from lightning_unlearn.functional.memorization import sequence_log_likelihood
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class NPO(UnlearningModule):
@@ -32,7 +33,7 @@ class NPO(UnlearningModule):
 
     def __init__(self, model: Any, beta: float = 0.1, learning_rate: float = 1e-5, **kwargs: Any) -> None:
         if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
+            raise ConfigurationError(f"beta must be > 0, got {beta}")
         super().__init__(model, learning_rate=learning_rate, **kwargs)
         self.beta = beta
         self.reference_log_likelihood: Tensor | None = None  # Tensor[N]: log π_ref(x) by sample_id
@@ -43,7 +44,9 @@ class NPO(UnlearningModule):
             return
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "scoring_dataloader"):
-            raise ValueError("NPO scores π_ref of every forget sample at the start: fit with an UnlearningDataModule")
+            raise ConfigurationError(
+                "NPO scores π_ref of every forget sample at the start: fit with an UnlearningDataModule"
+            )
         with self.trainer.precision_plugin.forward_context():  # as the training forward runs: log π_θ = log π_ref
             ids, values = score_on_all_ranks(
                 self.model, datamodule.scoring_dataloader("forget"), self.trainer.strategy, measure=score_log_likelihood
@@ -55,7 +58,9 @@ class NPO(UnlearningModule):
     def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
         ids = batch["sample_id"].cpu()
         if self.reference_log_likelihood is None or int(ids.max()) >= len(self.reference_log_likelihood):
-            raise KeyError("a forget sample has no reference likelihood: NPO scores the forget split at train start")
+            raise RuntimeError(
+                "a forget sample has no reference likelihood: NPO scores the forget split at train start"
+            )
         reference = self.reference_log_likelihood[ids].to(nll.device, nll.dtype)
         return npo_loss(sequence_log_likelihood(nll, batch["attention_mask"]), reference, self.beta)
 
@@ -79,7 +84,7 @@ class SimNPO(UnlearningModule):
 
     def __init__(self, model: Any, beta: float = 4.5, delta: float = 0.0, **kwargs: Any) -> None:
         if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
+            raise ConfigurationError(f"beta must be > 0, got {beta}")
         super().__init__(model, **kwargs)
         self.beta = beta
         self.delta = delta

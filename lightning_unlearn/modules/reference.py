@@ -28,6 +28,7 @@ from lightning_unlearn.distributed.zero import (
     place_like,
 )
 from lightning_unlearn.evaluation.scoring import eval_mode
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class ReferenceWeights:
@@ -117,7 +118,9 @@ class ReferenceWeights:
         parameters = dict(_trainable_shards(model))
         missing = set(parameters) - set(state["weights"])
         if missing:
-            raise KeyError(f"the checkpoint's reference model lacks {len(missing)} parameters, e.g. {min(missing)}")
+            raise ConfigurationError(
+                f"the checkpoint's reference model lacks {len(missing)} parameters, e.g. {min(missing)}"
+            )
         weights = {name: state["weights"][name] for name in parameters}
         reference.weights = place_like(model, weights) if state.get("per_process") else partition_like(model, weights)
         return reference

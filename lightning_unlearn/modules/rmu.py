@@ -12,6 +12,7 @@ from torch import Tensor
 from lightning_unlearn.functional.losses import rmu_loss
 from lightning_unlearn.integrations.peft import is_adapted
 from lightning_unlearn.modules.base import RETAIN_LOSSES, UnlearningModule
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -21,7 +22,7 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return module
-    raise ValueError(f"found no list of {count} decoder layers in {type(model).__name__}")
+    raise ConfigurationError(f"found no list of {count} decoder layers in {type(model).__name__}")
 
 
 @contextmanager
@@ -83,13 +84,13 @@ class RMU(UnlearningModule):
         **kwargs: Any,
     ) -> None:
         if kwargs.get("adversary_steps") or kwargs.get("sharpness"):
-            raise ValueError(
+            raise ConfigurationError(
                 "RMU's loss is on a layer's activations: relearning-aware and sharpness-aware training do not apply"
             )
         if trained_layers is not None and trained_layers < 1:
-            raise ValueError(f"trained_layers must be >= 1 or None, got {trained_layers}")
+            raise ConfigurationError(f"trained_layers must be >= 1 or None, got {trained_layers}")
         if not steering_coefficient > 0:
-            raise ValueError(f"steering_coefficient must be > 0, got {steering_coefficient}")
+            raise ConfigurationError(f"steering_coefficient must be > 0, got {steering_coefficient}")
         super().__init__(model, retain_loss=retain_loss, retain_weight=retain_weight, **kwargs)
         self.layer, self.steering_coefficient = layer, steering_coefficient
         self.trained_layers, self.seed = trained_layers, seed
@@ -103,7 +104,7 @@ class RMU(UnlearningModule):
         layers = decoder_layers(self.model)
         index = min(AUTHORS_LAYER, len(layers) - 1) if self.layer is None else self.layer
         if not 0 <= index < len(layers):
-            raise ValueError(f"layer must be in [0, {len(layers)}), got {index}")
+            raise ConfigurationError(f"layer must be in [0, {len(layers)}), got {index}")
         return layers[index]
 
     def configure_model(self) -> None:
@@ -116,7 +117,7 @@ class RMU(UnlearningModule):
         trained = layers[max(0, last - self.trained_layers + 1) : last + 1]
         mlps = [getattr(layer, "mlp", None) for layer in trained]
         if any(mlp is None for mlp in mlps):
-            raise ValueError(f"RMU trains the layers' MLPs: {type(trained[0]).__name__} has no `mlp`")
+            raise ConfigurationError(f"RMU trains the layers' MLPs: {type(trained[0]).__name__} has no `mlp`")
         self.model.requires_grad_(False)
         for mlp in mlps:
             mlp.requires_grad_(True)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from lightning_unlearn.functional.losses import ce_u_loss, undial_loss
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 class UNDIAL(UnlearningModule):
@@ -29,7 +30,7 @@ class UNDIAL(UnlearningModule):
 
     def __init__(self, model: Any, beta: float = 10.0, learning_rate: float = 1e-4, **kwargs: Any) -> None:
         if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+            raise ConfigurationError(f"beta must be >= 0, got {beta}")
         super().__init__(model, learning_rate=learning_rate, **kwargs)
         self.beta = beta
 

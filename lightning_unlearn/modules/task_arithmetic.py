@@ -26,6 +26,7 @@ from lightning_unlearn.integrations.peft import (
 from lightning_unlearn.modules.base import UnlearningModule
 from lightning_unlearn.modules.task_vectors import edit, edited, load_parameters, snapshot
 from lightning_unlearn.utilities.deprecation import renamed_argument
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 #: TAU with an adapter: the selective-ascent phase's adapter, frozen at the switch
 ASCENT_ADAPTER = "ascent"
@@ -73,20 +74,20 @@ class TaskArithmetic(UnlearningModule):
     ) -> None:
         criterion = renamed_argument(kwargs, type(self).__name__, "stop", "criterion", criterion, "max")
         if kwargs.get("retain_loss") is not None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(self).__name__} takes no retain_loss: its task vector is subtracted, and a retain term "
                 "trained into it would be subtracted with it. Use SelectiveGradientAscent or NPO with a retain term."
             )
         for option in ("adversary_steps", "sharpness"):
             if kwargs.get(option):
-                raise ValueError(
+                raise ConfigurationError(
                     f"{type(self).__name__} takes no {option}: it fine-tunes towards the forget set and subtracts the "
                     "result, so there is no forget loss to take at another point. Use SelectiveGradientAscent or NPO "
                     f"with {option}."
                 )
         super().__init__(model, learning_rate=learning_rate, **kwargs)
         if scale >= 0:
-            raise ValueError(f"scale must be negative (the task vector is subtracted), got {scale}")
+            raise ConfigurationError(f"scale must be negative (the task vector is subtracted), got {scale}")
         self.scale = scale
         self.search_scale = search_scale
         self.search_steps = search_steps

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_unlearn.distributed.zero import local_shards
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 
 def snapshot(model: torch.nn.Module, names: Collection[str] | None = None) -> dict[str, Tensor]:
@@ -29,7 +30,9 @@ def task_vector(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> dict
     """τ = tuned − base, for every parameter name of ``base`` (both: name -> tensor, e.g. from :func:`snapshot`)."""
     missing = set(base) - set(tuned)
     if missing:
-        raise KeyError(f"the tuned weights lack {len(missing)} parameters of the base, e.g. {sorted(missing)[0]}")
+        raise ConfigurationError(
+            f"the tuned weights lack {len(missing)} parameters of the base, e.g. {sorted(missing)[0]}"
+        )
     return {name: tuned[name].detach().to(value.device) - value.detach() for name, value in base.items()}
 
 

@@ -51,6 +51,7 @@ from lightning_unlearn.callbacks import UnlearningProgress
 from lightning_unlearn.data import PadCollator, TokenizedSplit, UnlearningDataModule
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.memorization import sequence_nll
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.files import atomic_folder
 
 #: Bump when the corpus, tokenizer or training recipe changes, so old cache entries are not reused.
@@ -147,7 +148,7 @@ class Testbed:
         """``count`` records from the same generator that the model never saw (none of the corpus or the holdout):
         more unseen data, e.g. to test an audit against the holdout. ``seed`` must differ from the testbed's."""
         if seed == self.seed:
-            raise ValueError(f"seed {seed} is the testbed's own: its records are the corpus and holdout")
+            raise ConfigurationError(f"seed {seed} is the testbed's own: its records are the corpus and holdout")
         return _unseen(count, seed, set(self.corpus) | set(self.holdout))
 
     def relearn_records(self, count: int = 256) -> list[str]:
@@ -275,9 +276,11 @@ def describe(testbed: Testbed) -> str:
 
 def _check(config: TestbedConfig) -> None:
     if min(config.num_forget, config.num_retain, config.num_holdout) < 1 or not config.duplicates:
-        raise ValueError(f"a testbed needs at least one forget, retain and holdout record, and duplicates: {config}")
+        raise ConfigurationError(
+            f"a testbed needs at least one forget, retain and holdout record, and duplicates: {config}"
+        )
     if min(config.duplicates) < 1 or config.steps < 1:
-        raise ValueError(f"duplicates and steps must be >= 1: {config}")
+        raise ConfigurationError(f"duplicates and steps must be >= 1: {config}")
 
 
 def make_records(count: int, seed: int) -> list[str]:

@@ -59,6 +59,7 @@ from lightning_unlearn.functional.verdict import retrain_verdict
 from lightning_unlearn.methods import METHODS
 from lightning_unlearn.testbed.build import Testbed, build_testbed
 from lightning_unlearn.testbed.settings import testbed_method
+from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.extras import require_demo
 from lightning_unlearn.utilities.files import atomic_file, write_text_atomically
 
@@ -166,7 +167,9 @@ def check_methods(methods: Sequence[str]) -> None:
     one)."""
     unknown = [name for name in methods if name not in METHODS]
     if unknown or not methods:
-        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+        raise ConfigurationError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}"
+        )
 
 
 def run_demo(
@@ -308,7 +311,7 @@ def run_seeds(
     """
     check_methods(methods)
     if not seeds:
-        raise ValueError("no seeds given")
+        raise ConfigurationError("no seeds given")
     output = Path(output)
     per_seed = {}
     for seed in seeds:

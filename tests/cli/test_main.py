@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ from transformers import AutoModelForCausalLM
 from lightning_unlearn.cli import main
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.thresholds import holdout_threshold
+from lightning_unlearn.utilities.errors import ConfigurationError
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -334,6 +336,18 @@ def test_errors_are_one_line(exported, testbed_cache, args, message):
     assert len(lines) == 1 and lines[0].startswith(f"lightning-unlearn {args[0]}: error:") and message in lines[0]
 
 
+def test_a_programming_error_keeps_its_traceback(exported, monkeypatch):
+    """Only what a user can fix (ConfigurationError, a missing file, a missing extra) is one line with exit 2."""
+    cli = importlib.import_module("lightning_unlearn.cli.main")  # the module (the package's `main` is the function)
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "_audit", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl"])
+
+
 def test_audit_refuses_a_model_without_a_causal_lm_head(exported):
     from transformers import DistilBertConfig, DistilBertModel
 
@@ -473,6 +487,7 @@ def _write_jsonl(path: str, texts: list[str]) -> None:
         ("other tokenizer", "the tokenizer does not fit the model"),
         ("retain missing", "method 'sga-kl' keeps the retain texts"),
         ("unknown option", "unrecognized argument '--trainer_max_steps=3'"),
+        ("unknown method option", "sga-kl: SelectiveGradientAscent got unexpected arguments: lerning_rate"),
         ("unknown method", "unknown method 'dpo'"),
     ],
 )
@@ -500,6 +515,8 @@ def test_unlearn_command_refuses_bad_input_writing_nothing(small_testbed, export
         del args["--retain"]
     elif case == "unknown option":
         extra = ["--trainer_max_steps=3"]
+    elif case == "unknown method option":
+        extra = ["--method.lerning_rate=1e-4"]
     else:
         args["--method"] = "dpo"
     command = ["unlearn", *(item for pair in args.items() for item in pair), *extra, "--output", "out"]
@@ -528,7 +545,7 @@ def test_on_a_gpu_every_command_defaults_to_bf16_mixed_and_says_so(exported, mon
 
     def unlearn(*args, **trainer):  # stops the command once it has chosen its Trainer's precision
         given.append(trainer["precision"])
-        raise ValueError("stop here")
+        raise ConfigurationError("stop here")
 
     monkeypatch.setattr(lightning_unlearn.unlearning, "unlearn", unlearn)
     on_gpu = [*UNLEARN, "--accelerator", "auto"]

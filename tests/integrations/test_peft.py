@@ -30,6 +30,7 @@ from lightning_unlearn.integrations.peft import (
     merged_state_dict,
     task_vector_names,
 )
+from lightning_unlearn.utilities.errors import ConfigurationError
 from tests.conftest import assert_close_scaled, find, lora, make_model, make_trainer, unlearning_data
 
 peft = pytest.importorskip("peft")
@@ -227,7 +228,7 @@ def test_bad_adapter_input_gets_a_clear_error(small_testbed, tmp_path, monkeypat
 
     module = SelectiveGradientAscent(copy.deepcopy(tb.model), peft=lora())
     module.configure_model()
-    with pytest.raises(KeyError, match="lacks 24 adapter parameters"):
+    with pytest.raises(ConfigurationError, match="lacks 24 adapter parameters"):
         module.on_load_checkpoint({"state_dict": {}})
     module.get_model().get_base_model().hf_quantizer = SimpleNamespace(quantization_config=SimpleNamespace())
     with pytest.raises(ValueError, match="cannot merge an adapter into a quantized base"):

@@ -32,6 +32,7 @@ from lightning_unlearn.evaluation.scoring import score_log_likelihood, score_mem
 from lightning_unlearn.functional.memorization import sequence_log_likelihood, sequence_nll
 from lightning_unlearn.functional.thresholds import holdout_threshold
 from lightning_unlearn.modules.reference import ReferenceWeights
+from lightning_unlearn.utilities.errors import ConfigurationError
 from tests.conftest import assert_close_scaled, find, make_tokenizer, make_trainer, unlearning_data
 
 
@@ -119,7 +120,7 @@ def test_non_finite_loss_stops_with_the_step(small_testbed):
 
 
 def test_model_without_causal_lm_head_is_rejected(small_testbed):
-    with pytest.raises(TypeError, match="no causal-LM head"):
+    with pytest.raises(ConfigurationError, match="no causal-LM head"):
         GradientAscent(GPTNeoModel(small_testbed.model.config))
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_unlearn.modules.task_vectors import apply_task_vector, edited, snapshot, task_vector
+from lightning_unlearn.utilities.errors import ConfigurationError
 from tests.conftest import make_model
 
 
@@ -54,5 +55,5 @@ def test_only_trainable_parameters_like_a_lora_adapter():
 
 def test_missing_parameters_are_named():
     base = snapshot(make_model())
-    with pytest.raises(KeyError, match="lack 1 parameters"):
+    with pytest.raises(ConfigurationError, match="lack 1 parameters"):
         task_vector(base, {k: v for k, v in list(base.items())[1:]})
