@@ -21,8 +21,10 @@ from lightning_unlearn.modules import (
     UNDIAL,
     WGA,
     GradientAscent,
+    GradientDifference,
     SatImp,
     SelectiveGradientAscent,
+    SimNPO,
     TaskArithmetic,
     UnlearningModule,
 )
@@ -96,6 +98,20 @@ METHODS: dict[str, Method] = {
             MemorizationMonitor(),
             MemorizationEarlyStopping(criterion="mean", threshold="holdout_mean"),
         ],
+    ),
+    "gd": Method(  # α 1, lr 1e-5: open-unlearning's GradDiff (its default unlearning rate on TOFU)
+        "gradient difference (ascent on the forget records, NLL descent on the retain records), per-sample rule",
+        _with(GradientDifference, learning_rate=1e-5),
+        needs_retain=True,
+        callbacks=lambda: per_sample_control(select=False),
+        in_demo=False,
+    ),
+    "simnpo-kl": Method(  # β 4.5, δ 0: Fan et al. 2024 (the module's defaults); lr 1e-5: open-unlearning on TOFU
+        "selective SimNPO (β = 4.5, no reference model) + KL retain",
+        _with(SimNPO, learning_rate=1e-5, retain_loss="kl", retain_weight=1.0),
+        needs_retain=True,
+        callbacks=per_sample_control,
+        in_demo=False,
     ),
     "wga": Method(
         "selective WGA (token weights p^β, β = 1) + KL retain",

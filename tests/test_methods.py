@@ -18,8 +18,10 @@ from lightning_unlearn.modules import (
     UNDIAL,
     WGA,
     GradientAscent,
+    GradientDifference,
     SatImp,
     SelectiveGradientAscent,
+    SimNPO,
     TaskArithmetic,
 )
 from lightning_unlearn.modules.rmu import decoder_layers
@@ -38,6 +40,8 @@ def test_every_method_is_stopped_by_its_rule(tiny_model):
         "sga-kl-sam": SelectiveGradientAscent,
         "ga": GradientAscent,
         "ga-mean": GradientAscent,
+        "gd": GradientDifference,
+        "simnpo-kl": SimNPO,
         "wga": WGA,
         "satimp": SatImp,
         "ce-u": CEU,
@@ -82,7 +86,8 @@ def test_method_settings_are_their_papers_and_options_override_them(tiny_model):
         make_method("sga-kl", copy.deepcopy(tiny_model), tokens="some")
     assert testbed_method("ta")(copy.deepcopy(tiny_model), learning_rate=1e-3).hparams.learning_rate == 1e-3
     assert set(TESTBED_SETTINGS) <= set(METHODS)
-    choices = "sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, sga-kl-sam, ga, ga-mean, wga, satimp, ce-u, undial, rmu"
+    choices = "sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, sga-kl-sam, ga, ga-mean, gd, simnpo-kl, wga, satimp, ce-u, "
+    choices += "undial, rmu"
     with pytest.raises(ValueError, match=f"unknown method 'dpo'; choose from {choices}"):
         make_method("dpo", tiny_model)
 

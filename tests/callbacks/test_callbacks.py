@@ -351,6 +351,13 @@ def test_a_users_own_module_gets_the_selection_in_the_batch_and_meets_the_rule(s
         assert weight.dtype == torch.float32 and weight.tolist() == expected.tolist()
     assert sum(int((weight == 0).sum()) for _, weight, _, _ in seen.steps) > 0  # records below γ were left alone
     assert max(monitor.scores.values()) <= stopping.threshold_value
+    # Two micro-batches of half the records take the steps of one batch: the selection spans the optimizer step.
+    halves, _, half_stopping = controls = per_sample_control()
+    trainer = make_trainer(callbacks=controls, accumulate_grad_batches=2)
+    module = WeightedAscent(copy.deepcopy(small_testbed.model), learning_rate=3e-4)
+    trainer.fit(module, unlearning_data(small_testbed, batch_size=len(small_testbed.forget) // 2))
+    assert abs(half_stopping.stopped_step - stopping.stopped_step) <= 1
+    assert max(abs(halves.scores[i] - g) for i, g in monitor.scores.items()) <= 0.02
 
 
 def test_the_own_trainer_guide_holds_the_tested_module():

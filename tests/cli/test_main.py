@@ -314,7 +314,7 @@ def test_audit_without_holdout_uses_the_given_threshold(exported, capsys):
         ),
         (
             ["demo", "--methods", "ga-mean,DPO"],
-            "unknown method(s) DPO; choose from sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, sga-kl-sam, ga, ga-mean, wga",
+            "unknown method(s) DPO; choose from sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, sga-kl-sam, ga, ga-mean, gd",
         ),
         (
             ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--recovery-attacks", "int4,prune"],
