@@ -192,28 +192,13 @@ def verify(
         >>> found.passed, found.text()  # doctest: +SKIP
     """
     record = read_record(record)
-    if recovery_attacks and holdout is None:
-        raise ConfigurationError(
-            "recovery attacks are judged against unseen texts under the same attack: give holdout="
-        )
-    if "relearn" in recovery_attacks and relearn is None:
-        raise ConfigurationError(
-            "the relearning attack fine-tunes on texts of the same kind, never the records: give relearn="
-        )
-    texts = load_texts(forget, "forget")
-    if not texts:
-        raise ConfigurationError("no forget texts given: give the texts the record was made for")
+    _check_attacks(recovery_attacks, holdout, relearn)
     tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
     data = record["data"]
-    split = TokenizedSplit("forget", texts, tokenizer, data["max_length"], data["long_texts"])
+    split = TokenizedSplit("forget", load_texts(forget, "forget"), tokenizer, data["max_length"], data["long_texts"])
     recorded = {row["sha256"]: row for row in record["records"]}
     hashes = [text_sha256(text) for text in split.texts]
-    matched = [text for text, digest in zip(split.texts, hashes, strict=True) if digest in recorded]
-    if not matched:
-        raise ConfigurationError(
-            f"none of the {len(split.texts)} forget texts given is in the record (by SHA-256): give the texts it was "
-            "made for, with the same file"
-        )
+    matched = _matched_texts(split.texts, hashes, recorded)
     if not isinstance(model, torch.nn.Module):
         model = load_causal_lm(model)
     check_causal_lm(model)
@@ -236,18 +221,7 @@ def verify(
         recovery_attacks=recovery_attacks,
         device=device,
     )
-    rows = []
-    for row in report.rows:
-        entry = recorded[text_sha256(datamodule.split("forget").texts[row["sample_id"]])]
-        rows.append(
-            {
-                "sample_id": entry["sample_id"],
-                "sha256": entry["sha256"],
-                "g_recorded": entry["g_after"],
-                "g": row["g"],
-                "above": row["g"] > threshold,
-            }
-        )
+    rows = _checked_rows(report, datamodule.split("forget").texts, recorded, threshold)
     given = set(hashes)
     holdout_record = data.get("holdout", {}).get("sha256")
     return Verification(
@@ -261,3 +235,48 @@ def verify(
         holdout_matches=None if holdout is None else set_sha256(datamodule.split("holdout").texts) == holdout_record,
         report=report,
     )
+
+
+def _check_attacks(recovery_attacks: tuple[str, ...] | list[str], holdout: Any, relearn: Any) -> None:
+    """A clear error when the attacks asked for lack the texts they need."""
+    if recovery_attacks and holdout is None:
+        raise ConfigurationError(
+            "recovery attacks are judged against unseen texts under the same attack: give holdout="
+        )
+    if "relearn" in recovery_attacks and relearn is None:
+        raise ConfigurationError(
+            "the relearning attack fine-tunes on texts of the same kind, never the records: give relearn="
+        )
+
+
+def _matched_texts(texts: list[str], hashes: list[str], recorded: dict[str, dict[str, Any]]) -> list[str]:
+    """The forget texts the record holds (by SHA-256); a clear error when there is none."""
+    if not texts:
+        raise ConfigurationError("no forget texts given: give the texts the record was made for")
+    matched = [text for text, digest in zip(texts, hashes, strict=True) if digest in recorded]
+    if not matched:
+        raise ConfigurationError(
+            f"none of the {len(texts)} forget texts given is in the record (by SHA-256): give the texts it was "
+            "made for, with the same file"
+        )
+    return matched
+
+
+def _checked_rows(
+    report: Any, texts: list[str], recorded: dict[str, dict[str, Any]], threshold: float
+) -> list[dict[str, Any]]:
+    """One row per re-scored record: its recorded id, hash and g, its g now, and whether that is above the
+    threshold (``texts``: the forget split's, by ``sample_id``)."""
+    rows = []
+    for row in report.rows:
+        entry = recorded[text_sha256(texts[row["sample_id"]])]
+        rows.append(
+            {
+                "sample_id": entry["sample_id"],
+                "sha256": entry["sha256"],
+                "g_recorded": entry["g_after"],
+                "g": row["g"],
+                "above": row["g"] > threshold,
+            }
+        )
+    return rows

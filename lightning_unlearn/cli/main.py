@@ -245,7 +245,7 @@ def _audit(args: argparse.Namespace) -> None:
 
     from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
     from lightning_unlearn.evaluation.recovery import check_recovery_attacks
-    from lightning_unlearn.evaluation.report import memorization_report, summary_markdown, verdict_text, write_report
+    from lightning_unlearn.evaluation.report import memorization_report, summary_markdown, write_report
     from lightning_unlearn.evaluation.utility import check_tasks, evaluate_utility, task_manager
     from lightning_unlearn.integrations.huggingface import check_causal_lm, load_causal_lm
 
@@ -286,6 +286,26 @@ def _audit(args: argparse.Namespace) -> None:
         retrain=retrain,
         device={"gpu": "cuda"}.get(args.accelerator, args.accelerator),
     )
+    _print_audit(report, args, threshold, attacks)
+    s = report.summary
+    if tasks:
+        s["utility"] = evaluate_utility(model, tokenizer, tasks, batch_size=args.batch_size, manager=manager)
+        for task, metrics in s["utility"].items():
+            print(f"utility {task}: " + ", ".join(f"{metric} {value:.4f}" for metric, value in metrics.items()))
+    if args.output:
+        write_report(report, args.output)
+        print(f"\n{summary_markdown(s)}written to {args.output}/: per_sample.csv, per_sample.json, summary.json/.md")
+    if args.report:
+        from lightning_unlearn.evaluation.html import report_html
+
+        _write_report(args.report, report_html(report))
+
+
+def _print_audit(report: Any, args: argparse.Namespace, threshold: str | float, attacks: list[str]) -> None:
+    """The audit's terminal output: one line per record, the summary, what the holdout test can find, each attack's
+    line and the verdict."""
+    from lightning_unlearn.evaluation.report import verdict_text
+
     tested = args.holdout is not None
     el = " EL_10" if args.el else ""
     print(f"{'id':>5}  {'g':>6}{el}  verbatim  above" + ("  p-value  flagged" if tested else "") + "  text")
@@ -317,17 +337,6 @@ def _audit(args: argparse.Namespace) -> None:
     for attack in attacks:
         print(attack_line(attack, s, tested, args))
     print(verdict_text(s["verdict"]))
-    if tasks:
-        s["utility"] = evaluate_utility(model, tokenizer, tasks, batch_size=args.batch_size, manager=manager)
-        for task, metrics in s["utility"].items():
-            print(f"utility {task}: " + ", ".join(f"{metric} {value:.4f}" for metric, value in metrics.items()))
-    if args.output:
-        write_report(report, args.output)
-        print(f"\n{summary_markdown(s)}written to {args.output}/: per_sample.csv, per_sample.json, summary.json/.md")
-    if args.report:
-        from lightning_unlearn.evaluation.html import report_html
-
-        _write_report(args.report, report_html(report))
 
 
 def _recovery_attacks(args: argparse.Namespace) -> str | None:
