@@ -157,36 +157,16 @@ def unlearn(
     if "relearn" in recovery_attacks and retain is None:
         raise ConfigurationError("the relearning attack fine-tunes on the retain texts: give retain=")
     tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
-    datamodule = UnlearningDataModule(
-        tokenizer,
-        forget,
-        retain=retain,
-        holdout=holdout,
-        max_length=max_length,
-        batch_size=batch_size,
-        long_texts=long_texts,
-    )
+    options = {"max_length": max_length, "batch_size": batch_size, "long_texts": long_texts}
+    datamodule = UnlearningDataModule(tokenizer, forget, retain=retain, holdout=holdout, **options)
     datamodule.setup()  # bad texts fail here, before a possibly large model loads
     check_holdout_size(len(datamodule.split("holdout")))
     if not isinstance(model, torch.nn.Module):
         model = load_causal_lm(model)
     check_causal_lm(model)
     datamodule.check_fits(model)
-    callbacks = [*trainer_options.pop("callbacks", []), UnlearningProgress(method, progress)]
-    defaults = {
-        **TRAINER_DEFAULTS,
-        "enable_progress_bar": False,
-        "plugins": [AtomicCheckpointIO()],
-        "precision": default_precision(trainer_options.get("accelerator", "auto")),
-    }
-    resume_from = None
-    if checkpoints is not None:
-        every = ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every)
-        callbacks.append(every)
-        defaults["enable_checkpointing"] = True
-        last = f"{str(checkpoints).rstrip('/')}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-        resume_from = last if exists(last) else None
-    trainer = L.Trainer(**{**defaults, **trainer_options, "callbacks": callbacks})
+    progress_bar = UnlearningProgress(method, progress)
+    trainer, resume_from = _unlearning_trainer(trainer_options, progress_bar, checkpoints, checkpoint_every)
     device = trainer.strategy.root_device
     weights_before = weights_sha256(model)
     before = _measure(model, datamodule, device, "holdout_quantile")
@@ -201,12 +181,7 @@ def unlearn(
         retrain = load_causal_lm(retrain)
     after = _measure(module.get_model(), datamodule, device, threshold, retrain, recovery_attacks)
     record |= {"method": method} | measured_record(before, after)
-    forget_split = datamodule.split("forget")
-    for row in record["records"]:
-        row["document"] = forget_split.documents[row["sample_id"]]  # with long_texts="windows", the text it is from
-        row["sha256"] = text_sha256(forget_split.texts[row["sample_id"]])
-        if include_texts:
-            row["text"] = forget_split.texts[row["sample_id"]]
+    _describe_records(record["records"], datamodule.split("forget"), include_texts)
     weights_after = trainer.strategy.broadcast(weights_sha256(module.get_model()))  # the first process writes
     record |= evidence_record(datamodule, weights_before, weights_after, max_length, long_texts)
     record["environment"] = trainer.strategy.broadcast(record["environment"])  # one time for every process
@@ -328,6 +303,41 @@ def summary_text(record: dict[str, Any]) -> str:
     if "verdict" in record:
         lines.append(verdict_text(record["verdict"]))
     return "\n".join(lines)
+
+
+def _unlearning_trainer(
+    trainer_options: dict[str, Any],
+    progress_bar: UnlearningProgress,
+    checkpoints: str | os.PathLike | None,
+    checkpoint_every: int,
+) -> tuple[L.Trainer, str | None]:
+    """The Trainer of :func:`unlearn` (its defaults, then ``trainer_options``), and the last complete checkpoint to
+    resume from when ``checkpoints`` holds one."""
+    callbacks = [*trainer_options.pop("callbacks", []), progress_bar]
+    defaults = {
+        **TRAINER_DEFAULTS,
+        "enable_progress_bar": False,
+        "plugins": [AtomicCheckpointIO()],
+        "precision": default_precision(trainer_options.get("accelerator", "auto")),
+    }
+    resume_from = None
+    if checkpoints is not None:
+        every = ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every)
+        callbacks.append(every)
+        defaults["enable_checkpointing"] = True
+        last = f"{str(checkpoints).rstrip('/')}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        resume_from = last if exists(last) else None
+    return L.Trainer(**{**defaults, **trainer_options, "callbacks": callbacks}), resume_from
+
+
+def _describe_records(rows: list[dict[str, Any]], forget_split: Any, include_texts: bool) -> None:
+    """Each record's row gains the document it is from (with ``long_texts="windows"``), its text's SHA-256 and, only
+    when asked, the text itself."""
+    for row in rows:
+        row["document"] = forget_split.documents[row["sample_id"]]
+        row["sha256"] = text_sha256(forget_split.texts[row["sample_id"]])
+        if include_texts:
+            row["text"] = forget_split.texts[row["sample_id"]]
 
 
 def _measure(
