@@ -6,14 +6,13 @@ from __future__ import annotations
 from typing import Literal
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
 from lightning_unlearn.callbacks.selective import SelectiveAscent
 from lightning_unlearn.callbacks.stopping import MemorizationEarlyStopping
-from lightning_unlearn.distributed.gather import gather_scores
+from lightning_unlearn.distributed.gather import gather_ids
 
 
 def per_sample_control(
@@ -73,8 +72,7 @@ def hand_off_scores(
     for monitor in (cb for cb in callbacks if isinstance(cb, MemorizationMonitor) and cb.split == "forget"):
         batch_ids = monitor.record(trainer, pl_module, sample_id, g)  # every process's ids
         if window_ids is not None:
-            no_values = torch.zeros(len(window_ids), dtype=torch.float32, device=window_ids.device)
-            batch_ids, _ = gather_scores(trainer.strategy, window_ids, no_values)
+            batch_ids = gather_ids(trainer.strategy, window_ids)
             monitor.refresh_stale(trainer, pl_module, sample_ids=batch_ids.cpu())
         if any(cb.check(trainer) for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)):
             return True

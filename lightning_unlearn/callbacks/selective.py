@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor, find_monitor
 from lightning_unlearn.callbacks.protocols import ScoresInTrainingStep
-from lightning_unlearn.distributed.gather import gather_scores
+from lightning_unlearn.distributed.gather import gather_ids
 from lightning_unlearn.utilities.errors import ConfigurationError
 
 
@@ -97,8 +97,7 @@ class SelectiveAscent(Callback):
         own = forget["sample_id"]
         window = forget.get("window_ids") if trainer.accumulate_grad_batches > 1 else None
         local = own if window is None else window
-        step_ids, _ = gather_scores(trainer.strategy, local, torch.zeros(len(local), device=local.device))
-        step_ids = step_ids.cpu()
+        step_ids = gather_ids(trainer.strategy, local).cpu()
         monitor = find_monitor(trainer)
         monitor.refresh_stale(trainer, pl_module, sample_ids=step_ids)  # the same ids on every process
         by_id = torch.zeros(int(step_ids.max()) + 1, dtype=torch.float32)

@@ -24,3 +24,15 @@ def gather_scores(strategy: Strategy | None, sample_ids: Tensor, values: Tensor)
     all_values = strategy.all_gather(padded_values).reshape(-1)
     real = all_ids >= 0
     return deduplicate(all_ids[real], all_values[real])
+
+
+def gather_ids(strategy: Strategy | None, sample_ids: Tensor) -> Tensor:
+    """All processes' ``sample_ids``, each once, sorted (``Tensor[N]`` long), as :func:`gather_scores` gathers them:
+    the same on every process.
+
+    Example:
+        >>> gather_ids(None, torch.tensor([3, 1, 3]))
+        tensor([1, 3])
+    """
+    no_values = torch.zeros(len(sample_ids), dtype=torch.float32, device=sample_ids.device)
+    return gather_scores(strategy, sample_ids, no_values)[0]
