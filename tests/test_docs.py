@@ -11,8 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
+from lightning_unlearn.callbacks import MemorizationEarlyStopping
 from lightning_unlearn.cli import main
+from tests.helpers.contract import private_overrides
 
 ROOT = Path(__file__).parents[1]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -126,8 +129,25 @@ def check_results(page: Path, namespace: dict) -> None:
         assert max(namespace["monitor"].scores.values()) <= threshold  # the callbacks' own stop rule held
         assert Path("unlearned/sga-python/model.safetensors").is_file() and Path("sga_run.png").is_file()
         assert Path("audit/summary.json").is_file()
+    if page == "docs/guides/new-method.md":
+        check_new_methods(namespace)
     if page == "docs/concepts.md":
         assert Path("report/summary.json").is_file()
     if page == "docs/guides/robustness.md":
         verdict = namespace["verdict"]
         assert set(verdict) == {"none", "relearn", "int4"} and verdict["none"]["p_value"] < 0.05  # not forgotten
+
+
+def check_new_methods(namespace: dict) -> None:
+    """The guide's methods override public hooks only; the capped ascent meets its rule; the hidden-layer method's
+    forget loss (the distance of layer 1's output to its target) falls to under half of the original model's."""
+    for method in (namespace["CappedAscent"], namespace["HiddenMisdirection"]):
+        assert not private_overrides(method), private_overrides(method)
+    stopping = next(cb for cb in namespace["module"].trainer.callbacks if isinstance(cb, MemorizationEarlyStopping))
+    assert stopping.rule_met
+    hidden, original = namespace["hidden"], namespace["HiddenMisdirection"]("testbed/model")
+    original.configure_model()
+    batch = next(iter(namespace["datamodule"].scoring_dataloader("forget")))
+    with torch.no_grad():
+        trained, before = (float(m.forget_loss(batch, m.model_forward(batch), None).mean()) for m in (hidden, original))
+    assert trained < 0.5 * before, (trained, before)

@@ -7,6 +7,7 @@ from typing import Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
@@ -79,3 +80,27 @@ def hand_off_scores(
         for selective in (cb for cb in callbacks if isinstance(cb, SelectiveAscent)):
             selective.apply(trainer, pl_module, batch_ids)
     return False
+
+
+def brought_monitors(
+    pl_module: L.LightningModule,
+    every_n_train_steps: int = 1,
+    refresh: Literal["auto", "all", "above_threshold"] = "auto",
+) -> list[Callback]:
+    """The monitors a module brings through ``configure_callbacks`` (SGA, TA, TAU): a forget-set monitor with the
+    given policy, and the Trainer's monitors of other splits (e.g. retain), handed back because Lightning drops every
+    Trainer callback of a type that the module brings."""
+    given = pl_module.trainer.callbacks if pl_module._trainer is not None else []
+    others = [cb for cb in given if isinstance(cb, MemorizationMonitor) and cb.split != "forget"]
+    return [MemorizationMonitor(every_n_train_steps=every_n_train_steps, refresh=refresh), *others]
+
+
+def users_or_own(pl_module: L.LightningModule, own: Callback) -> Callback:
+    """The Trainer's callback of ``own``'s type when the user gave one (the user's configuration wins, and the log
+    says so), else ``own``: what ``configure_callbacks`` returns replaces the Trainer's callbacks of the same type."""
+    callbacks = pl_module.trainer.callbacks if pl_module._trainer is not None else []
+    given = [cb for cb in callbacks if type(cb) is type(own)]
+    if not given:
+        return own
+    rank_zero_info(f"{type(pl_module).__name__}: using the {type(own).__name__} given to the Trainer, not its own")
+    return given[0]

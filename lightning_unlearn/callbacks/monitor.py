@@ -296,6 +296,11 @@ class MemorizationMonitor(Callback):
         self.floor = state_dict.get("floor")
 
 
+def monitors_of(trainer: L.Trainer, split: str = "forget") -> list[MemorizationMonitor]:
+    """The trainer's MemorizationMonitors of ``split`` (none, one or more)."""
+    return [cb for cb in trainer.callbacks if isinstance(cb, MemorizationMonitor) and cb.split == split]
+
+
 def find_monitor(trainer: L.Trainer, split: str = "forget") -> MemorizationMonitor:
     """The trainer's MemorizationMonitor of ``split``; a clear error when there is none."""
     for callback in trainer.callbacks:

@@ -67,6 +67,15 @@ def deepspeed_config(
     }
 
 
+def adam(parameters: list[torch.nn.Parameter], strategy: Any, **options: Any) -> torch.optim.Optimizer:
+    """Adam over ``parameters``; DeepSpeed's CPU Adam (the same update) when ``strategy`` offloads the optimizer."""
+    if strategy is not None and offloads_optimizer(strategy):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(parameters, adamw_mode=False, **options)
+    return torch.optim.Adam(parameters, **options)
+
+
 def offloads_optimizer(strategy: Any) -> bool:
     """Whether ``strategy`` is a DeepSpeed strategy that keeps the optimizer on the CPU (it then needs
     DeepSpeed's CPU Adam rather than ``torch.optim.Adam``)."""

@@ -13,7 +13,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from lightning_unlearn.distributed.zero import has_sharded_parameters
-from lightning_unlearn.integrations.peft import is_adapted
+from lightning_unlearn.integrations.peft import add_adapter, config_from_plain, is_adapted
+from lightning_unlearn.integrations.training_mode import checkpointing, set_checkpointing
 from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.extras import require_gguf
 
@@ -107,6 +108,26 @@ def check_causal_lm(model: torch.nn.Module) -> None:
             f"{type(model).__name__} has no causal-LM head: pass a model loaded with AutoModelForCausalLM "
             f"(e.g. GPTNeoForCausalLM, not GPTNeoModel)"
         )
+
+
+def prepared_model(
+    model: PreTrainedModel | None,
+    source: str | None,
+    gguf_file: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    peft: dict[str, Any] | None = None,
+    gradient_checkpointing: bool | None = None,
+) -> PreTrainedModel:
+    """``model``, or the causal LM loaded from ``source`` when it is None; wrapped with a fresh adapter of the plain
+    ``peft`` config unless it has one; with gradient checkpointing on or off (``None``: the model's own setting)."""
+    if model is None:
+        model = load_causal_lm(source, gguf_file, **(model_kwargs or {}))
+        check_causal_lm(model)
+    if peft is not None and not is_adapted(model):
+        model = add_adapter(model, config_from_plain(peft))
+    if gradient_checkpointing is not None and gradient_checkpointing != checkpointing(model):
+        set_checkpointing(model, gradient_checkpointing)
+    return model
 
 
 def get_model(pl_module: L.LightningModule) -> torch.nn.Module:

@@ -6,6 +6,7 @@ from lightning_unlearn.modules.gradient import WGA, GradientAscent, GradientDiff
 from lightning_unlearn.modules.npo import NPO, SimNPO
 from lightning_unlearn.modules.rmu import RMU
 from lightning_unlearn.modules.soft_targets import CEU, UNDIAL
+from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.modules.task_arithmetic import TAU, TaskArithmetic
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "TAU",
     "UNDIAL",
     "WGA",
+    "ForwardOutput",
     "GradientAscent",
     "GradientDifference",
     "SatImp",

@@ -249,3 +249,26 @@ class SharpnessAdversary(RelearningAdversary):
                     parameter.sub_((self.rho / norm) * gradient.to(parameter.dtype))
         logits, _ = self.logits(forget)
         return logits, sequence_nll(logits, forget["input_ids"], forget["attention_mask"]), g
+
+
+def adversary_for(module: Any) -> RelearningAdversary | None:
+    """The adversary of an :class:`~lightning_unlearn.UnlearningModule`: relearning with ``adversary_steps`` > 0,
+    the sharpness-aware look-ahead with ``sharpness`` > 0, else None."""
+    if module.hparams.get("adversary_steps"):
+        return RelearningAdversary.for_module(module)
+    if module.hparams.get("sharpness"):
+        scaler = getattr(module.trainer.precision_plugin, "scaler", None)
+        return SharpnessAdversary(module.model, module.hparams.sharpness, scaler)
+    return None
+
+
+def check_adversary_options(owner: str, takes: bool | str, adversary_steps: int, sharpness: float) -> None:
+    """A clear error for options that take the forget loss at another point and cannot be given together, or to a
+    method whose ``takes_adversary`` says why it cannot take them."""
+    if not sharpness >= 0:
+        raise ConfigurationError(f"sharpness is a radius, >= 0, got {sharpness}")
+    if sharpness and adversary_steps:
+        raise ConfigurationError("adversary_steps and sharpness each take the forget loss at another point: give one")
+    if (sharpness or adversary_steps) and takes is not True:
+        option = "sharpness" if sharpness else "adversary_steps"
+        raise ConfigurationError(f"{owner} takes no {option}: {takes}")

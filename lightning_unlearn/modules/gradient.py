@@ -9,9 +9,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
+from lightning_unlearn.callbacks.control import brought_monitors, users_or_own
 from lightning_unlearn.functional.losses import hit_token_ascent_loss, satimp_loss, wga_loss
 from lightning_unlearn.modules.base import UnlearningModule
-from lightning_unlearn.utilities.deprecation import renamed_argument
+from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.utilities.errors import ConfigurationError
 
 
@@ -20,7 +21,7 @@ class GradientAscent(UnlearningModule):
     ``MemorizationEarlyStopping(criterion="mean", threshold="holdout_mean")`` to a Trainer for Jang's stop rule,
     or ``per_sample_control(select=False)`` for the per-sample one."""
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
         return -nll
 
 
@@ -30,7 +31,7 @@ class GradientDifference(GradientAscent):
     Gradient ascent with ``retain_loss="nll"``.
 
     Args:
-        retain_weight: weight of the retain term (``alpha``, its old name, still works with a warning).
+        retain_weight: weight of the retain term.
         retain_loss: ``"nll"`` (gradient difference) or ``"kl"``.
         **kwargs: :class:`UnlearningModule` arguments.
     """
@@ -40,7 +41,6 @@ class GradientDifference(GradientAscent):
     ) -> None:
         if retain_loss is None:
             raise ConfigurationError("GradientDifference needs a retain term; without one, use GradientAscent")
-        retain_weight = renamed_argument(kwargs, "GradientDifference", "alpha", "retain_weight", retain_weight, 1.0)
         super().__init__(model, retain_loss=retain_loss, retain_weight=retain_weight, **kwargs)
 
 
@@ -60,7 +60,7 @@ class SelectiveGradientAscent(GradientAscent):
         threshold: ``"holdout_quantile"`` (the holdout's ``quantile`` of g, the per-sample rule's threshold),
             ``"holdout_mean"`` (the holdout's mean g, the paper's) or a fraction in [0, 1].
         quantile: for ``threshold="holdout_quantile"``.
-        criterion: ``"max"`` or ``"mean"`` (``stop``, its old name, still works with a warning).
+        criterion: ``"max"`` or ``"mean"``.
         mode: ``"select"`` (0/1 weights, the paper) or ``"proportional"``.
         skip_forgotten: stop ascending a sample once it is at or below the threshold, even as the batch's top.
         tokens: which tokens of a selected sample are ascended: ``"all"`` (its mean token NLL, the paper) or
@@ -83,7 +83,6 @@ class SelectiveGradientAscent(GradientAscent):
         tokens: Literal["all", "hits"] = "all",
         **kwargs: Any,
     ) -> None:
-        criterion = renamed_argument(kwargs, type(self).__name__, "stop", "criterion", criterion, "max")
         if tokens not in ("all", "hits"):
             raise ConfigurationError(f"tokens must be 'all' or 'hits', got {tokens!r}")
         super().__init__(model, **kwargs)
@@ -91,14 +90,18 @@ class SelectiveGradientAscent(GradientAscent):
         self.selective = SelectiveAscent(gamma=gamma, keep_top=keep_top, mode=mode, skip_forgotten=skip_forgotten)
         self.stopping = MemorizationEarlyStopping(criterion=criterion, threshold=threshold, quantile=quantile)
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
         if self.tokens == "hits":
-            return hit_token_ascent_loss(logits, batch["input_ids"], batch["attention_mask"])
+            return hit_token_ascent_loss(output.logits, batch["input_ids"], batch["attention_mask"])
         return -nll
 
     def configure_callbacks(self) -> list[Callback]:
-        self.selective, self.stopping = self.users_or_own(self.selective), self.users_or_own(self.stopping)
-        return [*self.memorization_monitors(), self.selective, self.stopping]
+        self.selective, self.stopping = users_or_own(self, self.selective), users_or_own(self, self.stopping)
+        return [
+            *brought_monitors(self, self.hparams.every_n_train_steps, self.hparams.refresh),
+            self.selective,
+            self.stopping,
+        ]
 
 
 class WGA(UnlearningModule):
@@ -117,8 +120,8 @@ class WGA(UnlearningModule):
         super().__init__(model, **kwargs)
         self.beta = beta
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        return wga_loss(logits, batch["input_ids"], batch["attention_mask"], self.beta)
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
+        return wga_loss(output.logits, batch["input_ids"], batch["attention_mask"], self.beta)
 
 
 class SatImp(UnlearningModule):
@@ -137,5 +140,5 @@ class SatImp(UnlearningModule):
         super().__init__(model, **kwargs)
         self.beta1, self.beta2 = beta1, beta2
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        return satimp_loss(logits, batch["input_ids"], batch["attention_mask"], self.beta1, self.beta2)
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
+        return satimp_loss(output.logits, batch["input_ids"], batch["attention_mask"], self.beta1, self.beta2)

@@ -11,6 +11,7 @@ from lightning_unlearn.evaluation.scoring import score_log_likelihood, score_on_
 from lightning_unlearn.functional.losses import npo_loss, simnpo_loss
 from lightning_unlearn.functional.memorization import sequence_log_likelihood
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.utilities.errors import ConfigurationError
 
 
@@ -55,7 +56,7 @@ class NPO(UnlearningModule):
         reference[ids] = values
         self.reference_log_likelihood = reference
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
         ids = batch["sample_id"].cpu()
         if self.reference_log_likelihood is None or int(ids.max()) >= len(self.reference_log_likelihood):
             raise RuntimeError(
@@ -89,5 +90,5 @@ class SimNPO(UnlearningModule):
         self.beta = beta
         self.delta = delta
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
         return simnpo_loss(nll, self.beta, self.delta)

@@ -99,6 +99,13 @@ class ReferenceWeights:
         return {"sharded": False, "weights": gather_local_shards(model, self.weights)}
 
     @classmethod
+    def restored(
+        cls, model: torch.nn.Module, state: Mapping[str, Any] | None, release: Callable[[], None] | None = None
+    ) -> ReferenceWeights:
+        """The copy in ``state`` (:meth:`from_state_dict`), or of ``model``'s weights now when ``state`` is None."""
+        return cls(model, release=release) if state is None else cls.from_state_dict(state, model, release)
+
+    @classmethod
     def from_state_dict(
         cls, state: Mapping[str, Any], model: torch.nn.Module, release: Callable[[], None] | None = None
     ) -> ReferenceWeights:

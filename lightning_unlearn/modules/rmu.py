@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -11,7 +12,9 @@ from torch import Tensor
 
 from lightning_unlearn.functional.losses import rmu_loss
 from lightning_unlearn.integrations.peft import is_adapted
-from lightning_unlearn.modules.base import RETAIN_LOSSES, UnlearningModule
+from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.modules.retain import RETAIN_LOSSES
+from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.utilities.errors import ConfigurationError
 
 
@@ -67,10 +70,12 @@ class RMU(UnlearningModule):
         retain_loss: ``"activations"`` (the paper's), or any other method's retain term.
         retain_weight: α (the paper: 1200 on Zephyr-7B).
         seed: of the random direction u.
-        **kwargs: :class:`UnlearningModule` arguments (not ``adversary_steps``: the loss is on activations).
+        **kwargs: :class:`UnlearningModule` arguments (not ``adversary_steps`` or ``sharpness``: the loss is on
+            activations).
     """
 
     retain_losses = (*RETAIN_LOSSES, "activations")
+    takes_adversary = "its loss is on a layer's activations: relearning-aware and sharpness-aware training do not apply"
 
     def __init__(
         self,
@@ -83,10 +88,6 @@ class RMU(UnlearningModule):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("adversary_steps") or kwargs.get("sharpness"):
-            raise ConfigurationError(
-                "RMU's loss is on a layer's activations: relearning-aware and sharpness-aware training do not apply"
-            )
         if trained_layers is not None and trained_layers < 1:
             raise ConfigurationError(f"trained_layers must be >= 1 or None, got {trained_layers}")
         if not steering_coefficient > 0:
@@ -97,7 +98,7 @@ class RMU(UnlearningModule):
 
     @property
     def uses_reference(self) -> bool:
-        return self.hparams.get("retain_loss") == "activations" or super().uses_reference
+        return self.retain_term.kind == "activations" or super().uses_reference
 
     def steered_layer(self) -> torch.nn.Module:
         """Decoder layer ℓ."""
@@ -128,24 +129,23 @@ class RMU(UnlearningModule):
         u = torch.rand(like.shape[-1], generator=generator)
         return (self.steering_coefficient * u / u.norm()).to(like.device, like.dtype)
 
-    def _logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
+    def model_forward(self, batch: dict[str, Tensor]) -> ForwardOutput:
+        """The forward pass, with layer ℓ's output as ``activations`` (``Tensor[B, T, D]``)."""
         with layer_output(self.steered_layer()) as captured:
-            logits, head = super()._logits(batch)
-        batch["activations"] = captured[0]  # the training pass's: recomputed passes come after the hook is gone
-        return logits, head
+            output = super().model_forward(batch)
+        return replace(output, activations=captured[0])  # the pass's own: recomputed passes come after the hook
 
     def retain_inputs(self, retain: dict[str, Tensor]) -> dict[str, Tensor]:
-        if self.hparams.get("retain_loss") != "activations":
+        if self.retain_term.kind != "activations":
             return super().retain_inputs(retain)
         with layer_output(self.steered_layer()) as captured:
             self.reference.logits(self.model, retain)  # the reference's forward pass, whose layer ℓ is kept
         return {**retain, "reference_activations": captured[0]}
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        activations = batch["activations"]
-        return rmu_loss(activations, self.target(activations), batch["attention_mask"])
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
+        return rmu_loss(output.activations, self.target(output.activations), batch["attention_mask"])
 
-    def retain_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        if self.hparams.get("retain_loss") != "activations":
-            return super().retain_loss(batch, logits, nll)
-        return rmu_loss(batch["activations"], batch["reference_activations"], batch["attention_mask"])
+    def retain_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
+        if self.retain_term.kind != "activations":
+            return super().retain_loss(batch, output, nll)
+        return rmu_loss(output.activations, batch["reference_activations"], batch["attention_mask"])

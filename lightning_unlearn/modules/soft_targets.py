@@ -10,6 +10,7 @@ from torch import Tensor
 
 from lightning_unlearn.functional.losses import ce_u_loss, undial_loss
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.utilities.errors import ConfigurationError
 
 
@@ -37,8 +38,10 @@ class UNDIAL(UnlearningModule):
     def forget_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {**batch, "reference_logits": self.reference.logits(self.model, batch)}
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        return undial_loss(logits, batch["reference_logits"], batch["input_ids"], batch["attention_mask"], self.beta)
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
+        return undial_loss(
+            output.logits, batch["reference_logits"], batch["input_ids"], batch["attention_mask"], self.beta
+        )
 
 
 class CEU(UnlearningModule):
@@ -50,5 +53,5 @@ class CEU(UnlearningModule):
         **kwargs: :class:`UnlearningModule` arguments.
     """
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
-        return ce_u_loss(logits, batch["input_ids"], batch["attention_mask"])
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
+        return ce_u_loss(output.logits, batch["input_ids"], batch["attention_mask"])

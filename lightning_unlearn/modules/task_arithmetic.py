@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
+from lightning_unlearn.callbacks.control import brought_monitors, users_or_own
 from lightning_unlearn.callbacks.monitor import find_monitor
 from lightning_unlearn.distributed.zero import local_shards, release_gathered_parameters
 from lightning_unlearn.integrations.peft import (
@@ -24,8 +25,8 @@ from lightning_unlearn.integrations.peft import (
     task_vector_names,
 )
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.modules.task_vectors import edit, edited, load_parameters, snapshot
-from lightning_unlearn.utilities.deprecation import renamed_argument
 from lightning_unlearn.utilities.errors import ConfigurationError
 
 #: TAU with an adapter: the selective-ascent phase's adapter, frozen at the switch
@@ -53,12 +54,18 @@ class TaskArithmetic(UnlearningModule):
         threshold: ``"holdout_quantile"``, ``"holdout_mean"`` or a fraction in [0, 1], for
             :class:`MemorizationEarlyStopping`.
         quantile: for ``threshold="holdout_quantile"``.
-        criterion: ``"max"`` (every sample) or ``"mean"`` (``stop``, its old name, still works with a warning).
+        criterion: ``"max"`` (every sample) or ``"mean"``.
         learning_rate: Adam's, for the descent on the forget set (the seed paper's 5e-5, with betas (0.9, 0.98);
             the testbed's settings use 3e-4).
         **kwargs: :class:`UnlearningModule` arguments, without a retain term: the task vector is learned on the
             forget set and subtracted, so a retain term learned with it would be subtracted too.
     """
+
+    retain_losses = (None,)  # a retain term trained into the task vector would be subtracted with it
+    takes_adversary = (
+        "it fine-tunes towards the forget set and subtracts the result, so there is no forget loss to take at another "
+        "point. Use SelectiveGradientAscent or NPO"
+    )
 
     def __init__(
         self,
@@ -72,19 +79,6 @@ class TaskArithmetic(UnlearningModule):
         learning_rate: float = 5e-5,
         **kwargs: Any,
     ) -> None:
-        criterion = renamed_argument(kwargs, type(self).__name__, "stop", "criterion", criterion, "max")
-        if kwargs.get("retain_loss") is not None:
-            raise ConfigurationError(
-                f"{type(self).__name__} takes no retain_loss: its task vector is subtracted, and a retain term "
-                "trained into it would be subtracted with it. Use SelectiveGradientAscent or NPO with a retain term."
-            )
-        for option in ("adversary_steps", "sharpness"):
-            if kwargs.get(option):
-                raise ConfigurationError(
-                    f"{type(self).__name__} takes no {option}: it fine-tunes towards the forget set and subtracts the "
-                    "result, so there is no forget loss to take at another point. Use SelectiveGradientAscent or NPO "
-                    f"with {option}."
-                )
         super().__init__(model, learning_rate=learning_rate, **kwargs)
         if scale >= 0:
             raise ConfigurationError(f"scale must be negative (the task vector is subtracted), got {scale}")
@@ -95,8 +89,8 @@ class TaskArithmetic(UnlearningModule):
         self.base: dict[str, Tensor] | None = None  # θ_base, where the weights are
 
     def configure_callbacks(self) -> list[Callback]:
-        self.stopping = self.users_or_own(self.stopping)
-        return [*self.memorization_monitors(), self.stopping]
+        self.stopping = users_or_own(self, self.stopping)
+        return [*brought_monitors(self, self.hparams.every_n_train_steps, self.hparams.refresh), self.stopping]
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -104,7 +98,7 @@ class TaskArithmetic(UnlearningModule):
             check_task_arithmetic(self.model)
             self.base = snapshot(self.model, names=task_vector_names(self.model))
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
         return nll  # descent: the task vector points towards the forget set
 
     def scores_in_training_step(self) -> bool:
@@ -154,14 +148,15 @@ class TaskArithmetic(UnlearningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        base = None if self.base is None else self.shards_for_checkpoint(checkpoint, "task_arithmetic_base", self.base)
+        shards = self.checkpoint_shards()
+        base = None if self.base is None else shards.put(checkpoint, "task_arithmetic_base", self.base)
         checkpoint["task_arithmetic"] = {"base": base, "scale": self.scale}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("task_arithmetic", {})
         self.scale = state.get("scale", self.scale)
-        self.base = self.shards_from_checkpoint(checkpoint, "task_arithmetic_base", state.get("base"))
+        self.base = self.checkpoint_shards().take(checkpoint, "task_arithmetic_base", state.get("base"))
 
 
 class TAU(TaskArithmetic):
@@ -210,8 +205,12 @@ class TAU(TaskArithmetic):
         self.switch_step: int | None = None
 
     def configure_callbacks(self) -> list[Callback]:
-        self.selective, self.stopping = self.users_or_own(self.selective), self.users_or_own(self.stopping)
-        return [*self.memorization_monitors(), self.selective, self.stopping]
+        self.selective, self.stopping = users_or_own(self, self.selective), users_or_own(self, self.stopping)
+        return [
+            *brought_monitors(self, self.hparams.every_n_train_steps, self.hparams.refresh),
+            self.selective,
+            self.stopping,
+        ]
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -222,7 +221,7 @@ class TAU(TaskArithmetic):
     def on_train_start(self) -> None:
         pass  # θ_base is the SGA model, taken at the switch
 
-    def forget_loss(self, batch: dict[str, Tensor], logits: Tensor, nll: Tensor) -> Tensor:
+    def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
         return nll if self.switch_step is not None else -nll
 
     def scores_in_training_step(self) -> bool:
@@ -238,7 +237,7 @@ class TAU(TaskArithmetic):
         if is_adapted(self.model):  # the SGA model is base + "ascent"; the TA phase trains the first adapter anew
             move_adapter(self.model, self.model.active_adapters[0], ASCENT_ADAPTER)
         self.base = snapshot(self.model, names=task_vector_names(self.model))
-        self.forget_weights.fill_(1.0)
+        self.forget_weights.values.fill_(1.0)
         for optimizer in trainer.optimizers:  # a fresh Adam for the descent phase
             optimizer.state.clear()
         self.log("tau/switch_step", float(self.switch_step), batch_size=1)
@@ -250,7 +249,7 @@ class TAU(TaskArithmetic):
         if is_adapted(self.model):  # frozen, so not in the state dict
             names = set(adapter_parameter_names(self.model, ASCENT_ADAPTER))
             ascent = {name: data for name, data in local_shards(self.model) if name in names}
-            whole = self.shards_for_checkpoint(checkpoint, "ascent", ascent)
+            whole = self.checkpoint_shards().put(checkpoint, "ascent", ascent)
             if whole is not None:
                 checkpoint["task_arithmetic"]["ascent"] = whole
 
@@ -258,6 +257,6 @@ class TAU(TaskArithmetic):
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("task_arithmetic", {})
         self.switch_step = state.get("switch_step")
-        ascent = self.shards_from_checkpoint(checkpoint, "ascent", state.get("ascent"))
+        ascent = self.checkpoint_shards().take(checkpoint, "ascent", state.get("ascent"))
         if ascent is not None:
             load_parameters(self.model, ascent)

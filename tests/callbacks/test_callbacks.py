@@ -160,7 +160,7 @@ def test_resume_restores_scores_weights_and_threshold(small_testbed, tmp_path):
             monitor = find(trainer, MemorizationMonitor)
             stopping = find(trainer, MemorizationEarlyStopping)
             seen.update(
-                weights=pl_module.forget_weights.clone(),
+                weights=pl_module.forget_weights.values.clone(),
                 threshold=stopping.threshold_value,
                 values=monitor.values.clone(),
                 step=trainer.global_step,
@@ -273,7 +273,7 @@ def test_skip_forgotten_leaves_forgotten_records_where_they_are(small_testbed):
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
             monitor = find(trainer, MemorizationMonitor)
             forgotten = monitor.values <= monitor.threshold
-            seen.append(bool((pl_module.forget_weights[forgotten] == 0).all()))
+            seen.append(bool((pl_module.forget_weights.values[forgotten] == 0).all()))
 
     module = SelectiveGradientAscent(copy.deepcopy(tb.model), learning_rate=3e-4, skip_forgotten=True)
     trainer = make_trainer(callbacks=[Weights()])

@@ -20,7 +20,6 @@ from lightning_unlearn import (
     SimNPO,
     TaskArithmetic,
     UnlearningDataModule,
-    UnlearningModule,
 )
 from lightning_unlearn.callbacks import (
     MemorizationEarlyStopping,
@@ -31,9 +30,11 @@ from lightning_unlearn.callbacks import (
 from lightning_unlearn.evaluation.scoring import score_log_likelihood, score_memorization
 from lightning_unlearn.functional.memorization import sequence_log_likelihood, sequence_nll
 from lightning_unlearn.functional.thresholds import holdout_threshold
+from lightning_unlearn.modules import retain
 from lightning_unlearn.modules.reference import ReferenceWeights
 from lightning_unlearn.utilities.errors import ConfigurationError
 from tests.conftest import assert_close_scaled, find, make_tokenizer, make_trainer, unlearning_data
+from tests.helpers.contract import private_overrides
 
 
 def unlearn(module, tb):
@@ -71,7 +72,7 @@ def test_gradient_ascent_with_the_mean_rule_stops_earlier(small_testbed):
 
 def test_gradient_difference_trains_on_retain(small_testbed):
     tb = small_testbed
-    module = GradientDifference(copy.deepcopy(tb.model), alpha=2.0, learning_rate=3e-4)
+    module = GradientDifference(copy.deepcopy(tb.model), retain_weight=2.0, learning_rate=3e-4)
     trainer = make_trainer(max_steps=2)
     trainer.fit(module, unlearning_data(tb, batch_size=8))
     assert {"train/forget_nll", "train/retain_nll", "train/selected"} <= set(trainer.callback_metrics)
@@ -104,7 +105,7 @@ def test_step_is_the_weighted_mean_over_selected_samples(small_testbed):
             return torch.optim.SGD(self.model.parameters(), lr=1.0)
 
     module = OneSGDStep(copy.deepcopy(tb.model))
-    module.forget_weights = weights
+    module.forget_weights.values = weights
     make_trainer(max_steps=1).fit(module, datamodule)
     for name, parameter in module.model.named_parameters():
         assert torch.allclose(parameter, expected[name], atol=1e-5), name
@@ -112,7 +113,7 @@ def test_step_is_the_weighted_mean_over_selected_samples(small_testbed):
 
 def test_non_finite_loss_stops_with_the_step(small_testbed):
     class Exploding(GradientAscent):
-        def forget_loss(self, batch, logits, nll):
+        def forget_loss(self, batch, output, nll):
             return nll * float("nan") if self.global_step == 2 else -nll
 
     with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step 2"):
@@ -314,11 +315,11 @@ class FirstStepRatio(NPO):
 
     first: torch.Tensor | None = None
 
-    def forget_loss(self, batch, logits, nll):
+    def forget_loss(self, batch, output, nll):
         if self.first is None:
             own = sequence_log_likelihood(nll.detach().float(), batch["attention_mask"])
             self.first = own - self.reference_log_likelihood[batch["sample_id"].cpu()].to(own.device)
-        return super().forget_loss(batch, logits, nll)
+        return super().forget_loss(batch, output, nll)
 
 
 def test_npo_scores_its_reference_under_the_training_autocast(small_testbed):
@@ -472,7 +473,34 @@ def test_the_retain_part_after_the_forget_backward_takes_the_same_steps(monkeypa
     """Backward per part (one device) and one backward of the summed loss (as under DDP and DeepSpeed) give the
     same weights."""
     per_part, _ = _logits_heavy_run("kl", steps=3)
-    monkeypatch.setattr(UnlearningModule, "_backward_per_part", lambda self: False)
+    monkeypatch.setattr(retain, "backward_per_part", lambda module: False)
     summed, _ = _logits_heavy_run("kl", steps=3)
     for a, b in zip(per_part.parameters(), summed.parameters(), strict=True):
         assert_close_scaled(a, b, rel=1e-5)
+
+
+def test_no_method_overrides_a_private_name_of_the_base():
+    """The extension contract holds for every method we ship: public hooks only (``UnlearningHooks``)."""
+    import lightning_unlearn.modules as modules
+    from lightning_unlearn.modules import UnlearningModule
+
+    methods = [cls for cls in vars(modules).values() if isinstance(cls, type) and issubclass(cls, UnlearningModule)]
+    assert len(methods) >= 13
+    for method in methods:
+        assert not private_overrides(method), private_overrides(method)
+
+
+def test_private_overrides_are_found():
+    class Sneaky(GradientAscent):
+        def _start_step(self):  # not a name of the base: allowed
+            pass
+
+        def _check_options(self):  # not a name of the base either
+            pass
+
+    class Overriding(GradientAscent):
+        def _load_from_state_dict(self, *args):
+            pass
+
+    assert private_overrides(Sneaky) == []
+    assert private_overrides(Overriding) == ["Overriding._load_from_state_dict"]

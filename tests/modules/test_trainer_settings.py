@@ -51,12 +51,12 @@ def test_selection_and_normalization_span_the_accumulated_micro_batches(small_te
 
         class Spy(L.Callback):
             def on_before_backward(self, trainer, pl_module, loss):
-                normalizers.append(float(pl_module._window["forget_weight"]))
+                normalizers.append(float(pl_module.steps.current.forget_weight))
 
         module = SelectiveGradientAscent(copy.deepcopy(small_testbed.model), gamma=0.99, keep_top=4)
         trainer = make_trainer(max_steps=1, accumulate_grad_batches=accumulate, callbacks=[Spy()])
         trainer.fit(module, unlearning_data(small_testbed, batch_size=batch_size))
-        return module.forget_weights, normalizers
+        return module.forget_weights.values, normalizers
 
     size = len(small_testbed.forget)
     weights, (normalizer,) = first_step(size, 1)
