@@ -120,7 +120,33 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
         assert row["utility"]["testbed_perplexity"]["byte_perplexity"] == row["byte_perplexity"] > 1
 
 
-METHOD_CONFIGS = ["ga.yaml", "sga.yaml", "ta.yaml", "tau.yaml"]
+METHOD_CONFIGS = ["ga.yaml", "sga.yaml", "sga-kl.yaml", "ta.yaml", "tau.yaml"]
+#: each method example's registry method: its class and settings (and the stop rule's) must be the registry's
+REGISTRY_NAMES = {"ga.yaml": "ga-mean", "sga.yaml": "sga", "sga-kl.yaml": "sga-kl", "ta.yaml": "ta", "tau.yaml": "tau"}
+
+
+@pytest.mark.parametrize("config", METHOD_CONFIGS)
+def test_method_examples_agree_with_the_registry(config):
+    """The LightningCLI examples are the registry's methods: the same class, every setting of the registry's with its
+    value, the learning rate the class's default unless the registry sets one, and the same stop rule."""
+    import yaml
+
+    from lightning_unlearn.methods import METHODS, option_default
+    from lightning_unlearn.testbed.settings import TESTBED_SETTINGS
+
+    method, example = METHODS[REGISTRY_NAMES[config]], yaml.safe_load((EXAMPLES / config).read_text())
+    assert example["model"]["class_path"] == f"lightning_unlearn.{method.cls.__name__}"
+    options = example["model"]["init_args"]
+    assert {key: options.get(key) for key in method.settings} == method.settings
+    expected_rate = method.settings.get("learning_rate", option_default(method.cls, "learning_rate"))
+    assert options["learning_rate"] in (
+        expected_rate,
+        TESTBED_SETTINGS.get(REGISTRY_NAMES[config], {}).get("learning_rate"),
+    )
+    stops = [cb for cb in method.callbacks() if type(cb).__name__ == "MemorizationEarlyStopping"]
+    given = [cb for cb in example["trainer"].get("callbacks", []) if cb["class_path"].endswith("EarlyStopping")]
+    for callback, declared in zip(stops, given, strict=True):
+        assert {key: getattr(callback, key) for key in declared.get("init_args", {})} == declared["init_args"]
 
 
 def test_every_example_is_tested():
@@ -397,7 +423,7 @@ def test_demo_over_seeds_reports_median_and_range(testbed_cache, tmp_path, capsy
     assert "--seeds takes comma-separated integers" in capsys.readouterr().err
 
 
-def test_audit_takes_the_old_level_option_with_a_warning(exported):
+def test_audit_takes_the_holdout_mean_as_its_threshold(exported):
     result = run_cli(
         "audit",
         "--model",
@@ -406,11 +432,10 @@ def test_audit_takes_the_old_level_option_with_a_warning(exported):
         "testbed/forget.jsonl",
         "--holdout",
         "testbed/holdout.jsonl",
-        "--level",
-        "mean",
+        "--threshold",
+        "holdout_mean",
     )
     assert result.returncode == 0, result.stderr
-    assert "--level mean is deprecated" in result.stderr and "--threshold holdout_mean" in result.stderr
     assert "(holdout mean)" in result.stdout
 
 
