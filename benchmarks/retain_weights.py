@@ -19,11 +19,11 @@ import torch
 
 from lightning_unlearn import SelectiveGradientAscent
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
+from lightning_unlearn.demo import quiet_trainer
 from lightning_unlearn.evaluation.report import memorization_report
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.thresholds import holdout_threshold
 from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
-from lightning_unlearn.testbed.demo import quiet_trainer
 
 VARIANTS = {  # row label -> retain options
     "SGA, no retain term": {},

@@ -30,6 +30,7 @@ import time
 import lightning as L
 import torch
 
+from lightning_unlearn.demo import plot_verdict, quiet_trainer, testbed_method
 from lightning_unlearn.evaluation.membership import loss_attack
 from lightning_unlearn.evaluation.recovery import quantize, relearn
 from lightning_unlearn.evaluation.report import memorization_report
@@ -37,8 +38,6 @@ from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.verdict import retrain_verdict
 from lightning_unlearn.methods import METHODS
 from lightning_unlearn.testbed.build import SMALL_TESTBED, Testbed, build_testbed
-from lightning_unlearn.testbed.demo import plot_verdict, quiet_trainer
-from lightning_unlearn.testbed.settings import testbed_method
 
 # name -> (relearning data, steps, learning rate); "none" and "int4" are the model as it is and quantized
 PROTOCOLS = {

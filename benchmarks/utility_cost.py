@@ -24,11 +24,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
+from lightning_unlearn.demo import testbed_method
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.memorization import sequence_nll
 from lightning_unlearn.methods import METHODS
 from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
-from lightning_unlearn.testbed.settings import testbed_method
 
 BANDS = (0.0, 0.1, 1.0, 3.0, 6.0, float("inf"))  # edges of the before-unlearning token NLL bands, nats
 

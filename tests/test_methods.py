@@ -67,7 +67,8 @@ def test_method_settings_are_their_papers_and_options_override_them(tiny_model):
     """The registry's settings are within the ranges their sources use (learning rates 1e-5 to 1e-4, NPO's β 0.1,
     RMU's α 1200 at the authors' layer 7, clamped to a shallower model's last); the testbed's tuned values are
     overrides that only the testbed applies."""
-    from lightning_unlearn.testbed.settings import TESTBED_SETTINGS, testbed_method
+    from lightning_unlearn.demo import testbed_method
+    from lightning_unlearn.testbed.settings import TESTBED_SETTINGS
 
     module, _ = make_method("sga-kl", copy.deepcopy(tiny_model))
     assert (module.hparams.retain_loss, module.hparams.retain_weight, module.hparams.learning_rate) == ("kl", 3.0, 5e-5)

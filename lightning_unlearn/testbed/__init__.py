@@ -1,6 +1,7 @@
 """The embedded default: a small model that has memorized synthetic personal records
-(:mod:`~lightning_unlearn.testbed.build`), and the demo that unlearns it with each method
-(:mod:`~lightning_unlearn.testbed.demo`). Needs the ``[demo]`` extra (Faker, matplotlib)."""
+(:mod:`~lightning_unlearn.testbed.build`), with the testbed-tuned settings of the registry's methods
+(:mod:`~lightning_unlearn.testbed.settings`); the demo that unlearns it is :mod:`lightning_unlearn.demo`. Needs the
+``[demo]`` extra (Faker, matplotlib)."""
 
 from lightning_unlearn.utilities.extras import require_demo
 

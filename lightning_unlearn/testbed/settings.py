@@ -3,16 +3,13 @@
 The registry (:data:`~lightning_unlearn.methods.METHODS`) follows each method's paper for real models (learning rates
 1e-5 to 1e-4). The testbed is a 1M-parameter GPT-Neo trained from scratch at lr 3e-3; those rates barely move it,
 so the demo and the benchmarks on the testbed run these larger, testbed-tuned values (each meets the per-sample rule
-on testbed seed 0: the tables of docs/benchmarks.md were measured with them). Nothing else applies them.
+on testbed seed 0: the tables of docs/benchmarks.md were measured with them) through
+:func:`lightning_unlearn.demo.testbed_method`. Nothing else applies them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-from lightning_unlearn.methods import METHODS, check_method
-from lightning_unlearn.modules import UnlearningModule
 
 #: method name -> module arguments that override the registry's settings on the testbed
 TESTBED_SETTINGS: dict[str, dict[str, Any]] = {
@@ -25,10 +22,3 @@ TESTBED_SETTINGS: dict[str, dict[str, Any]] = {
     "undial": {"learning_rate": 5e-4},
     "rmu": {"learning_rate": 1e-3, "retain_weight": 10.0, "layer": 1},
 }
-
-
-def testbed_method(name: str) -> Callable[..., UnlearningModule]:
-    """``make(model, **options)`` of method ``name`` with :data:`TESTBED_SETTINGS` applied (``options`` override
-    them in turn)."""
-    check_method(name)
-    return lambda model, **options: METHODS[name].make(model, **{**TESTBED_SETTINGS.get(name, {}), **options})

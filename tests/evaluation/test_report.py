@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from lightning_unlearn import UnlearningDataModule
+from lightning_unlearn.demo import plot_tradeoff
 from lightning_unlearn.evaluation.report import memorization_report, plot_histograms, write_report
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.thresholds import holdout_band, holdout_threshold
 from lightning_unlearn.functional.verdict import stands_out, tail_p_values
 from lightning_unlearn.metrics import MemorizationOutliers
-from lightning_unlearn.testbed.demo import plot_tradeoff
 from tests.conftest import unlearning_data
 
 

@@ -33,7 +33,7 @@ import statistics
 import textwrap
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,10 @@ from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.evaluation.utility import evaluate_utility, require_lm_eval, write_record_tasks
 from lightning_unlearn.functional.membership import membership_auc
 from lightning_unlearn.functional.verdict import retrain_verdict
-from lightning_unlearn.methods import METHODS
+from lightning_unlearn.methods import METHODS, check_method
+from lightning_unlearn.modules import UnlearningModule
 from lightning_unlearn.testbed.build import Testbed, build_testbed
-from lightning_unlearn.testbed.settings import testbed_method
+from lightning_unlearn.testbed.settings import TESTBED_SETTINGS
 from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.extras import require_demo
 from lightning_unlearn.utilities.files import atomic_file, write_text_atomically
@@ -103,6 +104,13 @@ COLUMNS = {  # summary key -> table heading
     "retrain_distance": "distance to retrain g",
     "like_retrain": "like retrain (KS p ≥ 0.05)",
 }
+
+
+def testbed_method(name: str) -> Callable[..., UnlearningModule]:
+    """``make(model, **options)`` of registry method ``name`` with the testbed's settings
+    (:data:`~lightning_unlearn.testbed.settings.TESTBED_SETTINGS`) applied; ``options`` override them in turn."""
+    method = check_method(name)
+    return lambda model, **options: method.make(model, **{**TESTBED_SETTINGS.get(name, {}), **options})
 
 
 def measure(
@@ -222,27 +230,10 @@ def run_demo(
         rows["retrain"] = {"method": "exact retrain (never saw the forget set)", "steps": 0, "seconds": 0.0, **summary}
         rows["retrain"]["holdout_nll_ratio"] = summary["holdout_nll"] / before_nll
     for name in methods:
-        method = METHODS[name]
         L.seed_everything(seed, verbose=False)
-        module = testbed_method(name)(copy.deepcopy(original))
-        with _quiet():
-            shown = UnlearningProgress(name, progress, total=max_steps)
-            trainer = quiet_trainer(max_steps, [*method.callbacks(), shown], accelerator, precision)
-            start = time.perf_counter()
-            trainer.fit(module, training_data)
-            seconds = time.perf_counter() - start
-        stopping = [cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping)]
-        stopped, rule_met = (stopping[0].stopped_step, bool(stopping[0].rule_met)) if stopping else (None, False)
-        reports[name] = measure(module.model.eval(), testbed, datamodule, miau, threshold, retain_before, utility_tasks)
-        summary = reports[name].summary
-        rows[name] = {
-            "method": method.description,
-            "steps": stopped if stopped is not None else trainer.global_step,
-            "rule_met": rule_met,
-            "seconds": seconds,
-            **summary,
-            "holdout_nll_ratio": summary["holdout_nll"] / before_nll,
-        }
+        model, rows[name] = _unlearned(name, original, training_data, max_steps, progress, accelerator, precision)
+        reports[name] = measure(model, testbed, datamodule, miau, threshold, retain_before, utility_tasks)
+        rows[name] |= {**reports[name].summary, "holdout_nll_ratio": reports[name].summary["holdout_nll"] / before_nll}
     for row in rows.values():  # below 1: forget records likelier than unseen ones, what the LOSS attack sees
         row["forget_holdout_nll"] = row["forget_nll"] / row["holdout_nll"]
     if retrain:
@@ -259,6 +250,37 @@ def run_demo(
         "rows": rows,
     }
     _write(output, result, reports)
+    _print_demo(output, rows, threshold, retrain)
+    return result
+
+
+def _unlearned(
+    name: str,
+    original: PreTrainedModel,
+    training_data: UnlearningDataModule,
+    max_steps: int,
+    progress: bool,
+    accelerator: str,
+    precision: str,
+) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """Method ``name`` (with the testbed's settings) run on a copy of ``original``: the unlearned model, in eval mode,
+    and its row's run columns (description, steps, whether the rule was met, seconds)."""
+    module = testbed_method(name)(copy.deepcopy(original))
+    with _quiet():
+        shown = UnlearningProgress(name, progress, total=max_steps)
+        trainer = quiet_trainer(max_steps, [*METHODS[name].callbacks(), shown], accelerator, precision)
+        start = time.perf_counter()
+        trainer.fit(module, training_data)
+        seconds = time.perf_counter() - start
+    stopping = [cb for cb in trainer.callbacks if isinstance(cb, MemorizationEarlyStopping)]
+    stopped, rule_met = (stopping[0].stopped_step, bool(stopping[0].rule_met)) if stopping else (None, False)
+    steps = stopped if stopped is not None else trainer.global_step
+    row = {"method": METHODS[name].description, "steps": steps, "rule_met": rule_met, "seconds": seconds}
+    return module.model.eval(), row
+
+
+def _print_demo(output: Path, rows: dict[str, dict[str, Any]], threshold: float, retrain: bool) -> None:
+    """The demo's table as it fits a terminal, its legend and the files written."""
     print(table(rows, TERMINAL_COLUMNS))
     legend = (
         f"threshold {threshold:.3f}: the holdout's 0.95 quantile of g; relearn, int4: forget records above it after "
@@ -270,7 +292,6 @@ def run_demo(
         f"written to {output}/: summary.json, summary.md (every column), per_sample.csv, forget_g.png, tradeoff.png"
         + (", verdict.png" if retrain else "")
     )
-    return result
 
 
 def _distance(rows: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> float:
