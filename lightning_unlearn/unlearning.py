@@ -132,10 +132,8 @@ def unlearn(
             whole or absent. Called again with the same arguments after a kill (a pre-empted node), ``unlearn``
             resumes from the last complete one, says so, and ends where an uninterrupted run ends.
         checkpoint_every: optimizer steps between checkpoints.
-        retrain: a model that never saw the forget texts (the exact retrain, or any model trained without them;
-            instance, hub id or folder): each attack's verdict (``unlearning.json``'s ``verdict``: the records
-            that come back against the holdout under the same attack) adds a two-sample KS test of the forget g
-            against the retrain's and the retrain's own records back. Without it the verdict is per record only.
+        retrain: a model trained without the forget texts (instance, hub id or folder): each attack's verdict
+            (``unlearning.json``'s ``verdict``) adds a two-sample KS test of the forget g against the retrain's.
         recovery_attacks: names from :data:`~lightning_unlearn.evaluation.recovery.RECOVERY_ATTACKS` run on the result
             (each on a copy; relearning fine-tunes on the retain texts): records above the threshold after each.
         include_texts: write each forget text into ``unlearning.json`` beside its SHA-256. Off by default: the
@@ -150,21 +148,9 @@ def unlearn(
         ...                  retain="testbed/retain.jsonl")
         >>> result.rule_met, result.save("unlearned")  # doctest: +SKIP
     """
-    recipe = check_method(method)
-    if recipe.needs_retain and retain is None:
-        raise ConfigurationError(f"method {method!r} keeps the retain texts: give retain=, or choose method 'sga'")
     recovery_attacks = check_recovery_attacks(recovery_attacks)
-    if "relearn" in recovery_attacks and retain is None:
-        raise ConfigurationError("the relearning attack fine-tunes on the retain texts: give retain=")
-    tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
     options = {"max_length": max_length, "batch_size": batch_size, "long_texts": long_texts}
-    datamodule = UnlearningDataModule(tokenizer, forget, retain=retain, holdout=holdout, **options)
-    datamodule.setup()  # bad texts fail here, before a possibly large model loads
-    check_holdout_size(len(datamodule.split("holdout")))
-    if not isinstance(model, torch.nn.Module):
-        model = load_causal_lm(model)
-    check_causal_lm(model)
-    datamodule.check_fits(model)
+    model, datamodule = _checked_inputs(model, forget, holdout, retain, method, tokenizer, recovery_attacks, options)
     progress_bar = UnlearningProgress(method, progress)
     trainer, resume_from = _unlearning_trainer(trainer_options, progress_bar, checkpoints, checkpoint_every)
     device = trainer.strategy.root_device
@@ -172,8 +158,6 @@ def unlearn(
     before = _measure(model, datamodule, device, "holdout_quantile")
     module, callbacks = make_method(method, model, **(method_options or {}))
     trainer.callbacks.extend(callbacks)
-    if resume_from is not None:
-        rank_zero_info(f"unlearn: resuming from {resume_from}, the last complete checkpoint of an earlier run")
     trainer.fit(module, datamodule, ckpt_path=resume_from)
     record = training_record(trainer, module)
     threshold = record["threshold"]["value"]
@@ -182,9 +166,7 @@ def unlearn(
     after = _measure(module.get_model(), datamodule, device, threshold, retrain, recovery_attacks)
     record |= {"method": method} | measured_record(before, after)
     _describe_records(record["records"], datamodule.split("forget"), include_texts)
-    weights_after = trainer.strategy.broadcast(weights_sha256(module.get_model()))  # the first process writes
-    record |= evidence_record(datamodule, weights_before, weights_after, max_length, long_texts)
-    record["environment"] = trainer.strategy.broadcast(record["environment"])  # one time for every process
+    _add_evidence(record, trainer, module, datamodule, weights_before, options)
     return UnlearningResult(module, record["rule_met"], before, after, record)
 
 
@@ -305,6 +287,33 @@ def summary_text(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _checked_inputs(
+    model: PreTrainedModel | str | os.PathLike,
+    forget: Any,
+    holdout: Any,
+    retain: Any,
+    method: str,
+    tokenizer: Any,
+    recovery_attacks: tuple[str, ...],
+    data_options: dict[str, Any],
+) -> tuple[PreTrainedModel, UnlearningDataModule]:
+    """:func:`unlearn`'s inputs checked, the cheap checks first (bad texts fail before a possibly large model loads):
+    the model (loaded when given by name) and the datamodule, set up."""
+    if check_method(method).needs_retain and retain is None:
+        raise ConfigurationError(f"method {method!r} keeps the retain texts: give retain=, or choose method 'sga'")
+    if "relearn" in recovery_attacks and retain is None:
+        raise ConfigurationError("the relearning attack fine-tunes on the retain texts: give retain=")
+    tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
+    datamodule = UnlearningDataModule(tokenizer, forget, retain=retain, holdout=holdout, **data_options)
+    datamodule.setup()
+    check_holdout_size(len(datamodule.split("holdout")))
+    if not isinstance(model, torch.nn.Module):
+        model = load_causal_lm(model)
+    check_causal_lm(model)
+    datamodule.check_fits(model)
+    return model, datamodule
+
+
 def _unlearning_trainer(
     trainer_options: dict[str, Any],
     progress_bar: UnlearningProgress,
@@ -327,7 +336,25 @@ def _unlearning_trainer(
         defaults["enable_checkpointing"] = True
         last = f"{str(checkpoints).rstrip('/')}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
         resume_from = last if exists(last) else None
+    if resume_from is not None:
+        rank_zero_info(f"unlearn: resuming from {resume_from}, the last complete checkpoint of an earlier run")
     return L.Trainer(**{**defaults, **trainer_options, "callbacks": callbacks}), resume_from
+
+
+def _add_evidence(
+    record: dict[str, Any],
+    trainer: L.Trainer,
+    module: Any,
+    datamodule: UnlearningDataModule,
+    weights_before: str,
+    data_options: dict[str, Any],
+) -> None:
+    """The record's evidence (:func:`~lightning_unlearn.evaluation.evidence.evidence_record`: the data's and the
+    weights' hashes before and after), and its environment as the first process saw it: the first process writes."""
+    weights_after = trainer.strategy.broadcast(weights_sha256(module.get_model()))
+    max_length, long_texts = data_options["max_length"], data_options["long_texts"]
+    record |= evidence_record(datamodule, weights_before, weights_after, max_length, long_texts)
+    record["environment"] = trainer.strategy.broadcast(record["environment"])  # one time for every process
 
 
 def _describe_records(rows: list[dict[str, Any]], forget_split: Any, include_texts: bool) -> None:

@@ -46,7 +46,6 @@ from lightning_unlearn.functional.thresholds import (
 from lightning_unlearn.functional.verdict import RecordVerdict, discovery_verdict, record_verdict, tail_p_values
 from lightning_unlearn.integrations.huggingface import on_device
 from lightning_unlearn.integrations.peft import is_adapted
-from lightning_unlearn.utilities.deprecation import renamed_argument
 from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.extras import require_demo
 from lightning_unlearn.utilities.files import atomic_file, write_text_atomically
@@ -110,7 +109,6 @@ def memorization_report(
     recovery_options: Mapping[str, Any] | None = None,
     retrain: torch.nn.Module | None = None,
     device: str | torch.device | None = "auto",
-    **deprecated: Any,
 ) -> Report:
     """Measures the forget split (and the holdout split, if given) of ``datamodule`` under ``model``.
 
@@ -144,112 +142,170 @@ def memorization_report(
             after each attack, forget and holdout). Relearning uses the relearn split, else the retain split.
         recovery_options: more :func:`~lightning_unlearn.evaluation.recovery.recovery_scores` arguments
             (``relearn_steps``, …).
-        retrain: a model that never saw the forget records (the exact retrain): measured on the forget and holdout
-            splits with no attack and under each of ``recovery_attacks`` alike, it adds to each attack's verdict the
-            KS test against its forget scores and its own records that come back, and to each row its ``retrain_g``.
-        device: where to measure: ``"auto"`` (the GPU when there is one), a device, or None (where the model is);
-            the model goes back where it was after.
+        retrain: the exact retrain, measured alike under each attack: adds the KS test against its forget scores
+            and its own records back to each verdict, and its ``retrain_g`` to each row.
+        device: ``"auto"`` (the GPU when there is one), a device, or None (where the model is), for the measures.
     """
-    recovery_attacks = renamed_argument(
-        deprecated, "memorization_report", "attacks", "recovery_attacks", recovery_attacks, ()
-    )
-    recovery_options = renamed_argument(
-        deprecated, "memorization_report", "attack_options", "recovery_options", recovery_options, None
-    )
-    if deprecated:
-        raise TypeError(f"memorization_report got unexpected arguments: {', '.join(sorted(deprecated))}")
     with on_device(model, device):
         datamodule.setup()
-        shortest = min(datamodule.split("forget").lengths)
-        if verbatim_lengths is None:
-            verbatim_lengths = (50, 50) if shortest >= 100 else (shortest // 2, shortest - shortest // 2)
-        texts = datamodule.split("forget").texts
-        forget = _measure_split(model, datamodule.scoring_dataloader("forget"), texts, el_n, verbatim_lengths)
-        rows = []
-        for sample_id in sorted(forget):
-            row = {"sample_id": sample_id, "text": texts[sample_id][:80], **forget[sample_id]}
-            if duplicates is not None:
-                row["duplicates"] = duplicates[sample_id]
-            rows.append(row)
-        g = [row["g"] for row in rows]
+        rows, verbatim_lengths = _forget_rows(model, datamodule, el_n, verbatim_lengths, duplicates)
         has_holdout = datamodule.has_split("holdout")
-        threshold = check_threshold(threshold, "memorization_report")
-        if not has_holdout and isinstance(threshold, str):
-            raise ConfigurationError("the report needs a holdout split (unseen texts) or a float threshold")
-        holdout = (
-            _measure_split(
-                model, datamodule.scoring_dataloader("holdout"), datamodule.split("holdout").texts, None, None
-            )
-            if has_holdout
-            else {}
-        )
-        holdout_g = torch.tensor([value["g"] for value in holdout.values()])
-        interval = None
-        if isinstance(threshold, str):
-            kind = HOLDOUT_THRESHOLDS[threshold]
-            threshold = holdout_threshold(holdout_g, kind, quantile)
-            interval = list(bootstrap_interval(holdout_g, kind, quantile))
-        for row in rows:
-            row["above_threshold"] = row["g"] > threshold
-        summary: dict[str, Any] = {
-            "forget_samples": len(rows),
-            "g_mean": statistics.fmean(g),
-            "g_max": max(g),
-            "forget_nll": statistics.fmean(row["nll"] for row in rows),
-            "threshold": threshold,
-            "threshold_interval": interval,
-            "above_threshold": sum(row["above_threshold"] for row in rows),
-            "outliers_fixed_band": _outliers(g, *band),
-            "verbatim_lengths": list(verbatim_lengths),
-            "verbatim_extractable": sum(bool(row["verbatim"]) for row in rows),
-        }
+        holdout, threshold, interval = _holdout_and_threshold(model, datamodule, threshold, quantile)
+        summary = _forget_summary(rows, threshold, interval, band, verbatim_lengths)
         if has_holdout:
-            holdout_mean, spread = holdout_g.mean().item(), statistics.pstdev(holdout_g.tolist())
-            lower, upper = max(0.0, holdout_mean - k_std * spread), min(1.0, holdout_mean + k_std * spread)
-            summary["holdout_size"] = len(holdout_g)
-            summary["holdout_g_mean"] = holdout_mean
-            summary["outliers_holdout_band"] = _outliers(g, lower, upper)
-            q_low, q_high = holdout_band(holdout_g, band_quantiles)
-            summary["outliers_holdout_quantiles"] = _outliers(g, q_low, q_high)
-            summary["over_forgotten"] = sum(value < q_low for value in g)
-            summary["alpha"] = alpha
-            summary["holdout_nll"] = statistics.fmean(value["nll"] for value in holdout.values())
-            summary["membership_auc"] = {
-                name: membership_auc(
-                    [row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()]
-                )
-                for name in MEMBERSHIP_ATTACKS
-            }
+            summary |= _holdout_summary(rows, holdout, k_std, band_quantiles, alpha)
         held = {column: {i: value[column] for i, value in holdout.items()} for column in ("g", "nll")}
         if recovery_attacks:
-            attacked = recovery_scores(model, datamodule, recovery_attacks, **(recovery_options or {}))
-            for row in rows:
-                for attack, scores in attacked.items():
-                    row[ATTACK_COLUMNS[attack]] = scores["forget"][row["sample_id"]]
-            held |= {ATTACK_COLUMNS[attack]: scores.get("holdout", {}) for attack, scores in attacked.items()}
-            summary |= recovery_summary(attacked, threshold)
-            if any(attack in QUANTIZATIONS for attack in recovery_attacks):
-                summary["quantized_weights"] = "merged (base + adapter)" if is_adapted(model) else "the model's own"
+            held |= _add_recovery(model, datamodule, rows, summary, recovery_attacks, recovery_options)
         report = Report(rows=rows, summary=summary, holdout=held if has_holdout else {})
         reference = None
         if retrain is not None:
             with on_device(retrain, device):
                 reference = _attacked_report(retrain, datamodule, recovery_attacks, recovery_options)
-            retrain_g = {row["sample_id"]: row["g"] for row in reference.rows}
-            for row in rows:
-                row["retrain_g"] = retrain_g[row["sample_id"]]
+            _add_retrain_g(rows, reference)
         summary["verdict"] = attack_verdicts(report, alpha, reference) if has_holdout else None
         if has_holdout:
             _mark_records(report, summary["verdict"]["none"])
         if el_n is not None:
             summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
         if datamodule.has_split("retain"):
-            retain = score_memorization(model, datamodule.scoring_dataloader("retain"))
-            summary["retain_g"] = statistics.fmean(retain.values())
-            if retain_before is not None:
-                summary["retain_g_before"] = statistics.fmean(retain_before.values())
-                summary["collateral"] = sum(retain_before[i] - value > collateral_drop for i, value in retain.items())
+            summary |= _retain_summary(model, datamodule, retain_before, collateral_drop)
         return report
+
+
+def _holdout_and_threshold(
+    model: torch.nn.Module, datamodule: Any, threshold: float | str, quantile: float
+) -> tuple[dict[int, dict[str, Any]], float, list[float] | None]:
+    """The holdout's measures by sample id (none without a holdout split), the threshold as a number and, when it is
+    the holdout's, its bootstrap interval."""
+    threshold = check_threshold(threshold, "memorization_report")
+    if not datamodule.has_split("holdout"):
+        if isinstance(threshold, str):
+            raise ConfigurationError("the report needs a holdout split (unseen texts) or a float threshold")
+        return {}, threshold, None
+    texts = datamodule.split("holdout").texts
+    holdout = _measure_split(model, datamodule.scoring_dataloader("holdout"), texts, None, None)
+    if not isinstance(threshold, str):
+        return holdout, threshold, None
+    holdout_g = torch.tensor([value["g"] for value in holdout.values()])
+    kind = HOLDOUT_THRESHOLDS[threshold]
+    return holdout, holdout_threshold(holdout_g, kind, quantile), list(bootstrap_interval(holdout_g, kind, quantile))
+
+
+def _add_retrain_g(rows: list[dict[str, Any]], reference: Report) -> None:
+    """Each row's ``retrain_g``: the record's g under the exact retrain (``reference``, its report)."""
+    retrain_g = {row["sample_id"]: row["g"] for row in reference.rows}
+    for row in rows:
+        row["retrain_g"] = retrain_g[row["sample_id"]]
+
+
+def _forget_rows(
+    model: torch.nn.Module,
+    datamodule: Any,
+    el_n: int | None,
+    verbatim_lengths: tuple[int, int] | None,
+    duplicates: Sequence[int] | None,
+) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """One row per forget record (its measures: :func:`_measure_split`), and the verbatim lengths used: by default
+    (50, 50), shortened to half of the shortest record each when that is shorter than 100 tokens."""
+    if verbatim_lengths is None:
+        shortest = min(datamodule.split("forget").lengths)
+        verbatim_lengths = (50, 50) if shortest >= 100 else (shortest // 2, shortest - shortest // 2)
+    texts = datamodule.split("forget").texts
+    forget = _measure_split(model, datamodule.scoring_dataloader("forget"), texts, el_n, verbatim_lengths)
+    rows = []
+    for sample_id in sorted(forget):
+        row = {"sample_id": sample_id, "text": texts[sample_id][:80], **forget[sample_id]}
+        if duplicates is not None:
+            row["duplicates"] = duplicates[sample_id]
+        rows.append(row)
+    return rows, verbatim_lengths
+
+
+def _forget_summary(
+    rows: list[dict[str, Any]],
+    threshold: float,
+    interval: list[float] | None,
+    band: tuple[float, float],
+    verbatim_lengths: tuple[int, int],
+) -> dict[str, Any]:
+    """The forget set's summary (and each row's ``above_threshold``)."""
+    g = [row["g"] for row in rows]
+    for row in rows:
+        row["above_threshold"] = row["g"] > threshold
+    return {
+        "forget_samples": len(rows),
+        "g_mean": statistics.fmean(g),
+        "g_max": max(g),
+        "forget_nll": statistics.fmean(row["nll"] for row in rows),
+        "threshold": threshold,
+        "threshold_interval": interval,
+        "above_threshold": sum(row["above_threshold"] for row in rows),
+        "outliers_fixed_band": _outliers(g, *band),
+        "verbatim_lengths": list(verbatim_lengths),
+        "verbatim_extractable": sum(bool(row["verbatim"]) for row in rows),
+    }
+
+
+def _holdout_summary(
+    rows: list[dict[str, Any]],
+    holdout: Mapping[int, Mapping[str, Any]],
+    k_std: float,
+    band_quantiles: tuple[float, float],
+    alpha: float,
+) -> dict[str, Any]:
+    """What the holdout adds to the summary: its g, the bands' outlier counts, the over-forgotten count, its NLL and
+    each membership attack's AUC (forget against holdout)."""
+    g = [row["g"] for row in rows]
+    holdout_g = torch.tensor([value["g"] for value in holdout.values()])
+    holdout_mean, spread = holdout_g.mean().item(), statistics.pstdev(holdout_g.tolist())
+    lower, upper = max(0.0, holdout_mean - k_std * spread), min(1.0, holdout_mean + k_std * spread)
+    q_low, q_high = holdout_band(holdout_g, band_quantiles)
+    return {
+        "holdout_size": len(holdout_g),
+        "holdout_g_mean": holdout_mean,
+        "outliers_holdout_band": _outliers(g, lower, upper),
+        "outliers_holdout_quantiles": _outliers(g, q_low, q_high),
+        "over_forgotten": sum(value < q_low for value in g),
+        "alpha": alpha,
+        "holdout_nll": statistics.fmean(value["nll"] for value in holdout.values()),
+        "membership_auc": {
+            name: membership_auc([row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()])
+            for name in MEMBERSHIP_ATTACKS
+        },
+    }
+
+
+def _add_recovery(
+    model: torch.nn.Module,
+    datamodule: Any,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    recovery_attacks: Sequence[str],
+    recovery_options: Mapping[str, Any] | None,
+) -> dict[str, dict[int, float]]:
+    """Runs the recovery attacks: each row gains its column per attack and the summary
+    :func:`~lightning_unlearn.evaluation.recovery.recovery_summary`; returns the holdout's columns."""
+    attacked = recovery_scores(model, datamodule, recovery_attacks, **(recovery_options or {}))
+    for row in rows:
+        for attack, scores in attacked.items():
+            row[ATTACK_COLUMNS[attack]] = scores["forget"][row["sample_id"]]
+    summary |= recovery_summary(attacked, summary["threshold"])
+    if any(attack in QUANTIZATIONS for attack in recovery_attacks):
+        summary["quantized_weights"] = "merged (base + adapter)" if is_adapted(model) else "the model's own"
+    return {ATTACK_COLUMNS[attack]: scores.get("holdout", {}) for attack, scores in attacked.items()}
+
+
+def _retain_summary(
+    model: torch.nn.Module, datamodule: Any, retain_before: Mapping[int, float] | None, collateral_drop: float
+) -> dict[str, Any]:
+    """The retain split's mean g, and with ``retain_before`` its mean g before and the collateral count."""
+    retain = score_memorization(model, datamodule.scoring_dataloader("retain"))
+    summary: dict[str, Any] = {"retain_g": statistics.fmean(retain.values())}
+    if retain_before is not None:
+        summary["retain_g_before"] = statistics.fmean(retain_before.values())
+        summary["collateral"] = sum(retain_before[i] - value > collateral_drop for i, value in retain.items())
+    return summary
 
 
 def attack_verdicts(report: Report, alpha: float = 0.05, retrain: Report | None = None) -> dict[str, dict[str, Any]]:
