@@ -17,10 +17,7 @@ from lightning_unlearn.modules import (
     UnlearningModule,
 )
 from lightning_unlearn.unlearning import UnlearningResult, unlearn
-from lightning_unlearn.utilities.deprecation import install_moved_modules
 from lightning_unlearn.utilities.version import __version__
-
-install_moved_modules()  # the modules of the flat layout before 0.2, for one release
 
 __all__ = [
     "CEU",

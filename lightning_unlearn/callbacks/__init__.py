@@ -3,8 +3,6 @@ training (:class:`MemorizationMonitor`), select what gradient ascent still pushe
 by the per-sample rule (:class:`MemorizationEarlyStopping`), and watch membership attacks, recovery attacks and
 utility as it goes."""
 
-from typing import Any
-
 from lightning_unlearn.callbacks.control import hand_off_scores, per_sample_control
 from lightning_unlearn.callbacks.membership import MembershipMonitor
 from lightning_unlearn.callbacks.monitor import MemorizationMonitor
@@ -28,12 +26,3 @@ __all__ = [
     "per_sample_control",
     "selective_weights",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """The callbacks' names before 0.2 (``AttackMonitor``, ``RobustnessCheck``), with a warning."""
-    from lightning_unlearn.utilities.deprecation import moved
-
-    if name in ("AttackMonitor", "RobustnessCheck"):
-        return moved("callbacks", name, ("callbacks",))
-    raise AttributeError(f"module 'lightning_unlearn.callbacks' has no attribute {name!r}")

@@ -21,7 +21,7 @@
 rule, the threshold, every record's g before and after, holdout NLL and attack AUCs before and after) to ``--output``,
 prints a summary, and exits 1 when the rule was not met (``--allow-unmet``: 0). ``--trainer.KEY=VALUE`` sets any
 ``lightning.Trainer`` argument, ``--method.KEY=VALUE`` any argument of the method's module (values in YAML).
-``demo`` unlearns the embedded testbed with each method and compares them (:mod:`lightning_unlearn.testbed.demo`); with
+``demo`` unlearns the embedded testbed with each method and compares them (:mod:`lightning_unlearn.demo`); with
 ``--base-model`` the testbed's records are first injected into that pretrained model by fine-tuning (the paper's
 setting: ``--base-model EleutherAI/gpt-neo-125m`` on a machine that reaches the model hub).
 ``testbed`` writes the testbed's model and jsonl splits to a folder (what ``examples/*.yaml`` read).
@@ -30,8 +30,8 @@ option and callback can be set from YAML or flags; ``--output`` saves the unlear
 ``audit`` prints the per-sample memorization report of any causal LM on any text file. With ``--holdout`` (unseen
 texts of the same kind) it tests each record against them: a p-value from the holdout's tail (an exponential fitted to
 its top quarter), flagged when significant at ``--alpha`` after a Benjamini–Hochberg correction over the records, and
-says from which g a record is always found; the threshold is the holdout's 0.95 quantile of g
-(``--level mean`` for its mean) with a bootstrap interval. ``--utility`` adds lm-eval tasks (names, comma-separated;
+says from which g a record is always found; the threshold is the holdout's 0.95 quantile of g (``--threshold
+holdout_mean`` for its mean) with a bootstrap interval. ``--utility`` adds lm-eval tasks (names, comma-separated;
 from ``--include-path``, a folder of task YAML, or lm-eval's built-in tasks) to the report. ``--recovery-attacks`` asks
 whether the records stay forgotten when the model is attacked (:mod:`lightning_unlearn.evaluation.recovery`, each attack
 on a copy): fine-tuned on ``--relearn-data``, quantized to int8 or int4, or sampled; per attack, how many records are
@@ -78,9 +78,9 @@ def _precision(args: argparse.Namespace, mixed: bool = True) -> str:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from lightning_unlearn.demo import DEFAULT_METHODS, check_methods, run_demo, run_seeds
     from lightning_unlearn.methods import METHODS
     from lightning_unlearn.testbed import SMALL_TESTBED, build_testbed
-    from lightning_unlearn.testbed.demo import DEFAULT_METHODS, check_methods, run_demo, run_seeds
 
     methods = list(METHODS) if args.methods == "all" else _names(args.methods) or list(DEFAULT_METHODS)
     check_methods(methods)
@@ -250,7 +250,7 @@ def _audit(args: argparse.Namespace) -> None:
     from lightning_unlearn.integrations.huggingface import check_causal_lm, load_causal_lm
 
     tasks = _names(args.utility)
-    attacks = check_recovery_attacks(_names(_recovery_attacks(args)), where=" in --recovery-attacks")
+    attacks = check_recovery_attacks(_names(args.recovery_attacks), where=" in --recovery-attacks")
     if "relearn" in attacks and not args.relearn_data:
         raise ConfigurationError(
             "--recovery-attacks relearn needs --relearn-data: texts of the same kind, never the audited records"
@@ -339,16 +339,6 @@ def _print_audit(report: Any, args: argparse.Namespace, threshold: str | float, 
     print(verdict_text(s["verdict"]))
 
 
-def _recovery_attacks(args: argparse.Namespace) -> str | None:
-    """``--recovery-attacks``, or its old spelling ``--attacks`` with a warning."""
-    if args.attacks is None:
-        return args.recovery_attacks
-    from lightning_unlearn.utilities.deprecation import warn_renamed
-
-    warn_renamed("lightning-unlearn", "--attacks", "--recovery-attacks")
-    return args.attacks
-
-
 def load_retrain(source: str | None, model: Any, dtype: Any) -> Any:
     """The model of ``--retrain`` (a model that never saw the audited records), checked to take the same tokens as
     ``model``; None when not given."""
@@ -368,14 +358,10 @@ def load_retrain(source: str | None, model: Any, dtype: Any) -> Any:
 
 def audit_threshold(args: argparse.Namespace) -> str | float:
     """The audit's threshold: ``--threshold`` (a name or a float), by default the holdout's 0.95 quantile with a
-    holdout and 0.6 without; ``--level mean|quantile``, its old spelling, still works with a warning."""
+    holdout and 0.6 without."""
     from lightning_unlearn.functional.thresholds import check_threshold
-    from lightning_unlearn.utilities.deprecation import warn_renamed
 
     threshold = args.threshold
-    if args.level is not None:
-        warn_renamed("lightning-unlearn audit", f"--level {args.level}", f"--threshold holdout_{args.level}")
-        threshold = f"holdout_{args.level}"
     if threshold is None:
         return "holdout_quantile" if args.holdout else 0.6
     try:
@@ -520,7 +506,6 @@ def parser() -> argparse.ArgumentParser:
         "--threshold",
         help="holdout_quantile (the default with --holdout), holdout_mean, or a g in [0, 1] (default 0.6 without)",
     )
-    audit.add_argument("--level", choices=("quantile", "mean"), help=argparse.SUPPRESS)  # old: --threshold holdout_*
     audit.add_argument("--el", action="store_true", help="add the extraction likelihood EL_10 (slower: it decodes)")
     audit.add_argument("--output", help="write the report here: per_sample.csv/.json, summary.json/.md")
     audit.add_argument("--report", help="also write the report as one self-contained HTML file")
@@ -533,7 +518,6 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--recovery-attacks", help="comma-separated, from relearn, int8, int4, sampling: each run on a copy"
     )
-    audit.add_argument("--attacks", help=argparse.SUPPRESS)  # old: --recovery-attacks
     audit.add_argument(
         "--retrain",
         help="a model trained without the audited records (the exact retrain): each attack is judged against it",

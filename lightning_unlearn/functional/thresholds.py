@@ -14,7 +14,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_unlearn.utilities.deprecation import warn_renamed
 from lightning_unlearn.utilities.errors import ConfigurationError
 
 Level = Literal["mean", "quantile"]
@@ -28,11 +27,7 @@ BAND = (0.15, 0.60)
 
 def check_threshold(threshold: str | float, owner: str) -> str | float:
     """``threshold`` as stop rules and reports take it: ``"holdout_quantile"`` (the per-sample rule's threshold, the
-    default everywhere), ``"holdout_mean"`` or a fraction in [0, 1]. The old name ``"holdout"`` still means
-    ``"holdout_mean"``, with a warning; any other name is a clear error."""
-    if threshold == "holdout":
-        warn_renamed(owner, 'threshold="holdout"', 'threshold="holdout_mean"')
-        return "holdout_mean"
+    default everywhere), ``"holdout_mean"`` or a fraction in [0, 1]; any other name is a clear error."""
     if isinstance(threshold, str):
         if threshold not in HOLDOUT_THRESHOLDS:
             names = "'holdout_quantile', 'holdout_mean'"
