@@ -18,6 +18,11 @@ Prints two Markdown tables (the README's):
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/helpers' probes
+
 import argparse
 import copy
 import io
@@ -25,7 +30,6 @@ import statistics
 
 import lightning as L
 import torch
-from peak_memory import PeakTensorMemory
 from peft import LoraConfig
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
@@ -34,6 +38,7 @@ from lightning_unlearn.callbacks import MemorizationEarlyStopping
 from lightning_unlearn.demo import quiet_trainer
 from lightning_unlearn.evaluation.report import memorization_report
 from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
+from tests.helpers.peak_memory import PeakTensorMemory
 
 GPT_NEO_LAYERS = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": GPT_NEO_LAYERS}

@@ -18,6 +18,11 @@ Shapes: ``1b`` (Llama-3.2-1B: hidden 2048, 16 layers, vocabulary 128,256; batch 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/helpers' probes
+
 import argparse
 import copy
 import json
@@ -28,11 +33,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from peak_memory import PeakTensorMemory
-from random_data import IdTokenizer, random_texts
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lightning_unlearn import GradientAscent, SelectiveGradientAscent, TaskArithmetic, UnlearningDataModule
+from tests.helpers.peak_memory import PeakTensorMemory
+from tests.helpers.random_data import IdTokenizer, random_texts
 
 SHAPES: dict[str, dict[str, Any]] = {
     "1b": {

@@ -18,6 +18,11 @@ batch of 8 x 512 tokens, gradient checkpointing on, LoRA of rank 16 on every lin
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/helpers' probes
+
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +30,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from peak_memory import TotalTensorMemory
-from random_data import IdTokenizer, random_texts
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lightning_unlearn import (
@@ -38,6 +41,8 @@ from lightning_unlearn import (
     UnlearningDataModule,
 )
 from lightning_unlearn.planning import GB, LORA_RANK, MethodState, Shape, peak, persistent, setting
+from tests.helpers.peak_memory import TotalTensorMemory
+from tests.helpers.random_data import IdTokenizer, random_texts
 
 SIZES = {  # built from config on the CPU, the batch (records x tokens) of each
     "small": (Shape("small", 128, 352, 2, 2, 2, 1024), (8, 64)),

@@ -21,6 +21,11 @@ which exist before.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/helpers' probes
+
 import argparse
 import copy
 import multiprocessing
@@ -30,12 +35,12 @@ from contextlib import nullcontext
 
 import lightning as L
 import torch
-from peak_memory import PeakTensorMemory
 
 from lightning_unlearn import SelectiveGradientAscent, UnlearningDataModule
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor
 from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed, make_records
+from tests.helpers.peak_memory import PeakTensorMemory
 
 THRESHOLD = 0.5
 BATCH, EVAL_BATCH = 32, 128

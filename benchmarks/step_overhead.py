@@ -23,6 +23,11 @@ bfloat16 weights (where a model's own loss copies the logits to float32 and ours
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/helpers' probes
+
 import argparse
 import copy
 import statistics
@@ -31,11 +36,11 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from peak_memory import PeakTensorMemory, StepPeak
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
 from lightning_unlearn import GradientAscent, SelectiveGradientAscent, UnlearningDataModule
 from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
+from tests.helpers.peak_memory import PeakTensorMemory, StepPeak
 
 
 class StepTimer(L.Callback):

@@ -21,7 +21,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from benchmarks.peak_memory import PeakTensorMemory
 from lightning_unlearn import NPO, TAU, SelectiveGradientAscent, TaskArithmetic
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, MemorizationMonitor, per_sample_control
 from lightning_unlearn.distributed.checkpoints import PARTIAL_PREFIX, AtomicCheckpointIO, AtomicDeepSpeedStrategy
@@ -29,6 +28,7 @@ from lightning_unlearn.distributed.zero import deepspeed_config
 from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
 from tests.conftest import lora
 from tests.deepspeed_cpu import CPUDeepSpeedStrategy
+from tests.helpers.peak_memory import PeakTensorMemory
 
 METHODS = {
     "SGA+KL": lambda model: SelectiveGradientAscent(model, learning_rate=3e-4, retain_loss="kl"),

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.peak_memory import PeakTensorMemory
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -103,8 +105,7 @@ def test_large_forget_set_runs_the_recommended_method_at_both_batch_settings(sma
 
 
 def test_peak_tensor_memory_counts_each_storage_once_until_freed():
-    peak_memory = load_script("peak_memory")
-    with peak_memory.PeakTensorMemory() as memory:
+    with PeakTensorMemory() as memory:
         a = torch.zeros(1000, 1000)  # 4 MB
         b = a + 1
         view = b.view(-1)  # shares b's storage

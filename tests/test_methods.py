@@ -7,7 +7,6 @@ import copy
 import lightning as L
 import pytest
 
-from benchmarks.peak_memory import HostCopies, PeakTensorMemory
 from lightning_unlearn.callbacks import MemorizationEarlyStopping, SelectiveAscent
 from lightning_unlearn.methods import METHODS, make_method
 from lightning_unlearn.modules import (
@@ -26,6 +25,7 @@ from lightning_unlearn.modules import (
 )
 from lightning_unlearn.modules.rmu import decoder_layers
 from tests.conftest import make_trainer, unlearning_data
+from tests.helpers.peak_memory import HostCopies, PeakTensorMemory
 
 
 def test_every_method_is_stopped_by_its_rule(tiny_model):

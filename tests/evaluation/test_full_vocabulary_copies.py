@@ -9,10 +9,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.random_data import IdTokenizer, random_texts
 from lightning_unlearn import UnlearningDataModule
 from lightning_unlearn.evaluation.report import memorization_report
 from lightning_unlearn.functional import memorization
+from tests.helpers.random_data import IdTokenizer, random_texts
 
 VOCABULARY, BATCH, LENGTH = 32_000, 4, 24
 

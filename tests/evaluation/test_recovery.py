@@ -253,7 +253,7 @@ def test_relearning_a_bf16_model_trains_float32_master_weights(small_testbed):
 def test_relearning_peak_is_the_copy_its_optimizer_and_one_micro_batch(small_testbed):
     """Peak bytes of the attack: the copy, Adam's two moments of what trains, and the longest micro-batch's forward
     and backward (with its gradients), within 10%, whether the attacker's batches hold 4 records or all 16."""
-    from benchmarks.peak_memory import PeakTensorMemory
+    from tests.helpers.peak_memory import PeakTensorMemory
 
     model = small_testbed.model
     data = unlearning_data(small_testbed)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from benchmarks.peak_memory import PeakTensorMemory
-from benchmarks.random_data import IdTokenizer, random_texts
 from lightning_unlearn import GradientAscent, UnlearningDataModule
 from lightning_unlearn.evaluation.scoring import eval_mode
 from lightning_unlearn.integrations.training_mode import checkpointing, drops, set_checkpointing, train_without_dropout
 from tests.conftest import make_trainer
+from tests.helpers.peak_memory import PeakTensorMemory
+from tests.helpers.random_data import IdTokenizer, random_texts
 
 VOCABULARY = 96
 

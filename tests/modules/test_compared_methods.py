@@ -5,18 +5,27 @@ per-sample rule gently on the small testbed."""
 from __future__ import annotations
 
 import copy
+import statistics
 
 import lightning as L
 import pytest
 import torch
 
-from benchmarks.robust_forgetting import holdout_nll
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
+from lightning_unlearn.evaluation.membership import loss_attack
+from lightning_unlearn.evaluation.scoring import score_memorization
 from lightning_unlearn.functional.losses import rmu_loss, undial_loss
 from lightning_unlearn.methods import make_method
 from lightning_unlearn.modules import RMU, UNDIAL
 from lightning_unlearn.modules.rmu import decoder_layers, layer_output
 from tests.conftest import find, make_trainer, unlearning_data
+
+
+def holdout_nll(model: torch.nn.Module, datamodule) -> float:
+    """The holdout records' mean NLL per token under ``model`` (minus their mean LOSS-attack score)."""
+    scores = score_memorization(model, datamodule.scoring_dataloader("holdout"), measure=loss_attack)
+    return -statistics.fmean(scores.values())
+
 
 # Learning rates at which each meets the rule gently on the small testbed (2 layers of width 64). SatImp and RMU have
 # none there: each either stalls or, in 2 steps, takes holdout NLL past 1.4x; on the demo's testbed their registry

@@ -9,8 +9,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoForCausalLM, GPTNeoModel
 
-from benchmarks.peak_memory import StepPeak, WeightCopies
-from benchmarks.random_data import IdTokenizer, random_texts
 from lightning_unlearn import (
     NPO,
     TAU,
@@ -35,6 +33,8 @@ from lightning_unlearn.modules.reference import ReferenceWeights
 from lightning_unlearn.utilities.errors import ConfigurationError
 from tests.conftest import assert_close_scaled, find, make_tokenizer, make_trainer, unlearning_data
 from tests.helpers.contract import private_overrides
+from tests.helpers.peak_memory import StepPeak, WeightCopies
+from tests.helpers.random_data import IdTokenizer, random_texts
 
 
 def unlearn(module, tb):
