@@ -82,17 +82,15 @@ def hand_off_scores(
     return False
 
 
-def brought_monitors(
-    pl_module: L.LightningModule,
-    every_n_train_steps: int = 1,
-    refresh: Literal["auto", "all", "above_threshold"] = "auto",
-) -> list[Callback]:
+def brought_monitors(pl_module: L.LightningModule) -> list[Callback]:
     """The monitors a module brings through ``configure_callbacks`` (SGA, TA, TAU): a forget-set monitor with the
-    given policy, and the Trainer's monitors of other splits (e.g. retain), handed back because Lightning drops every
-    Trainer callback of a type that the module brings."""
+    module's policy (its ``every_n_train_steps`` and ``refresh`` hyperparameters), and the Trainer's monitors of other
+    splits (e.g. retain), handed back because Lightning drops every Trainer callback of a type that the module
+    brings."""
     given = pl_module.trainer.callbacks if pl_module._trainer is not None else []
     others = [cb for cb in given if isinstance(cb, MemorizationMonitor) and cb.split != "forget"]
-    return [MemorizationMonitor(every_n_train_steps=every_n_train_steps, refresh=refresh), *others]
+    policy = {key: pl_module.hparams[key] for key in ("every_n_train_steps", "refresh") if key in pl_module.hparams}
+    return [MemorizationMonitor(**policy), *others]
 
 
 def users_or_own(pl_module: L.LightningModule, own: Callback) -> Callback:

@@ -143,8 +143,15 @@ class UnlearningModule(UnlearningHooks, L.LightningModule):
         ``train()`` on a model that came in one mode or the other, and scoring passes switch modes)."""
         super().train(mode)
         if mode and self.model is not None:
-            self.model.train() if self.hparams.dropout else train_without_dropout(self.model)
+            self._set_training_mode()
         return self
+
+    def _set_training_mode(self) -> None:
+        """The model (only: no walk over the module's other children) in training mode, dropout off unless asked."""
+        if self.hparams.dropout:
+            self.model.train()
+        else:
+            train_without_dropout(self.model)
 
     def setup(self, stage: str) -> None:
         self.configure_model()
@@ -200,7 +207,7 @@ class UnlearningModule(UnlearningHooks, L.LightningModule):
             raise ConfigurationError(
                 "training batches must be dicts with a 'forget' batch (as UnlearningDataModule makes)"
             )
-        self.train()
+        self._set_training_mode()
         retain = self.retain_term.batch(self, batch)  # with its inputs now, unless its part runs in backward
         forget = self.forget_inputs(batch["forget"])
         output, nll, g = forget_forward(self, forget)

@@ -98,7 +98,7 @@ class SelectiveGradientAscent(GradientAscent):
     def configure_callbacks(self) -> list[Callback]:
         self.selective, self.stopping = users_or_own(self, self.selective), users_or_own(self, self.stopping)
         return [
-            *brought_monitors(self, self.hparams.every_n_train_steps, self.hparams.refresh),
+            *brought_monitors(self),
             self.selective,
             self.stopping,
         ]

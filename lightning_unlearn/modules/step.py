@@ -66,8 +66,8 @@ class ForgetWeights:
     """Each forget record's weight in the forget term, by ``sample_id`` (1 for a record never weighted): what the
     per-sample selection (:class:`~lightning_unlearn.callbacks.SelectiveAscent`) sets, kept in float32 on the CPU."""
 
-    def __init__(self, count: int = 0) -> None:
-        self.values = torch.ones(count, dtype=torch.float32)  # Tensor[N]
+    def __init__(self) -> None:
+        self.values = torch.ones(0, dtype=torch.float32)  # Tensor[N]: none held until reserve or set
 
     def reserve(self, count: int) -> None:
         """``count`` records of weight 1 when no weight is held yet (a resumed run keeps its own)."""

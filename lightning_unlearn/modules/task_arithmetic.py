@@ -90,7 +90,7 @@ class TaskArithmetic(UnlearningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         self.stopping = users_or_own(self, self.stopping)
-        return [*brought_monitors(self, self.hparams.every_n_train_steps, self.hparams.refresh), self.stopping]
+        return [*brought_monitors(self), self.stopping]
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -207,7 +207,7 @@ class TAU(TaskArithmetic):
     def configure_callbacks(self) -> list[Callback]:
         self.selective, self.stopping = users_or_own(self, self.selective), users_or_own(self, self.stopping)
         return [
-            *brought_monitors(self, self.hparams.every_n_train_steps, self.hparams.refresh),
+            *brought_monitors(self),
             self.selective,
             self.stopping,
         ]
