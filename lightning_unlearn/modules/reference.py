@@ -134,8 +134,10 @@ class ReferenceWeights:
 
 
 class ReferenceLogitsCache:
-    """Each retain sample's reference logits (``Tensor[L, V]``, on the CPU) after its first step: the reference
-    never changes, so they need not be computed again. Memory: retain tokens × vocabulary × the logits' bytes."""
+    """Each retain sample's reference logits (``Tensor[L, V]``, in host memory) after its first step: the reference
+    never changes, so they need not be computed again. Memory: retain tokens × vocabulary × the logits' bytes. From
+    an accelerator they are kept page-locked (pinned), so that each step's way back is one asynchronous copy per
+    sample instead of a staged copy through pageable memory."""
 
     def __init__(self) -> None:
         self.cached: dict[int, Tensor] = {}  # sample_id -> Tensor[L, V]
@@ -155,13 +157,19 @@ class ReferenceLogitsCache:
         if any_missing(any(i not in self.cached for i in ids)):
             logits = reference.logits(model, batch)
             for row, (i, length) in enumerate(zip(ids, lengths, strict=True)):
-                self.cached[i] = logits[row, :length].cpu()
+                self.cached[i] = host_buffer((length, logits.shape[-1]), logits.dtype, logits.device)
+                self.cached[i].copy_(logits[row, :length])
             return logits
         input_ids, first = batch["input_ids"], self.cached[ids[0]]
         logits = torch.zeros(*input_ids.shape, first.shape[-1], dtype=first.dtype, device=input_ids.device)
         for row, (i, length) in enumerate(zip(ids, lengths, strict=True)):
-            logits[row, :length] = self.cached[i].to(input_ids.device)
+            logits[row, :length].copy_(self.cached[i], non_blocking=True)  # from pinned memory: asynchronous
         return logits
+
+
+def host_buffer(shape: tuple[int, ...], dtype: torch.dtype, source: torch.device) -> Tensor:
+    """An empty host tensor for data from ``source``: page-locked (pinned) when ``source`` is not the CPU."""
+    return torch.empty(shape, dtype=dtype, pin_memory=source.type != "cpu")
 
 
 def _same_place(a: Tensor, b: Tensor) -> bool:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from transformers.pytorch_utils import Conv1D
 
 from lightning_unlearn.functional.losses import rmu_loss
 from lightning_unlearn.integrations.peft import is_adapted
@@ -44,6 +45,15 @@ def layer_output(layer: torch.nn.Module) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
+def mlp_output_projection(mlp: torch.nn.Module) -> torch.nn.Module:
+    """The output projection of a decoder layer's MLP: its last linear child (Llama's ``down_proj``, GPT-2's and
+    GPT-Neo's ``c_proj``, Phi's ``fc2``)."""
+    linears = [child for child in mlp.children() if isinstance(child, torch.nn.Linear | Conv1D)]
+    if not linears:
+        raise ConfigurationError(f"found no linear layer in {type(mlp).__name__}; try RMU(trained_part='mlp')")
+    return linears[-1]
+
+
 #: The layer whose output the authors steer (Li et al. 2024's code: ``--layer_id 7``, layers 5–7 trained).
 AUTHORS_LAYER = 7
 
@@ -51,22 +61,26 @@ AUTHORS_LAYER = 7
 class RMU(UnlearningModule):
     """RMU (Li et al. 2024, eq. 1–3): on forget records, push the output of decoder layer ℓ towards a fixed random
     direction c·u (u uniform in [0, 1)^D, normalized, drawn once from ``seed``); on retain records, keep it equal to
-    the original model's (``retain_loss="activations"``, weight α). Only the MLPs of layers ℓ−2..ℓ train.
+    the original model's (``retain_loss="activations"``, weight α). Only the MLPs' output projections of layers
+    ℓ−2..ℓ train (the authors' ``mlp.down_proj``).
 
     The forget loss of each record is its own distance to c·u (:func:`~lightning_unlearn.functional.losses.rmu_loss`),
     so the per-sample selection weights records as for every method, and the per-sample rule stops on g. The original
     model's activations come from :class:`~lightning_unlearn.modules.reference.ReferenceWeights` (a copy of the trained
     MLPs only, no second model): one no-grad forward pass per step on the retain batch. Deviations from the authors'
-    code: the MLPs train whole (they train ``mlp.down_proj`` only, a name other architectures lack); the distance
-    is averaged over each record's tokens, then records are weighted, instead of averaged over the batch's tokens.
+    code: the output projection is found as the MLP's last linear module (Llama's ``down_proj``, GPT-2's and
+    GPT-Neo's ``c_proj``), not by the name; the distance is averaged over each record's tokens, then records are
+    weighted, instead of averaged over the batch's tokens.
 
     Args:
         layer: ℓ, the decoder layer (0-based) whose output is steered (default: the authors' 7, from Li et al.'s
             ``--layer_id 7`` on Zephyr-7B; the last layer of a shallower model).
         steering_coefficient: c, the norm of the target (the paper: 6.5 on Zephyr-7B; scale it to the norm of
             layer ℓ's activations, which differs by model).
-        trained_layers: how many layers up to ℓ train their MLPs (the paper: 3); None trains every parameter.
-            With ``peft``, the adapter trains instead.
+        trained_layers: how many layers up to ℓ train (the paper: 3); None trains every parameter. With
+            ``peft``, the adapter trains instead.
+        trained_part: what trains in those layers: ``"output_projection"`` (the MLP's, as the authors) or
+            ``"mlp"`` (the whole MLP).
         retain_loss: ``"activations"`` (the paper's), or any other method's retain term.
         retain_weight: α (the paper: 1200 on Zephyr-7B).
         seed: of the random direction u.
@@ -83,6 +97,7 @@ class RMU(UnlearningModule):
         layer: int | None = None,
         steering_coefficient: float = 6.5,
         trained_layers: int | None = 3,
+        trained_part: Literal["output_projection", "mlp"] = "output_projection",
         retain_loss: str | None = "activations",
         retain_weight: float = 1200.0,
         seed: int = 0,
@@ -90,11 +105,13 @@ class RMU(UnlearningModule):
     ) -> None:
         if trained_layers is not None and trained_layers < 1:
             raise ConfigurationError(f"trained_layers must be >= 1 or None, got {trained_layers}")
+        if trained_part not in ("output_projection", "mlp"):
+            raise ConfigurationError(f"trained_part must be 'output_projection' or 'mlp', got {trained_part!r}")
         if not steering_coefficient > 0:
             raise ConfigurationError(f"steering_coefficient must be > 0, got {steering_coefficient}")
         super().__init__(model, retain_loss=retain_loss, retain_weight=retain_weight, **kwargs)
         self.layer, self.steering_coefficient = layer, steering_coefficient
-        self.trained_layers, self.seed = trained_layers, seed
+        self.trained_layers, self.trained_part, self.seed = trained_layers, trained_part, seed
 
     @property
     def uses_reference(self) -> bool:
@@ -109,7 +126,8 @@ class RMU(UnlearningModule):
         return layers[index]
 
     def configure_model(self) -> None:
-        """Loads the model, and (without an adapter) freezes every parameter but the MLPs of layers ℓ−2..ℓ."""
+        """Loads the model, and (without an adapter) freezes every parameter but the MLPs' output projections (or
+        the MLPs) of layers ℓ−2..ℓ."""
         super().configure_model()
         if self.trained_layers is None or is_adapted(self.model):
             return
@@ -121,7 +139,7 @@ class RMU(UnlearningModule):
             raise ConfigurationError(f"RMU trains the layers' MLPs: {type(trained[0]).__name__} has no `mlp`")
         self.model.requires_grad_(False)
         for mlp in mlps:
-            mlp.requires_grad_(True)
+            (mlp_output_projection(mlp) if self.trained_part == "output_projection" else mlp).requires_grad_(True)
 
     def target(self, like: Tensor) -> Tensor:
         """c·u (``Tensor[D]``) in ``like``'s dtype and device: the same on every process and after a resume."""
@@ -149,3 +167,4 @@ class RMU(UnlearningModule):
         if self.retain_term.kind != "activations":
             return super().retain_loss(batch, output, nll)
         return rmu_loss(output.activations, batch["reference_activations"], batch["attention_mask"])
+

@@ -10,6 +10,7 @@ import statistics
 import lightning as L
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from lightning_unlearn.callbacks import MemorizationEarlyStopping
 from lightning_unlearn.evaluation.membership import loss_attack
@@ -47,7 +48,9 @@ class FirstStep(L.Callback):
             self.loss = outputs["loss"].detach()
 
 
-@pytest.mark.parametrize("method", FAST)
+@pytest.mark.parametrize(  # UNDIAL's 200-odd steps make it an end-to-end run
+    "method", [pytest.param(m, marks=pytest.mark.slow) if m == "undial" else m for m in FAST]
+)
 def test_each_method_meets_the_per_sample_rule_gently(small_testbed, method):
     """With its registry settings but a faster learning rate: the rule met in more than a few steps, at under 1.15x
     holdout NLL."""
@@ -62,13 +65,15 @@ def test_each_method_meets_the_per_sample_rule_gently(small_testbed, method):
 
 
 def test_rmu_trains_the_mlps_up_to_its_layer_and_steers_that_layers_output(small_testbed):
-    """Layer ℓ = 1 of 2: the MLPs of layers 0 and 1 train, nothing else; the first step's forget loss is the mean
-    squared distance of layer 1's output (the model's own hidden states) to c·u, with ‖c·u‖ = c."""
+    """Layer ℓ = 1 of 2: the MLPs' output projections of layers 0 and 1 train, nothing else (the authors'
+    ``down_proj``; GPT-Neo's ``c_proj``); the first step's forget loss is the mean squared distance of layer 1's
+    output (the model's own hidden states) to c·u, with ‖c·u‖ = c."""
     module = RMU(copy.deepcopy(small_testbed.model), layer=1, retain_loss=None, steering_coefficient=4.0)
     first = FirstStep()
     make_trainer(max_steps=1, callbacks=[first]).fit(module, unlearning_data(small_testbed))
     trained = {name for name, p in module.model.named_parameters() if p.requires_grad}
     assert trained and all(".mlp." in name and (".h.0." in name or ".h.1." in name) for name in trained)
+    assert trained == {f"transformer.h.{i}.mlp.c_proj.{kind}" for i in (0, 1) for kind in ("weight", "bias")}
     forget = first.batch["forget"]
     with torch.no_grad():
         hidden = first.before(
@@ -87,7 +92,7 @@ def test_rmus_retain_term_compares_with_the_original_models_activations(small_te
     """After steps that moved the trained MLPs, the reference pass still gives the original model's activations
     of layer ℓ on the retain records, and the weights are the trained ones again afterwards."""
     original = copy.deepcopy(small_testbed.model)
-    module = RMU(copy.deepcopy(small_testbed.model), layer=0, learning_rate=1e-2, retain_weight=1.0)
+    module = RMU(copy.deepcopy(small_testbed.model), layer=0, learning_rate=1e-2, retain_weight=1.0, trained_part="mlp")
     make_trainer(max_steps=3).fit(module, unlearning_data(small_testbed))
     trained = {name: p.detach().clone() for name, p in module.model.named_parameters()}
     retain = next(iter(unlearning_data(small_testbed).scoring_dataloader("retain")))
@@ -120,6 +125,7 @@ def test_undial_distils_the_model_before_unlearning_not_the_one_training(small_t
         (lambda m: RMU(m, adversary_steps=2), "relearning-aware and sharpness-aware training do not apply"),
         (lambda m: RMU(m, sharpness=0.05), "relearning-aware and sharpness-aware training do not apply"),
         (lambda m: RMU(m, trained_layers=0), "trained_layers must be >= 1"),
+        (lambda m: RMU(m, trained_part="attn"), "trained_part must be 'output_projection' or 'mlp'"),
         (lambda m: RMU(m, steering_coefficient=0.0), "steering_coefficient must be > 0"),
         (lambda m: RMU(m, retain_loss="mse"), "retain_loss must be one of None, 'nll', 'kl', 'activations'"),
         (lambda m: UNDIAL(m, beta=-1.0), "beta must be >= 0"),
@@ -128,6 +134,26 @@ def test_undial_distils_the_model_before_unlearning_not_the_one_training(small_t
 def test_bad_arguments_of_the_compared_methods_are_refused(tiny_model, make, message):
     with pytest.raises(ValueError, match=message):
         make(tiny_model)
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_rmu_trains_the_down_projections_of_a_llama_as_the_authors_do():
+    """On a Llama (the authors' architecture), the trained parameters are ``mlp.down_proj`` of layers ℓ−2..ℓ, as in
+    Li et al.'s code; ``trained_part="mlp"`` trains the whole MLPs."""
+    module = RMU(tiny_llama(), layer=2)
+    module.configure_model()
+    trained = {name for name, p in module.model.named_parameters() if p.requires_grad}
+    assert trained == {f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1, 2)}
+    whole = RMU(tiny_llama(), layer=2, trained_part="mlp", trained_layers=1)
+    whole.configure_model()
+    trained = {name for name, p in whole.model.named_parameters() if p.requires_grad}
+    assert trained == {f"model.layers.2.mlp.{part}_proj.weight" for part in ("gate", "up", "down")}
 
 
 def test_rmu_names_a_layer_that_the_model_has(small_testbed):

@@ -29,7 +29,7 @@ from lightning_unlearn.evaluation.scoring import score_log_likelihood, score_mem
 from lightning_unlearn.functional.memorization import sequence_log_likelihood, sequence_nll
 from lightning_unlearn.functional.thresholds import holdout_threshold
 from lightning_unlearn.modules import retain
-from lightning_unlearn.modules.reference import ReferenceWeights
+from lightning_unlearn.modules.reference import ReferenceWeights, host_buffer
 from lightning_unlearn.utilities.errors import ConfigurationError
 from tests.conftest import assert_close_scaled, find, make_tokenizer, make_trainer, unlearning_data
 from tests.helpers.contract import private_overrides
@@ -420,6 +420,19 @@ def test_cached_reference_logits_give_the_same_run_with_one_reference_pass_per_s
     assert cached_steps == steps and torch.allclose(cached_values, values, atol=1e-6)
     assert len(uncached) >= steps > 4  # every step ran the reference
     assert sum(cached) == len(tb.retain)  # each retain sample once
+
+
+def test_cached_reference_logits_from_an_accelerator_are_kept_in_pinned_memory():
+    """Logits from a device other than the CPU are kept page-locked, so each step's copy back is asynchronous (on
+    this CPU-only build, asking for pinned memory is refused, which shows that it is asked for); from the CPU, plain
+    memory. Stands in for the GPU's pageable host-to-device copy per sample and step."""
+    plain = host_buffer((2, 3), torch.float32, torch.device("cpu"))
+    assert plain.shape == (2, 3) and plain.device.type == "cpu" and plain.dtype == torch.float32
+    if torch.cuda.is_available():
+        assert host_buffer((2, 3), torch.bfloat16, torch.device("cuda")).is_pinned()
+    else:
+        with pytest.raises(RuntimeError, match="pin_memory"):
+            host_buffer((2, 3), torch.bfloat16, torch.device("meta"))
 
 
 def test_a_stop_rule_given_to_the_trainer_is_the_one_that_decides(small_testbed, caplog):
