@@ -67,7 +67,7 @@ from lightning_unlearn.utilities.files import atomic_file, write_text_atomically
 #: what write_record_tasks(prefix="testbed") writes
 UTILITY_TASKS = ("testbed_fields", "testbed_perplexity")
 #: what the demo runs unless told
-DEFAULT_METHODS = tuple(name for name, method in METHODS.items() if method.in_demo)
+DEFAULT_METHODS = ("sga-kl", "sga", "npo-kl", "ta", "tau", "ga-mean")
 
 #: The table printed to the terminal: summary key -> heading (every column of COLUMNS is in summary.md).
 TERMINAL_COLUMNS = {

@@ -88,6 +88,7 @@ def test_forgetting_levels_audit_and_interval_tables(small_testbed, testbed_cach
     assert sizes == ["16", "32", "64", "128", "256"], out
 
 
+@pytest.mark.slow
 def test_scaling_runs_both_refresh_policies(small_testbed, testbed_cache):
     out = run_on_small_testbed(testbed_cache, "benchmarks/scaling.py", "--small", "--sizes", "24", "--max-steps", "4")
     row = next(line for line in out.splitlines() if line.startswith("| 24 |"))
@@ -186,6 +187,7 @@ def test_adapters_compares_lora_with_full_fine_tuning(small_testbed, testbed_cac
     assert len(runs) == 8 and all(re.search(r"\| 0/1 \| 2 \[2, 2\] \|", row) for row in runs), out
 
 
+@pytest.mark.slow
 def test_robust_forgetting_attacks_every_model_and_runs_sequential_requests(small_testbed, testbed_cache):
     args = ["--small", "--methods", "sga-kl-ra", "--max-steps", "2", "--sequential", "--requests", "2"]
     figure = testbed_cache / "verdict.png"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import re
+import sys
 
 import lightning as L
 import pytest
@@ -23,6 +26,7 @@ from lightning_unlearn.modules import (
     SimNPO,
     TaskArithmetic,
 )
+from lightning_unlearn.modules.registry import register
 from lightning_unlearn.modules.rmu import decoder_layers
 from tests.conftest import make_trainer, unlearning_data
 from tests.helpers.peak_memory import HostCopies, PeakTensorMemory
@@ -87,10 +91,24 @@ def test_method_settings_are_their_papers_and_options_override_them(tiny_model):
         make_method("sga-kl", copy.deepcopy(tiny_model), tokens="some")
     assert testbed_method("ta")(copy.deepcopy(tiny_model), learning_rate=1e-3).hparams.learning_rate == 1e-3
     assert set(TESTBED_SETTINGS) <= set(METHODS)
-    choices = "sga-kl, sga, npo-kl, ta, tau, sga-kl-ra, sga-kl-sam, ga, ga-mean, gd, simnpo-kl, wga, satimp, ce-u, "
-    choices += "undial, rmu"
+    choices = "sga-kl, sga, sga-kl-ra, sga-kl-sam, ga, ga-mean, gd, wga, satimp, npo-kl, simnpo-kl, rmu, undial, "
+    choices += "ce-u, ta, tau"  # in the order the modules register them
     with pytest.raises(ValueError, match=f"unknown method 'dpo'; choose from {choices}"):
         make_method("dpo", tiny_model)
+
+
+def test_each_method_registers_once_beside_its_class():
+    """Every registry row is registered in its class's own file (peft-style: one line per method, beside the class);
+    every exported method class is reachable by name; a name registers once."""
+    import lightning_unlearn.modules as modules
+
+    for name, method in METHODS.items():
+        source = inspect.getsource(sys.modules[method.cls.__module__])
+        assert re.search(rf'register\(\s*(#[^\n]*\n\s*)?"{re.escape(name)}",\s*{method.cls.__name__},', source), name
+    exported = {getattr(modules, name) for name in modules.__all__} - {modules.UnlearningModule, modules.ForwardOutput}
+    assert {cls for cls in exported if isinstance(cls, type)} - {m.cls for m in METHODS.values()} == set()
+    with pytest.raises(ValueError, match="'sga' is registered twice"):
+        register("sga", GradientAscent, "again")
 
 
 class StepCycle(L.Callback):

@@ -20,7 +20,9 @@
 ``unlearn`` is :func:`lightning_unlearn.unlearn` on files: it writes the unlearned model and ``unlearning.json`` (the
 rule, the threshold, every record's g before and after, holdout NLL and attack AUCs before and after) to ``--output``,
 prints a summary, and exits 1 when the rule was not met (``--allow-unmet``: 0). ``--trainer.KEY=VALUE`` sets any
-``lightning.Trainer`` argument, ``--method.KEY=VALUE`` any argument of the method's module (values in YAML).
+``lightning.Trainer`` argument, parsed as ``fit`` parses it (LightningCLI's parser: the Trainer's types, class paths
+such as ``--trainer.callbacks+=LearningRateMonitor``), ``--method.KEY=VALUE`` any argument of the method's module
+(values in YAML).
 ``demo`` unlearns the embedded testbed with each method and compares them (:mod:`lightning_unlearn.demo`); with
 ``--base-model`` the testbed's records are first injected into that pretrained model by fine-tuning (the paper's
 setting: ``--base-model EleutherAI/gpt-neo-125m`` on a machine that reaches the model hub).
@@ -201,14 +203,10 @@ def _write_report(path: str, page: str) -> None:
     print(f"report: {path}")
 
 
-def dotted_options(extra: list[str], prefixes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``--PREFIX.KEY=VALUE`` (or ``--PREFIX.KEY VALUE``) options by prefix, values read as Python literals, else
-    YAML (``true``, ``[1, 2]``), else text; anything else is an error."""
-    import ast
-
-    import yaml
-
-    options: dict[str, dict[str, Any]] = {prefix: {} for prefix in prefixes}
+def dotted_options(extra: list[str], prefixes: tuple[str, ...]) -> dict[str, list[str]]:
+    """``--PREFIX.KEY=VALUE`` (or ``--PREFIX.KEY VALUE``) flags by prefix, each as ``--PREFIX.KEY=VALUE``; anything
+    else is an error."""
+    options: dict[str, list[str]] = {prefix: [] for prefix in prefixes}
     items = iter(extra)
     for item in items:
         name, equals, value = item.partition("=")
@@ -220,10 +218,42 @@ def dotted_options(extra: list[str], prefixes: tuple[str, ...]) -> dict[str, dic
             value = next(items, None)
             if value is None:
                 raise ConfigurationError(f"{name} needs a value")
+        options[prefix].append(f"{name}={value}")
+    return options
+
+
+def trainer_options(flags: list[str]) -> dict[str, Any]:
+    """The ``lightning.Trainer`` arguments that ``--trainer.KEY=VALUE`` flags give, parsed as ``lightning-unlearn fit``
+    (LightningCLI) parses them: by jsonargparse from the Trainer's signature, with its types and its class paths
+    (``--trainer.callbacks+=LearningRateMonitor``); a flag the Trainer does not take, or a value of the wrong type,
+    is a :class:`ConfigurationError`."""
+    import lightning as L
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    trainer = ArgumentParser(exit_on_error=False)
+    trainer.add_class_arguments(L.Trainer, "trainer", fail_untyped=False, instantiate=False)
+    try:
+        given = trainer.parse_args(flags, defaults=False)
+    except ArgumentError as error:
+        raise ConfigurationError(f"--trainer: {error}") from None
+    return dict(trainer.instantiate(given).get("trainer") or {})
+
+
+def method_options(flags: list[str]) -> dict[str, Any]:
+    """The module arguments that ``--method.KEY=VALUE`` flags give, values read as Python literals, else YAML
+    (``true``, ``[1, 2]``), else text. The method checks their names
+    (:meth:`~lightning_unlearn.modules.registry.Method.make`)."""
+    import ast
+
+    import yaml
+
+    options: dict[str, Any] = {}
+    for flag in flags:
+        name, _, value = flag.partition("=")
         try:
-            options[prefix][key] = ast.literal_eval(value)  # 3e-4 is a float here, and a string in YAML
+            options[name.removeprefix("--method.")] = ast.literal_eval(value)  # 3e-4 is a float here, YAML's a string
         except (ValueError, SyntaxError):
-            options[prefix][key] = yaml.safe_load(value)
+            options[name.removeprefix("--method.")] = yaml.safe_load(value)
     return options
 
 
@@ -415,6 +445,7 @@ def _where(parser: argparse.ArgumentParser, what: str) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The command line's parser (``fit`` is LightningCLI's own, after the first word)."""
+    from lightning_unlearn.demo import DEFAULT_METHODS
     from lightning_unlearn.methods import METHODS
 
     root = argparse.ArgumentParser(prog="lightning-unlearn", description="Per-sample LLM memorization and unlearning.")
@@ -425,8 +456,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="folder for summary.json, per_sample.csv, the plots")
     demo.add_argument(
         "--methods",
-        help=f"comma-separated, from {', '.join(METHODS)}; 'all' for every one (default: "
-        f"{', '.join(name for name, method in METHODS.items() if method.in_demo)})",
+        help=f"comma-separated, from {', '.join(METHODS)}; 'all' for every one (default: {', '.join(DEFAULT_METHODS)})",
     )
     seeding = demo.add_mutually_exclusive_group()
     seeding.add_argument("--seed", type=int, default=0, help="one run on the testbed of this seed")
@@ -574,8 +604,9 @@ def main(argv: list[str] | None = None) -> int:
             commands.error(f"unrecognized arguments: {' '.join(extra)}")
         with quiet_libraries():
             if args.command == "unlearn":
-                options = dotted_options(extra, ("trainer", "method"))
-                args.trainer_options, args.method_options = options["trainer"], options["method"]
+                flags = dotted_options(extra, ("trainer", "method"))
+                args.trainer_options = trainer_options(flags["trainer"])
+                args.method_options = method_options(flags["method"])
                 return _unlearn(args)
             if args.command == "verify":
                 return _verify(args)

@@ -7,10 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_unlearn.callbacks.control import per_sample_control
 from lightning_unlearn.evaluation.scoring import score_log_likelihood, score_on_all_ranks
 from lightning_unlearn.functional.losses import npo_loss, simnpo_loss
 from lightning_unlearn.functional.memorization import sequence_log_likelihood
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.modules.registry import register
 from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.utilities.errors import ConfigurationError
 
@@ -74,6 +76,17 @@ class NPO(UnlearningModule):
         self.reference_log_likelihood = checkpoint.get("npo_reference_log_likelihood")
 
 
+# β 0.1, lr 1e-5: Zhang et al. 2024 and open-unlearning's NPO (the module's defaults)
+register(
+    "npo-kl",
+    NPO,
+    "selective NPO (β = 0.1) + KL retain",
+    callbacks=per_sample_control,
+    retain_loss="kl",
+    retain_weight=1.0,
+)
+
+
 class SimNPO(UnlearningModule):
     """SimNPO: per forget sample, −(2/β) · log σ(β · (NLL_mean(x) − δ)); no reference model or likelihood.
 
@@ -92,3 +105,14 @@ class SimNPO(UnlearningModule):
 
     def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
         return simnpo_loss(nll, self.beta, self.delta)
+
+
+register(  # β 4.5, δ 0: Fan et al. 2024 (the module's defaults); lr 1e-5: open-unlearning on TOFU
+    "simnpo-kl",
+    SimNPO,
+    "selective SimNPO (β = 4.5, no reference model) + KL retain",
+    callbacks=per_sample_control,
+    learning_rate=1e-5,
+    retain_loss="kl",
+    retain_weight=1.0,
+)

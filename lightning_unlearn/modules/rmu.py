@@ -11,9 +11,11 @@ import torch
 from torch import Tensor
 from transformers.pytorch_utils import Conv1D
 
+from lightning_unlearn.callbacks.control import per_sample_control
 from lightning_unlearn.functional.losses import rmu_loss
 from lightning_unlearn.integrations.peft import is_adapted
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.modules.registry import register
 from lightning_unlearn.modules.retain import RETAIN_LOSSES
 from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.utilities.errors import ConfigurationError
@@ -168,3 +170,13 @@ class RMU(UnlearningModule):
             return super().retain_loss(batch, output, nll)
         return rmu_loss(output.activations, batch["reference_activations"], batch["attention_mask"])
 
+
+# layer 7, α 1200, lr 5e-5, the MLPs' down_proj of layers 5-7: Li et al. 2024's code on Zephyr-7B (the module's
+# defaults)
+register(
+    "rmu",
+    RMU,
+    "selective RMU (steer layer 7 to a random direction, keep the retain records'; α = 1200, lr 5e-5)",
+    callbacks=per_sample_control,
+    learning_rate=5e-5,
+)

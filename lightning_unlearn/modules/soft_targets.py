@@ -8,8 +8,10 @@ from typing import Any
 
 from torch import Tensor
 
+from lightning_unlearn.callbacks.control import per_sample_control
 from lightning_unlearn.functional.losses import ce_u_loss, undial_loss
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.modules.registry import register
 from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.utilities.errors import ConfigurationError
 
@@ -44,6 +46,17 @@ class UNDIAL(UnlearningModule):
         )
 
 
+register(  # lr 1e-4: Dong et al. 2025 (Llama-2 7B), open-unlearning searches 1e-5 to 3e-4
+    "undial",
+    UNDIAL,
+    "selective UNDIAL (distil the original, target logit − 10) + KL retain, lr 1e-4",
+    callbacks=per_sample_control,
+    learning_rate=1e-4,
+    retain_loss="kl",
+    retain_weight=1.0,
+)
+
+
 class CEU(UnlearningModule):
     """CE-U (Yang 2025, "CE-U: Cross Entropy Unlearning"): on forget records, the cross-entropy against the model's
     own next-token distribution with the target token removed (:func:`~lightning_unlearn.functional.losses.ce_u_loss`).
@@ -55,3 +68,13 @@ class CEU(UnlearningModule):
 
     def forget_loss(self, batch: dict[str, Tensor], output: ForwardOutput, nll: Tensor) -> Tensor:
         return ce_u_loss(output.logits, batch["input_ids"], batch["attention_mask"])
+
+
+register(
+    "ce-u",
+    CEU,
+    "selective CE-U (cross-entropy without the target token) + KL retain",
+    callbacks=per_sample_control,
+    retain_loss="kl",
+    retain_weight=3.0,
+)

@@ -25,6 +25,7 @@ from lightning_unlearn.integrations.peft import (
     task_vector_names,
 )
 from lightning_unlearn.modules.base import UnlearningModule
+from lightning_unlearn.modules.registry import register
 from lightning_unlearn.modules.step import ForwardOutput
 from lightning_unlearn.modules.task_vectors import edit, edited, load_parameters, snapshot
 from lightning_unlearn.utilities.errors import ConfigurationError
@@ -159,6 +160,9 @@ class TaskArithmetic(UnlearningModule):
         self.base = self.checkpoint_shards().take(checkpoint, "task_arithmetic_base", state.get("base"))
 
 
+register("ta", TaskArithmetic, "task arithmetic, λ = −3")  # lr 5e-5, the seed paper's (the module's default)
+
+
 class TAU(TaskArithmetic):
     """TAU (Barbulescu & Triantafillou 2024): SGA until the forget set's mean g <= ``switch_at``, then TA with
     the SGA model as θ_base. The switch happens once; its step is ``switch_step`` and is logged as
@@ -260,3 +264,6 @@ class TAU(TaskArithmetic):
         ascent = self.checkpoint_shards().take(checkpoint, "ascent", state.get("ascent"))
         if ascent is not None:
             load_parameters(self.model, ascent)
+
+
+register("tau", TAU, "SGA, then task arithmetic with λ searched in [−3, 0)")
