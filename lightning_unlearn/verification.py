@@ -66,13 +66,13 @@ class Verification:
     @property
     def back(self) -> dict[str, list[int]]:
         """Per attack of the verdict (no attack included), the record's sample ids of records that come back."""
-        if self.report is None or not self.report.summary.get("verdict"):
+        verdicts = None if self.report is None else self.report.summary.get("verdict")
+        if self.report is None or not verdicts:
             return {}
         ids = {
             row["sample_id"]: record["sample_id"] for row, record in zip(self.report.rows, self.records, strict=True)
         }
-        verdicts = self.report.summary["verdict"].items()
-        return {attack: [ids[i] for i in v["back_ids"]] for attack, v in verdicts if v["back_ids"]}
+        return {attack: [ids[i] for i in v["back_ids"]] for attack, v in verdicts.items() if v["back_ids"]}
 
     @property
     def passed(self) -> bool:

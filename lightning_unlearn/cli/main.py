@@ -57,9 +57,6 @@ from lightning_unlearn.utilities.console import quiet_libraries
 from lightning_unlearn.utilities.errors import ConfigurationError
 from lightning_unlearn.utilities.version import __version__
 
-#: holdout records below which the audit warns that its tail model is loose
-SMALL_HOLDOUT = 32
-
 
 def _names(text: str | None) -> list[str]:
     """A comma-separated option as its non-empty, stripped items (none when not given)."""
@@ -276,6 +273,7 @@ def _audit(args: argparse.Namespace) -> None:
     from lightning_unlearn.data import UnlearningDataModule, load_tokenizer
     from lightning_unlearn.evaluation.recovery import check_recovery_attacks
     from lightning_unlearn.evaluation.report import memorization_report, summary_markdown, write_report
+    from lightning_unlearn.evaluation.terminal import report_text
     from lightning_unlearn.evaluation.utility import check_tasks, evaluate_utility, task_manager
     from lightning_unlearn.integrations.huggingface import check_causal_lm, load_causal_lm
 
@@ -316,7 +314,7 @@ def _audit(args: argparse.Namespace) -> None:
         retrain=retrain,
         device={"gpu": "cuda"}.get(args.accelerator, args.accelerator),
     )
-    _print_audit(report, args, threshold, attacks)
+    print(report_text(report, threshold, attacks, (args.relearn_steps, args.relearn_lr)))
     s = report.summary
     if tasks:
         s["utility"] = evaluate_utility(model, tokenizer, tasks, batch_size=args.batch_size, manager=manager)
@@ -329,44 +327,6 @@ def _audit(args: argparse.Namespace) -> None:
         from lightning_unlearn.evaluation.html import report_html
 
         _write_report(args.report, report_html(report))
-
-
-def _print_audit(report: Any, args: argparse.Namespace, threshold: str | float, attacks: list[str]) -> None:
-    """The audit's terminal output: one line per record, the summary, what the holdout test can find, each attack's
-    line and the verdict."""
-    from lightning_unlearn.evaluation.report import verdict_text
-
-    tested = args.holdout is not None
-    el = " EL_10" if args.el else ""
-    print(f"{'id':>5}  {'g':>6}{el}  verbatim  above" + ("  p-value  flagged" if tested else "") + "  text")
-    for row in report.rows:
-        el_cell = f"  {row['el_10']:5.3f}" if args.el else ""
-        flags = f"{'yes' if row['verbatim'] else '':>8}  {'yes' if row['above_threshold'] else '':>5}"
-        if tested:
-            flags += f"  {row['p_value']:7.4f}  {'yes' if row['flagged'] else '':>7}"
-        print(f"{row['sample_id']:>5}  {row['g']:6.3f}{el_cell}  {flags}  {row['text'][:70]}")
-    s = report.summary
-    name = {"holdout_mean": " (holdout mean)", "holdout_quantile": " (holdout 0.95 quantile)"}.get(threshold, "")
-    print(
-        f"{s['forget_samples']} samples: g mean {s['g_mean']:.3f}, max {s['g_max']:.3f}; {s['above_threshold']} "
-        f"above the threshold {s['threshold']:.3f}{name}; {s['verbatim_extractable']} verbatim-extractable"
-    )
-    if tested:
-        low, high = s["threshold_interval"]
-        print(
-            f"against {s['holdout_size']} holdout records: {s['flagged']} flagged as more memorized than unseen data "
-            f"(tail p-value below alpha {args.alpha:g} after Benjamini–Hochberg over {s['forget_samples']} records; "
-            f"any record at g >= {s['detectable_at']:.3f} is found); {s['over_forgotten_records']} stand out below "
-            f"unseen data in g or NLL (over-forgotten); threshold 95% bootstrap interval {low:.3f}–{high:.3f}"
-        )
-        if s["holdout_size"] < SMALL_HOLDOUT:
-            print(
-                f"warning: the holdout's tail is fitted to {s['holdout_size']} records, so only records far above "
-                f"them are found: give at least {SMALL_HOLDOUT} holdout records"
-            )
-    for attack in attacks:
-        print(attack_line(attack, s, tested, args))
-    print(verdict_text(s["verdict"]))
 
 
 def load_retrain(source: str | None, model: Any, dtype: Any) -> Any:
@@ -402,20 +362,6 @@ def audit_threshold(args: argparse.Namespace) -> str | float:
                 f"--threshold {threshold} is a threshold of the holdout: give --holdout, or a float"
             ) from None
     return check_threshold(threshold, "--threshold")
-
-
-def attack_line(attack: str, summary: dict, tested: bool, args: argparse.Namespace) -> str:
-    """One line of the audit: records above the threshold (discoverable, for sampling) after ``attack``, forget
-    and holdout."""
-    from lightning_unlearn.evaluation.recovery import DISCOVERY, DISCOVERY_SAMPLES
-
-    if attack == "sampling":
-        what = f"(n={DISCOVERY_SAMPLES}, p={DISCOVERY:g})-discoverable by sampling (second half from the first)"
-    else:
-        how = {"relearn": f"{args.relearn_steps} relearning steps (lr {args.relearn_lr:g}) on --relearn-data"}
-        what = f"above the threshold after {how.get(attack, attack + ' round-to-nearest (groups of 64)')}"
-    control = f"; holdout: {summary[f'{attack}_holdout_above']} of {summary['holdout_size']}" if tested else ""
-    return f"{attack}: {summary[f'{attack}_above']} of {summary['forget_samples']} records {what}{control}"
 
 
 def _fit(argv: list[str] | None) -> None:

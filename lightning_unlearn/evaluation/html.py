@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_unlearn.evaluation.report import Report, verdict_text
+from lightning_unlearn.evaluation.report_types import AttackVerdict
 
 #: the page's policy: nothing may be fetched, from anywhere (inline styles and SVG need no fetch)
 POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -92,7 +93,7 @@ def g_figure(before: Sequence[float], after: Sequence[float] | None, threshold: 
     return _svg(marks, "memorization g per record", legend)
 
 
-def verdict_figure(verdicts: Mapping[str, Mapping[str, Any]]) -> str:
+def verdict_figure(verdicts: Mapping[str, AttackVerdict]) -> str:
     """SVG: per attack, the forget records that come back (red) and those over-forgotten (blue), out of all."""
     rows = list(verdicts.items())
     height = 12 + 26 * len(rows)
@@ -187,8 +188,9 @@ def report_html(report: Report, title: str = "Memorization audit") -> str:
     figures = [
         ("Each record's g against the threshold", g_figure([r["g"] for r in report.rows], None, summary["threshold"]))
     ]
-    if summary.get("verdict"):
-        figures.append(("The verdict per attack: records back, and over-forgotten", verdict_figure(summary["verdict"])))
+    verdicts = summary.get("verdict")
+    if verdicts:
+        figures.append(("The verdict per attack: records back, and over-forgotten", verdict_figure(verdicts)))
     columns = [
         c
         for c in ("sample_id", "g", "nll", "p_value", "flagged", "over_forgotten", "above_threshold")

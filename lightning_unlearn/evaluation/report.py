@@ -21,12 +21,13 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from lightning_unlearn.evaluation.membership import MEMBERSHIP_ATTACKS
 from lightning_unlearn.evaluation.recovery import DISCOVERY, QUANTIZATIONS, recovery_scores, recovery_summary
+from lightning_unlearn.evaluation.report_types import AttackVerdict, ReportRow, ReportSummary
 from lightning_unlearn.evaluation.scoring import (
     eval_mode,
     extraction_likelihood,
@@ -56,12 +57,12 @@ ATTACK_COLUMNS = {"none": "g", "relearn": "relearn_g", "int8": "int8_g", "int4":
 
 @dataclass
 class Report:
-    """``rows``: one dict per forget sample; ``summary``: the aggregates (see the module docstring); ``holdout``:
-    the holdout records' scores by row column (``g``, ``nll`` and each attack's :data:`ATTACK_COLUMNS` column),
-    ``{column: {sample_id: value}}``: the control that :func:`attack_verdicts` judges the rows against."""
+    """``rows``: one :class:`ReportRow` per forget sample; ``summary``: the aggregates (:class:`ReportSummary`);
+    ``holdout``: the holdout records' scores by row column (``g``, ``nll`` and each attack's :data:`ATTACK_COLUMNS`
+    column), ``{column: {sample_id: value}}``: the control that :func:`attack_verdicts` judges the rows against."""
 
-    rows: list[dict[str, Any]]
-    summary: dict[str, Any]
+    rows: list[ReportRow]
+    summary: ReportSummary
     holdout: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
@@ -163,11 +164,11 @@ def memorization_report(
             with on_device(retrain, device):
                 reference = _attacked_report(retrain, datamodule, recovery_attacks, recovery_options)
             _add_retrain_g(rows, reference)
-        summary["verdict"] = attack_verdicts(report, alpha, reference) if has_holdout else None
-        if has_holdout:
-            _mark_records(report, summary["verdict"]["none"])
+        summary["verdict"] = verdicts = attack_verdicts(report, alpha, reference) if has_holdout else None
+        if verdicts is not None:
+            _mark_records(report, verdicts["none"])
         if el_n is not None:
-            summary[f"el_{el_n}_mean"] = statistics.fmean(row[f"el_{el_n}"] for row in rows)
+            untyped(summary)[f"el_{el_n}_mean"] = statistics.fmean(untyped(row)[f"el_{el_n}"] for row in rows)
         if datamodule.has_split("retain"):
             summary |= _retain_summary(model, datamodule, retain_before, collateral_drop)
         return report
@@ -192,7 +193,7 @@ def _holdout_and_threshold(
     return holdout, holdout_threshold(holdout_g, kind, quantile), list(bootstrap_interval(holdout_g, kind, quantile))
 
 
-def _add_retrain_g(rows: list[dict[str, Any]], reference: Report) -> None:
+def _add_retrain_g(rows: list[ReportRow], reference: Report) -> None:
     """Each row's ``retrain_g``: the record's g under the exact retrain (``reference``, its report)."""
     retrain_g = {row["sample_id"]: row["g"] for row in reference.rows}
     for row in rows:
@@ -205,7 +206,7 @@ def _forget_rows(
     el_n: int | None,
     verbatim_lengths: tuple[int, int] | None,
     duplicates: Sequence[int] | None,
-) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+) -> tuple[list[ReportRow], tuple[int, int]]:
     """One row per forget record (its measures: :func:`_measure_split`), and the verbatim lengths used: by default
     (50, 50), shortened to half of the shortest record each when that is shorter than 100 tokens."""
     if verbatim_lengths is None:
@@ -215,7 +216,7 @@ def _forget_rows(
     forget = _measure_split(model, datamodule.scoring_dataloader("forget"), texts, el_n, verbatim_lengths)
     rows = []
     for sample_id in sorted(forget):
-        row = {"sample_id": sample_id, "text": texts[sample_id][:80], **forget[sample_id]}
+        row = cast(ReportRow, {"sample_id": sample_id, "text": texts[sample_id][:80], **forget[sample_id]})
         if duplicates is not None:
             row["duplicates"] = duplicates[sample_id]
         rows.append(row)
@@ -223,12 +224,12 @@ def _forget_rows(
 
 
 def _forget_summary(
-    rows: list[dict[str, Any]],
+    rows: list[ReportRow],
     threshold: float,
     interval: list[float] | None,
     band: tuple[float, float],
     verbatim_lengths: tuple[int, int],
-) -> dict[str, Any]:
+) -> ReportSummary:
     """The forget set's summary (and each row's ``above_threshold``)."""
     g = [row["g"] for row in rows]
     for row in rows:
@@ -248,12 +249,12 @@ def _forget_summary(
 
 
 def _holdout_summary(
-    rows: list[dict[str, Any]],
+    rows: list[ReportRow],
     holdout: Mapping[int, Mapping[str, Any]],
     k_std: float,
     band_quantiles: tuple[float, float],
     alpha: float,
-) -> dict[str, Any]:
+) -> ReportSummary:
     """What the holdout adds to the summary: its g, the bands' outlier counts, the over-forgotten count, its NLL and
     each membership attack's AUC (forget against holdout)."""
     g = [row["g"] for row in rows]
@@ -270,7 +271,9 @@ def _holdout_summary(
         "alpha": alpha,
         "holdout_nll": statistics.fmean(value["nll"] for value in holdout.values()),
         "membership_auc": {
-            name: membership_auc([row[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()])
+            name: membership_auc(
+                [untyped(row)[f"{name}_score"] for row in rows], [v[f"{name}_score"] for v in holdout.values()]
+            )
             for name in MEMBERSHIP_ATTACKS
         },
     }
@@ -279,8 +282,8 @@ def _holdout_summary(
 def _add_recovery(
     model: torch.nn.Module,
     datamodule: Any,
-    rows: list[dict[str, Any]],
-    summary: dict[str, Any],
+    rows: list[ReportRow],
+    summary: ReportSummary,
     recovery_attacks: Sequence[str],
     recovery_options: Mapping[str, Any] | None,
 ) -> dict[str, dict[int, float]]:
@@ -289,8 +292,8 @@ def _add_recovery(
     attacked = recovery_scores(model, datamodule, recovery_attacks, **(recovery_options or {}))
     for row in rows:
         for attack, scores in attacked.items():
-            row[ATTACK_COLUMNS[attack]] = scores["forget"][row["sample_id"]]
-    summary |= recovery_summary(attacked, summary["threshold"])
+            untyped(row)[ATTACK_COLUMNS[attack]] = scores["forget"][row["sample_id"]]
+    untyped(summary).update(recovery_summary(attacked, summary["threshold"]))
     if any(attack in QUANTIZATIONS for attack in recovery_attacks):
         summary["quantized_weights"] = "merged (base + adapter)" if is_adapted(model) else "the model's own"
     return {ATTACK_COLUMNS[attack]: scores.get("holdout", {}) for attack, scores in attacked.items()}
@@ -298,17 +301,17 @@ def _add_recovery(
 
 def _retain_summary(
     model: torch.nn.Module, datamodule: Any, retain_before: Mapping[int, float] | None, collateral_drop: float
-) -> dict[str, Any]:
+) -> ReportSummary:
     """The retain split's mean g, and with ``retain_before`` its mean g before and the collateral count."""
     retain = score_memorization(model, datamodule.scoring_dataloader("retain"))
-    summary: dict[str, Any] = {"retain_g": statistics.fmean(retain.values())}
+    summary: ReportSummary = {"retain_g": statistics.fmean(retain.values())}
     if retain_before is not None:
         summary["retain_g_before"] = statistics.fmean(retain_before.values())
         summary["collateral"] = sum(retain_before[i] - value > collateral_drop for i, value in retain.items())
     return summary
 
 
-def attack_verdicts(report: Report, alpha: float = 0.05, retrain: Report | None = None) -> dict[str, dict[str, Any]]:
+def attack_verdicts(report: Report, alpha: float = 0.05, retrain: Report | None = None) -> dict[str, AttackVerdict]:
     """The per-record verdict under each attack that the report carries (:data:`ATTACK_COLUMNS`, ``"none"``
     first): :func:`~lightning_unlearn.functional.verdict.record_verdict` of the forget records' scores against the
     holdout's under the same attack (no attack: over-forgotten in g or in NLL too), and with ``retrain`` (its
@@ -326,10 +329,10 @@ def attack_verdicts(report: Report, alpha: float = 0.05, retrain: Report | None 
     for attack, column in ATTACK_COLUMNS.items():
         if not report.rows or column not in report.rows[0] or not report.holdout.get(column):
             continue
-        scores, unseen = [row[column] for row in report.rows], list(report.holdout[column].values())
+        scores, unseen = [untyped(row)[column] for row in report.rows], list(report.holdout[column].values())
         reference, reference_unseen = None, None
         if retrain is not None and column in retrain.rows[0]:
-            by_id = {row["sample_id"]: row[column] for row in retrain.rows}
+            by_id = {row["sample_id"]: untyped(row)[column] for row in retrain.rows}
             reference = [by_id[i] for i in ids]
             reference_unseen = list(retrain.holdout.get(column, {}).values()) or None
         if attack == "sampling":
@@ -345,8 +348,8 @@ def attack_verdicts(report: Report, alpha: float = 0.05, retrain: Report | None 
     return verdicts
 
 
-def _verdict_fields(verdict: RecordVerdict, ids: Sequence[int], holdout_records: int) -> dict[str, Any]:
-    fields = {
+def _verdict_fields(verdict: RecordVerdict, ids: Sequence[int], holdout_records: int) -> AttackVerdict:
+    fields: AttackVerdict = {
         "back": len(verdict.back),
         "back_ids": [ids[i] for i in verdict.back],
         "over_forgotten": len(verdict.over_forgotten),
@@ -366,7 +369,7 @@ def _verdict_fields(verdict: RecordVerdict, ids: Sequence[int], holdout_records:
     return fields
 
 
-def _mark_records(report: Report, verdict: Mapping[str, Any]) -> None:
+def _mark_records(report: Report, verdict: AttackVerdict) -> None:
     """Each row's tail p-value against the holdout (no attack), whether it is ``flagged`` (back: stands out above
     the unseen records) or ``over_forgotten`` (stands out below them, in g or NLL), and the summary's counts."""
     holdout_g = torch.tensor(list(report.holdout["g"].values()))
@@ -379,7 +382,7 @@ def _mark_records(report: Report, verdict: Mapping[str, Any]) -> None:
     report.summary["detectable_at"] = verdict["detectable_at"]
 
 
-def verdict_text(verdicts: Mapping[str, Mapping[str, Any]] | None) -> str:
+def verdict_text(verdicts: Mapping[str, AttackVerdict] | None) -> str:
     """The verdict in lines: per attack, the forget records that come back (stand out above the holdout under the
     same attack), the over-forgotten ones, the g from which a record is found, and with a retrain the KS test and
     the retrain's own records back; without a holdout, a line saying there is nothing to judge against."""
@@ -419,15 +422,21 @@ def _attacked_report(
     score under each of recovery ``attacks`` (rows in sample_id order), and the holdout's alike."""
     splits = ("forget", "holdout") if datamodule.has_split("holdout") else ("forget",)
     scores = {split: score_memorization(model, datamodule.scoring_dataloader(split)) for split in splits}
-    rows = [{"sample_id": i, "g": g} for i, g in sorted(scores["forget"].items())]
+    rows: list[ReportRow] = [{"sample_id": i, "g": g} for i, g in sorted(scores["forget"].items())]
     holdout = {"g": scores.get("holdout", {})}
     if attacks:
         attacked = recovery_scores(model, datamodule, attacks, splits=splits, **(options or {}))
         for attack, by_split in attacked.items():
             for row in rows:
-                row[ATTACK_COLUMNS[attack]] = by_split["forget"][row["sample_id"]]
+                untyped(row)[ATTACK_COLUMNS[attack]] = by_split["forget"][row["sample_id"]]
             holdout[ATTACK_COLUMNS[attack]] = by_split.get("holdout", {})
     return Report(rows=rows, summary={}, holdout=holdout)
+
+
+def untyped(part: ReportRow | ReportSummary) -> dict[str, Any]:
+    """``part`` as a plain dict, for the keys named at run time (``el_{n}``, ``{attack}_score``, ``{attack}_above``,
+    :data:`ATTACK_COLUMNS`' columns), which a ``TypedDict`` cannot list."""
+    return cast(dict[str, Any], part)
 
 
 def _outliers(g: Sequence[float], lower: float, upper: float) -> dict[str, float]:

@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import math
+import re
 import statistics
 
 import matplotlib.image
@@ -25,6 +26,23 @@ from tests.conftest import unlearning_data
 @pytest.fixture(scope="module")
 def report(small_testbed):
     return memorization_report(small_testbed.model, unlearning_data(small_testbed), duplicates=small_testbed.duplicates)
+
+
+def assert_typed(report) -> None:
+    """Every key of the report's rows, summary and verdicts is one its TypedDict declares, or one named at run time
+    (``el_{n}``, ``{attack}_score``, ``{attack}_above``, …)."""
+    from lightning_unlearn.evaluation.report_types import AttackVerdict, ReportRow, ReportSummary
+
+    run_time = re.compile(r"el_\d+(_mean)?|\w+_score|(relearn|int8|int4|sampling)(_holdout)?_(above|mean)")
+    for typed, keys in [(ReportRow, {key for row in report.rows for key in row}), (ReportSummary, set(report.summary))]:
+        assert {key for key in keys - set(typed.__annotations__) if not run_time.fullmatch(key)} == set(), typed
+    for verdict in (report.summary.get("verdict") or {}).values():
+        assert set(verdict) <= set(AttackVerdict.__annotations__)
+
+
+def test_the_reports_keys_are_its_typed_ones(report):
+    assert_typed(report)
+    assert {"el_10", "loss_score", "zlib_score", "min_k_score"} <= set(report.rows[0])  # the run-time names
 
 
 def test_table_matches_the_metrics(report, small_testbed):
@@ -174,3 +192,4 @@ def test_the_report_judges_each_record_against_the_holdout_and_the_retrain_under
     assert "none: FAILED" in text and "is found" in text and "against the retrain: KS" in text
     plain = memorization_report(small_testbed.model, unlearning_data(small_testbed, holdout=None), threshold=0.5)
     assert plain.summary["verdict"] is None and "no verdict" in verdict_text(None)
+    assert_typed(report), assert_typed(plain)
