@@ -267,3 +267,18 @@ def test_behaviour_kept_runs_a_side_and_flags_any_change(small_testbed, testbed_
     nudged = {"ga-mean": {"steps": side["ga-mean"]["steps"], "g": [g + 2e-6 for g in side["ga-mean"]["g"]]}}
     assert compare(side, side, 1e-6)[1] and not compare(side, nudged, 1e-6)[1]
     assert not compare(side, {"ga-mean": {**side["ga-mean"], "steps": side["ga-mean"]["steps"] + 1}}, 1e-6)[1]
+
+
+@pytest.mark.slow
+def test_where_records_live_judges_each_part_moved_and_reverted_alone(small_testbed, testbed_cache, tmp_path):
+    """The whole model moved alone is the line's end, reverted alone is the original; the layers, the embeddings
+    and the final parts hold every parameter once; the figure is a PNG."""
+    figure = tmp_path / "where.png"
+    args = ["--small", "--grid", "0,1", "--max-steps", "20", "--figure", str(figure)]
+    out = run_on_small_testbed(testbed_cache, "benchmarks/where_records_live.py", *args)
+    line = {row.split(" | ")[0][2:]: row.split(" | ")[1] for row in out.splitlines() if re.match(r"\| [01] \|", row)}
+    parts = {row.split(" | ")[0][2:]: row.split(" | ")[1:] for row in out.splitlines() if row.startswith("| ")}
+    assert parts["all"][2] == f"{line['0']}, {line['1']}" and parts["all"][4].rstrip(" |") == line["0"], out
+    places = [cells for label, cells in parts.items() if re.fullmatch(r"layer \d+|embeddings|final", label)]
+    assert sum(float(cells[0].rstrip("%")) for cells in places) == pytest.approx(100.0, abs=0.5), out
+    assert {"attention", "mlp"} <= set(parts) and figure.read_bytes()[:4] == b"\x89PNG"
