@@ -301,7 +301,7 @@ def _checked_inputs(
     the model (loaded when given by name) and the datamodule, set up."""
     if check_method(method).needs_retain and retain is None:
         raise ConfigurationError(f"method {method!r} keeps the retain texts: give retain=, or choose method 'sga'")
-    if "relearn" in recovery_attacks and retain is None:
+    if {"relearn", "relearn_sweep"} & set(recovery_attacks) and retain is None:
         raise ConfigurationError("the relearning attack fine-tunes on the retain texts: give retain=")
     tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
     datamodule = UnlearningDataModule(tokenizer, forget, retain=retain, holdout=holdout, **data_options)

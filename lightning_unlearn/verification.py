@@ -243,7 +243,7 @@ def _check_attacks(recovery_attacks: tuple[str, ...] | list[str], holdout: Any, 
         raise ConfigurationError(
             "recovery attacks are judged against unseen texts under the same attack: give holdout="
         )
-    if "relearn" in recovery_attacks and relearn is None:
+    if {"relearn", "relearn_sweep"} & set(recovery_attacks) and relearn is None:
         raise ConfigurationError(
             "the relearning attack fine-tunes on texts of the same kind, never the records: give relearn="
         )

@@ -2,7 +2,7 @@
 
     lightning-unlearn unlearn --model ID_OR_DIR --forget FILE --holdout FILE [--retain FILE] --output DIR
                               [--method sga-kl|sga|npo-kl|ta|tau|ga-mean|...] [--peft lora] [--retrain MODEL]
-                              [--recovery-attacks relearn,int8,int4,sampling]
+                              [--recovery-attacks relearn,relearn_sweep,int8,int4,sampling]
                               [--accelerator auto] [--precision bf16-mixed|32-true] [--max-steps 600]
                               [--trainer.KEY=VALUE] [--method.KEY=VALUE] [--checkpoints DIR [--checkpoint-every 10]]
     lightning-unlearn demo [--output DIR] [--methods sga-kl,ta,...|all] [--seed N | --seeds 0,1,2] [--small]
@@ -11,11 +11,12 @@
     lightning-unlearn fit --config FILE.yaml [--trainer.max_epochs=...] [--output DIR]
     lightning-unlearn audit --model PATH_OR_ID --data FILE [--holdout FILE] [--alpha 0.05] [--el] [--output DIR]
                             [--utility TASK,... [--include-path DIR]]
-                            [--recovery-attacks relearn,int8,int4,sampling [--relearn-data FILE]] [--retrain MODEL]
+                            [--recovery-attacks relearn,relearn_sweep,int8,int4,sampling [--relearn-data FILE]]
+                            [--retrain MODEL]
     lightning-unlearn plan --model PATH_OR_ID_OR_CONFIG --method NAME [--peft lora] [--devices N]
                            [--strategy ddp|deepspeed_stage_3] [--batch-size 8] [--max-length 512]
     lightning-unlearn verify --model PATH_OR_ID --record unlearning.json --forget FILE [--holdout FILE]
-                             [--recovery-attacks relearn,int8,int4,sampling [--relearn-data FILE]]
+                             [--recovery-attacks relearn,relearn_sweep,int8,int4,sampling [--relearn-data FILE]]
 
 ``unlearn`` is :func:`lightning_unlearn.unlearn` on files: it writes the unlearned model and ``unlearning.json`` (the
 rule, the threshold, every record's g before and after, holdout NLL and attack AUCs before and after) to ``--output``,
@@ -154,10 +155,7 @@ def _verify(args: argparse.Namespace) -> int:
     from lightning_unlearn.verification import read_record, verify
 
     attacks = _names(args.recovery_attacks)
-    if "relearn" in attacks and not args.relearn_data:
-        raise ConfigurationError(
-            "--recovery-attacks relearn needs --relearn-data: texts of the same kind, never the records"
-        )
+    _check_relearn_data(attacks, args.relearn_data, "the records")
     read_record(args.record)  # a malformed record fails before any model loads
     found = verify(
         args.model,
@@ -172,6 +170,15 @@ def _verify(args: argparse.Namespace) -> int:
     if args.report:
         _write_report(args.report, found.html())
     return 0 if found.passed else 1
+
+
+def _check_relearn_data(attacks: list[str], relearn_data: str | None, records: str) -> None:
+    """A clear error when a relearning attack is asked for without the texts it fine-tunes on."""
+    relearning = [attack for attack in attacks if attack.startswith("relearn")]
+    if relearning and not relearn_data:
+        raise ConfigurationError(
+            f"--recovery-attacks {relearning[0]} needs --relearn-data: texts of the same kind, never {records}"
+        )
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -279,10 +286,7 @@ def _audit(args: argparse.Namespace) -> None:
 
     tasks = _names(args.utility)
     attacks = check_recovery_attacks(_names(args.recovery_attacks), where=" in --recovery-attacks")
-    if "relearn" in attacks and not args.relearn_data:
-        raise ConfigurationError(
-            "--recovery-attacks relearn needs --relearn-data: texts of the same kind, never the audited records"
-        )
+    _check_relearn_data(attacks, args.relearn_data, "the audited records")
     if tasks:  # an unknown task or a missing lm-eval fails before any model loads
         manager = task_manager(args.include_path)
         check_tasks(tasks, manager)
@@ -448,7 +452,8 @@ def parser() -> argparse.ArgumentParser:
         "--retrain", help="a model trained without the forget texts: the result is judged against it, per attack"
     )
     unlearn.add_argument(
-        "--recovery-attacks", help="comma-separated, from relearn, int8, int4, sampling: run on the result"
+        "--recovery-attacks",
+        help="comma-separated, from relearn, relearn_sweep, int8, int4, sampling: run on the result",
     )
     unlearn.add_argument("--tokenizer", help="default: the model's own")
     unlearn.add_argument("--peft", choices=("lora",), help="train a LoRA adapter on every linear layer, then merge it")
@@ -492,7 +497,8 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--include-path", help="a folder of lm-eval task YAML for --utility (else built-in tasks)")
     audit.add_argument("--batch-size", type=int, default=16, help="requests per forward pass for --utility")
     audit.add_argument(
-        "--recovery-attacks", help="comma-separated, from relearn, int8, int4, sampling: each run on a copy"
+        "--recovery-attacks",
+        help="comma-separated, from relearn, relearn_sweep, int8, int4, sampling: each run on a copy",
     )
     audit.add_argument(
         "--retrain",
@@ -528,7 +534,7 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--forget", required=True, help="the forget texts the record was made for")
     verify.add_argument("--holdout", help="unseen texts of the same kind (the record's holdout): re-run the verdict")
     verify.add_argument(
-        "--recovery-attacks", help="comma-separated, from relearn, int8, int4, sampling (need --holdout)"
+        "--recovery-attacks", help="comma-separated, from relearn, relearn_sweep, int8, int4, sampling (need --holdout)"
     )
     verify.add_argument("--relearn-data", help="texts the relearning attack fine-tunes on (never the records)")
     verify.add_argument("--accelerator", default="auto", help="where to score: auto, cpu, gpu")

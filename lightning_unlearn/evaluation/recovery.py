@@ -5,7 +5,8 @@ works on a copy and leaves the model it is given as it was:
 
 - :func:`relearn`: fine-tune a copy on *other* texts (related data, never the forget records) for a few steps of
   Adam on the NLL: the attack that shows whether unlearning removed the records or only hid them (Hu et al. 2025,
-  "Unlearning or Obfuscating?").
+  "Unlearning or Obfuscating?"). :func:`relearn_sweep` runs it over a grid of learning rates and step counts and
+  keeps the worst case (on request: ``"relearn_sweep"``).
 - :func:`quantize`: round every linear layer's weight to int8 or int4, per group of inputs (round-to-nearest,
   any device; or bitsandbytes' own 8-bit and 4-bit FP4 (or NF4) codes on a GPU where it is installed): small unlearning
   updates can fall inside a quantization bin and vanish (Zhang et al. 2025).
@@ -22,7 +23,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -32,13 +34,21 @@ from lightning_unlearn.data import relearn_split
 from lightning_unlearn.distributed.zero import has_sharded_parameters
 from lightning_unlearn.evaluation.scoring import eval_mode, score_memorization
 from lightning_unlearn.functional.memorization import next_token_targets, predicted_positions, sequence_nll, token_nll
+from lightning_unlearn.functional.verdict import record_verdict
 from lightning_unlearn.integrations.peft import add_adapter, is_adapted
 from lightning_unlearn.utilities.errors import ConfigurationError
 
 #: attack name -> bits
 QUANTIZATIONS = {"int8": 8, "int4": 4}
-#: The recovery attacks by name, as reports, the audit, ``unlearn`` and ``RecoveryCheck`` take them.
+#: The recovery attacks run by default (the demo's, ``RecoveryCheck``'s, :func:`recovery_scores`').
 RECOVERY_ATTACKS = ("relearn", *QUANTIZATIONS, "sampling")
+#: Every recovery attack by name, as reports, the audit, ``unlearn`` and ``RecoveryCheck`` take them: the defaults
+#: and, on request, the relearning sweep (a relearning run per learning rate of :data:`RELEARN_SWEEP`).
+ALL_RECOVERY_ATTACKS = ("relearn", "relearn_sweep", *QUANTIZATIONS, "sampling")
+#: The relearning sweep's grid, (learning rates, step counts): published relearning attacks use 50 to 500 steps at
+#: learning rates from 1e-6 to 3e-3 and report the worst case over such a sweep (Hu et al. 2025; Lee et al. 2025,
+#: UNDO); one run per learning rate, scored after each step count.
+RELEARN_SWEEP: tuple[tuple[float, ...], tuple[int, ...]] = ((1e-5, 1e-4, 1e-3), (20, 100))
 #: a record is (n, p)-discoverable at p = 0.5 ...
 DISCOVERY = 0.5
 #: ... in n = 100 samples
@@ -68,6 +78,7 @@ def relearn(
     peft: Any = None,
     attack_batch_size: int = ATTACK_BATCH_SIZE,
     trained: Literal["auto", "adapter", "all"] = "auto",
+    after_step: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> torch.nn.Module:
     """The relearning attack: a copy of ``model`` fine-tuned for ``steps`` Adam steps on the mean NLL of the
     batches of ``dataloader`` (cycled; ``{"input_ids", "attention_mask"}``, as any of our loaders yields), in eval
@@ -88,6 +99,7 @@ def relearn(
         attack_batch_size: rows per forward and backward.
         trained: on an adapted model (a ``peft.PeftModel``), ``"auto"`` and ``"adapter"`` train its adapter (the
             cheapest route), ``"all"`` every weight of its merged model; on any other model every weight.
+        after_step: called with the step count (from 1) and the attacked copy after each step (to score it).
 
     Returns:
         The fine-tuned copy (a ``peft.PeftModel`` with ``peft`` or an adapter trained).
@@ -104,7 +116,7 @@ def relearn(
     optimizer = torch.optim.Adam(masters, lr=learning_rate, betas=betas)
     batches = itertools.cycle(dataloader)
     with eval_mode(attacked):
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             _accumulate_nll_gradient(attacked, next(batches), attack_batch_size)
             for parameter, master in zip(parameters, masters, strict=True):
                 if master is not parameter:
@@ -115,8 +127,57 @@ def relearn(
                 for parameter, master in zip(parameters, masters, strict=True):
                     if master is not parameter:
                         parameter.copy_(master)
+            if after_step is not None:
+                after_step(step, attacked)
     attacked.requires_grad_(False)
     return attacked
+
+
+@dataclass
+class SweepPoint:
+    """One point of :func:`relearn_sweep`: its learning rate and step count, the forget records that come back
+    under it (stand out above the holdout relearned alike: ``back``, a count) and every record's g under it
+    (``scores``: ``{split: {sample_id: g}}``)."""
+
+    learning_rate: float
+    steps: int
+    back: int
+    scores: dict[str, dict[int, float]]
+
+
+def relearn_sweep(
+    model: torch.nn.Module,
+    datamodule: Any,
+    dataloader: Iterable[Mapping[str, Tensor]],
+    grid: tuple[Sequence[float], Sequence[int]] = RELEARN_SWEEP,
+    alpha: float = 0.05,
+    attack_batch_size: int = ATTACK_BATCH_SIZE,
+) -> list[SweepPoint]:
+    """The relearning attack at every (learning rate, step count) of ``grid``: one :func:`relearn` run per learning
+    rate, its copy scored on the forget and holdout splits after each step count; a point's ``back`` is the
+    per-record verdict's (:func:`~lightning_unlearn.functional.verdict.record_verdict` at ``alpha``) against the
+    holdout under the same point. :func:`worst_point` picks the worst case."""
+    learning_rates, step_counts = grid
+    if not learning_rates or not step_counts or min(step_counts) < 1:
+        raise ConfigurationError(f"the relearning sweep needs learning rates and step counts >= 1, got {grid}")
+    loaders = {split: datamodule.scoring_dataloader(split) for split in ("forget", "holdout")}
+    points: list[SweepPoint] = []
+    for learning_rate in learning_rates:
+
+        def score(step: int, attacked: torch.nn.Module, rate: float = learning_rate) -> None:
+            if step in step_counts:
+                scores = {split: score_memorization(attacked, loader) for split, loader in loaders.items()}
+                back = record_verdict(list(scores["forget"].values()), list(scores["holdout"].values()), alpha).back
+                points.append(SweepPoint(rate, step, len(back), scores))
+
+        steps = max(step_counts)
+        relearn(model, dataloader, steps, learning_rate, attack_batch_size=attack_batch_size, after_step=score)
+    return points
+
+
+def worst_point(points: Sequence[SweepPoint]) -> SweepPoint:
+    """The sweep's worst case: the most forget records back, then the highest mean forget g."""
+    return max(points, key=lambda p: (p.back, math.fsum(p.scores["forget"].values())))
 
 
 def _attack_copy(model: torch.nn.Module, peft: Any, trained: str) -> torch.nn.Module:
@@ -348,13 +409,16 @@ def recovery_scores(
     quantization_backend: Literal["rtn", "bitsandbytes"] = "rtn",
     num_samples: int = DISCOVERY_SAMPLES,
     splits: Iterable[str] = ("forget", "holdout"),
+    relearn_sweep_grid: tuple[Sequence[float], Sequence[int]] = RELEARN_SWEEP,
+    alpha: float = 0.05,
 ) -> dict[str, dict[str, dict[int, float]]]:
     """Per attack, per split, each record's score on the attacked model: ``{attack: {split: {sample_id: value}}}``.
 
     The value is g for ``"relearn"``, ``"int8"`` and ``"int4"``, and the (n = ``num_samples``) discovery
     probability of the record's second half for ``"sampling"`` (the model itself, no copy). Relearning needs
     ``relearn_dataloader`` (default: the datamodule's relearn split in one batch, else its retain split; each step
-    in micro-batches of ``attack_batch_size`` rows).
+    in micro-batches of ``attack_batch_size`` rows). ``"relearn_sweep"`` is the worst point of
+    :func:`relearn_sweep` over ``relearn_sweep_grid`` (the verdict at ``alpha`` against the holdout picks it).
     """
     attacks = check_recovery_attacks(attacks)
     datamodule.setup()
@@ -362,9 +426,15 @@ def recovery_scores(
     loaders = {split: datamodule.scoring_dataloader(split) for split in splits}
     results: dict[str, dict[str, dict[int, float]]] = {}
     for attack in attacks:
+        if attack.startswith("relearn") and relearn_dataloader is None:
+            relearn_dataloader = relearn_texts_in_one_batch(datamodule)
+        if attack == "relearn_sweep":
+            if not datamodule.has_split("holdout"):
+                raise ConfigurationError("the relearning sweep picks its worst case against holdout records: give some")
+            points = relearn_sweep(model, datamodule, relearn_dataloader, relearn_sweep_grid, alpha, attack_batch_size)
+            results[attack] = {split: worst_point(points).scores[split] for split in splits}
+            continue
         if attack == "relearn":
-            if relearn_dataloader is None:
-                relearn_dataloader = relearn_texts_in_one_batch(datamodule)
             attacked = relearn(
                 model,
                 relearn_dataloader,
@@ -393,12 +463,13 @@ def _discovery(num_samples: int) -> Any:
 
 
 def check_recovery_attacks(attacks: Iterable[str], where: str = "") -> list[str]:
-    """``attacks`` as a list; a clear error (naming ``where`` they came from) for a name not in RECOVERY_ATTACKS."""
+    """``attacks`` as a list; a clear error (naming ``where`` they came from) for a name not in
+    :data:`ALL_RECOVERY_ATTACKS`."""
     attacks = list(attacks)
-    unknown = sorted(set(attacks) - set(RECOVERY_ATTACKS))
+    unknown = sorted(set(attacks) - set(ALL_RECOVERY_ATTACKS))
     if unknown:
         raise ConfigurationError(
-            f"unknown attack(s) {', '.join(unknown)}{where}; choose from {', '.join(RECOVERY_ATTACKS)}"
+            f"unknown attack(s) {', '.join(unknown)}{where}; choose from {', '.join(ALL_RECOVERY_ATTACKS)}"
         )
     return attacks
 

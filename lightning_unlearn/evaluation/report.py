@@ -26,7 +26,16 @@ from typing import Any, cast
 import torch
 
 from lightning_unlearn.evaluation.membership import MEMBERSHIP_ATTACKS
-from lightning_unlearn.evaluation.recovery import DISCOVERY, QUANTIZATIONS, recovery_scores, recovery_summary
+from lightning_unlearn.evaluation.recovery import (
+    DISCOVERY,
+    QUANTIZATIONS,
+    RELEARN_SWEEP,
+    recovery_scores,
+    recovery_summary,
+    relearn_sweep,
+    relearn_texts_in_one_batch,
+    worst_point,
+)
 from lightning_unlearn.evaluation.report_types import AttackVerdict, ReportRow, ReportSummary
 from lightning_unlearn.evaluation.scoring import (
     eval_mode,
@@ -52,7 +61,14 @@ from lightning_unlearn.utilities.extras import require_demo
 from lightning_unlearn.utilities.files import atomic_file, write_text_atomically
 
 #: The row column that holds each attack's score of a forget record ("none": the model as it is).
-ATTACK_COLUMNS = {"none": "g", "relearn": "relearn_g", "int8": "int8_g", "int4": "int4_g", "sampling": "sampling_p"}
+ATTACK_COLUMNS = {
+    "none": "g",
+    "relearn": "relearn_g",
+    "relearn_sweep": "relearn_sweep_g",
+    "int8": "int8_g",
+    "int4": "int4_g",
+    "sampling": "sampling_p",
+}
 
 
 @dataclass
@@ -157,12 +173,13 @@ def memorization_report(
             summary |= _holdout_summary(rows, holdout, k_std, band_quantiles, alpha)
         held = {column: {i: value[column] for i, value in holdout.items()} for column in ("g", "nll")}
         if recovery_attacks:
-            held |= _add_recovery(model, datamodule, rows, summary, recovery_attacks, recovery_options)
+            held |= _add_recovery(model, datamodule, rows, summary, recovery_attacks, recovery_options, alpha)
         report = Report(rows=rows, summary=summary, holdout=held if has_holdout else {})
         reference = None
         if retrain is not None:
             with on_device(retrain, device):
-                reference = _attacked_report(retrain, datamodule, recovery_attacks, recovery_options)
+                options = _identical_attacks(summary, recovery_options)
+                reference = _attacked_report(retrain, datamodule, recovery_attacks, options)
             _add_retrain_g(rows, reference)
         summary["verdict"] = verdicts = attack_verdicts(report, alpha, reference) if has_holdout else None
         if verdicts is not None:
@@ -286,10 +303,27 @@ def _add_recovery(
     summary: ReportSummary,
     recovery_attacks: Sequence[str],
     recovery_options: Mapping[str, Any] | None,
+    alpha: float,
 ) -> dict[str, dict[int, float]]:
     """Runs the recovery attacks: each row gains its column per attack and the summary
-    :func:`~lightning_unlearn.evaluation.recovery.recovery_summary`; returns the holdout's columns."""
-    attacked = recovery_scores(model, datamodule, recovery_attacks, **(recovery_options or {}))
+    :func:`~lightning_unlearn.evaluation.recovery.recovery_summary` (and, for the relearning sweep, its worst
+    point and grid: ``relearn_sweep_worst``); returns the holdout's columns."""
+    options = dict(recovery_options or {})
+    attacks = [attack for attack in recovery_attacks if attack != "relearn_sweep"]
+    attacked = recovery_scores(model, datamodule, attacks, **options)
+    if "relearn_sweep" in recovery_attacks:
+        loader = options.get("relearn_dataloader") or relearn_texts_in_one_batch(datamodule)
+        grid = options.get("relearn_sweep_grid", RELEARN_SWEEP)
+        batch = {"attack_batch_size": options["attack_batch_size"]} if "attack_batch_size" in options else {}
+        points = relearn_sweep(model, datamodule, loader, grid, alpha, **batch)
+        worst = worst_point(points)
+        attacked["relearn_sweep"] = worst.scores
+        summary["relearn_sweep_worst"] = {
+            "learning_rate": worst.learning_rate,
+            "steps": worst.steps,
+            "back": worst.back,
+            "grid": [{"learning_rate": p.learning_rate, "steps": p.steps, "back": p.back} for p in points],
+        }
     for row in rows:
         for attack, scores in attacked.items():
             untyped(row)[ATTACK_COLUMNS[attack]] = scores["forget"][row["sample_id"]]
@@ -413,6 +447,16 @@ def verdict_text(verdicts: Mapping[str, AttackVerdict] | None) -> str:
             "by a membership attack as memorized ones"
         )
     return "\n".join(lines)
+
+
+def _identical_attacks(summary: ReportSummary, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The recovery options for the retrain's side: the same, with the relearning sweep reduced to the model's worst
+    point (the retrain under the identical attack)."""
+    options = dict(options or {})
+    worst = summary.get("relearn_sweep_worst")
+    if worst is not None:
+        options["relearn_sweep_grid"] = ((worst["learning_rate"],), (worst["steps"],))
+    return options
 
 
 def _attacked_report(

@@ -17,7 +17,8 @@ class ReportRow(TypedDict, total=False):
     With a holdout: ``p_value`` (tail p-value of g against the holdout), ``flagged`` (comes back: stands out above
     the unseen records) and ``over_forgotten`` (stands out below them, in g or NLL). With recovery attacks, the
     record's score after each (``relearn_g``, ``int8_g``, ``int4_g``: g; ``sampling_p``: the chance that 100
-    samples reproduce its second half); with a retrain, ``retrain_g``.
+    samples reproduce its second half; ``relearn_sweep_g``: g at the relearning sweep's worst point); with a
+    retrain, ``retrain_g``.
     """
 
     sample_id: int
@@ -34,6 +35,7 @@ class ReportRow(TypedDict, total=False):
     flagged: bool
     over_forgotten: bool
     relearn_g: float
+    relearn_sweep_g: float
     int8_g: float
     int4_g: float
     sampling_p: float
@@ -64,6 +66,20 @@ class AttackVerdict(TypedDict, total=False):
     retrain_back: int
 
 
+class SweepPointSummary(TypedDict):
+    """A point of the relearning sweep: its learning rate, step count, and the forget records back under it."""
+
+    learning_rate: float
+    steps: int
+    back: int
+
+
+class RelearnSweepWorst(SweepPointSummary):
+    """The relearning sweep's worst point, and every point of its grid."""
+
+    grid: list[SweepPointSummary]
+
+
 class ReportSummary(TypedDict, total=False):
     """The report's aggregates (:func:`~lightning_unlearn.evaluation.report.memorization_report`).
 
@@ -75,7 +91,8 @@ class ReportSummary(TypedDict, total=False):
     ``flagged`` and ``over_forgotten_records`` (the verdict with no attack) and ``detectable_at``. With recovery
     attacks, per attack (``relearn``, ``int8``, ``int4``, ``sampling``) ``{attack}_above``,
     ``{attack}_holdout_above``, ``{attack}_mean`` and ``{attack}_holdout_mean`` (keys named at run time, not listed)
-    and ``quantized_weights``. With a retain split: ``retain_g`` and, given the retain g before,
+    and ``quantized_weights``; with the relearning sweep, its worst point (``relearn_sweep_worst``). With a retain
+    split: ``retain_g`` and, given the retain g before,
     ``retain_g_before`` and ``collateral``. ``el_{n}_mean`` with EL_n; ``utility`` when lm-eval tasks ran.
     """
 
@@ -102,6 +119,7 @@ class ReportSummary(TypedDict, total=False):
     over_forgotten_records: int
     detectable_at: float
     quantized_weights: str
+    relearn_sweep_worst: RelearnSweepWorst
     retain_g: float
     retain_g_before: float
     collateral: int

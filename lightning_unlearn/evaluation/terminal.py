@@ -76,6 +76,12 @@ def _attack_line(attack: str, s: ReportSummary, tested: bool, relearning: tuple[
         what = f"(n={DISCOVERY_SAMPLES}, p={DISCOVERY:g})-discoverable by sampling (second half from the first)"
     elif attack == "relearn" and relearning is not None:
         what = f"above the threshold after {relearning[0]} relearning steps (lr {relearning[1]:g}) on --relearn-data"
+    elif attack == "relearn_sweep" and "relearn_sweep_worst" in s:
+        worst = s["relearn_sweep_worst"]
+        what = (
+            f"above the threshold at the relearning sweep's worst point ({worst['steps']} steps at lr "
+            f"{worst['learning_rate']:g}, of {len(worst['grid'])}; {worst['back']} back there)"
+        )
     else:
         what = f"above the threshold after {attack} round-to-nearest (groups of 64)"
     counts = untyped(s)

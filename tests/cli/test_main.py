@@ -347,7 +347,7 @@ def test_audit_without_holdout_uses_the_given_threshold(exported, capsys):
         ),
         (
             ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--recovery-attacks", "int4,prune"],
-            "unknown attack(s) prune in --recovery-attacks; choose from relearn, int8, int4, sampling",
+            "unknown attack(s) prune in --recovery-attacks; choose from relearn, relearn_sweep, int8, int4, sampling",
         ),
         (
             ["audit", "--model", "testbed/model", "--data", "testbed/forget.jsonl", "--recovery-attacks", "relearn"],

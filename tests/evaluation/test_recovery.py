@@ -16,8 +16,10 @@ from lightning_unlearn.evaluation.recovery import (
     recovery_scores,
     recovery_summary,
     relearn,
+    relearn_sweep,
     round_to_nearest,
     sample_extraction,
+    worst_point,
 )
 from lightning_unlearn.evaluation.scoring import score_memorization, verbatim_extraction
 from lightning_unlearn.functional.memorization import sequence_nll
@@ -184,6 +186,33 @@ def test_attacked_scores_and_their_summary_count_what_rose_above_the_level(small
         recovery_scores(tb.model, data, attacks=("int2",))
     with pytest.raises(ValueError, match="relearn or a retain split"):
         recovery_scores(tb.model, unlearning_data(tb, retain=None), attacks=("relearn",))
+
+
+def test_the_relearning_sweep_scores_every_point_as_its_own_run_and_keeps_the_worst(small_testbed):
+    """Each (learning rate, steps) point scores what a relearning run of that many steps gives (scoring between the
+    steps changes nothing), its ``back`` is the per-record verdict against the holdout relearned alike, and the
+    worst point has the most records back; through ``recovery_scores`` it is the worst point's scores."""
+    from lightning_unlearn.functional.verdict import record_verdict
+
+    tb = small_testbed
+    data = unlearning_data(tb)
+    loader = data.scoring_dataloader("retain", batch_size=len(tb.retain))
+    points = relearn_sweep(tb.model, data, loader, grid=((1e-4, 3e-3), (2, 4)))
+    assert [(p.learning_rate, p.steps) for p in points] == [(1e-4, 2), (1e-4, 4), (3e-3, 2), (3e-3, 4)]
+    own = relearn(tb.model, loader, steps=4, learning_rate=3e-3)
+    for split in ("forget", "holdout"):
+        assert points[-1].scores[split] == score_memorization(own, data.scoring_dataloader(split))
+    for point in points:
+        forget, holdout = (list(point.scores[split].values()) for split in ("forget", "holdout"))
+        assert point.back == len(record_verdict(forget, holdout).back)
+    worst = worst_point(points)
+    assert worst.back == max(p.back for p in points) > 0  # the original model: its records are back anyway
+    attacked = recovery_scores(tb.model, data, ("relearn_sweep",), relearn_sweep_grid=((1e-4, 3e-3), (2, 4)))
+    assert attacked["relearn_sweep"] == worst.scores
+    with pytest.raises(ValueError, match="step counts >= 1"):
+        relearn_sweep(tb.model, data, loader, grid=((1e-4,), (0,)))
+    with pytest.raises(ValueError, match="against holdout records"):
+        recovery_scores(tb.model, unlearning_data(tb, holdout=None), ("relearn_sweep",))
 
 
 def test_an_adapted_model_is_attacked_as_it_is_deployed(small_testbed):

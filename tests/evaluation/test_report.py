@@ -33,7 +33,7 @@ def assert_typed(report) -> None:
     (``el_{n}``, ``{attack}_score``, ``{attack}_above``, …)."""
     from lightning_unlearn.evaluation.report_types import AttackVerdict, ReportRow, ReportSummary
 
-    run_time = re.compile(r"el_\d+(_mean)?|\w+_score|(relearn|int8|int4|sampling)(_holdout)?_(above|mean)")
+    run_time = re.compile(r"el_\d+(_mean)?|\w+_score|(relearn(_sweep)?|int8|int4|sampling)(_holdout)?_(above|mean)")
     for typed, keys in [(ReportRow, {key for row in report.rows for key in row}), (ReportSummary, set(report.summary))]:
         assert {key for key in keys - set(typed.__annotations__) if not run_time.fullmatch(key)} == set(), typed
     for verdict in (report.summary.get("verdict") or {}).values():
@@ -149,6 +149,35 @@ def test_report_counts_retain_records_that_lost_memorization(small_testbed):
     assert s["collateral"] == sum(before[i] - after[i] > 0.1 for i in before) > 0
     assert s["retain_g"] == pytest.approx(sum(after.values()) / len(after))
     assert s["retain_g_before"] == pytest.approx(sum(before.values()) / len(before))
+
+
+def test_the_relearning_sweep_judges_the_retrain_at_the_models_worst_point(small_testbed, small_retrain):
+    """The report keeps the sweep's worst point and grid, judges the records at that point against the holdout
+    relearned alike, and attacks the retrain at that same point (the identical attack)."""
+    from lightning_unlearn.evaluation.recovery import relearn
+    from lightning_unlearn.evaluation.terminal import report_text
+    from lightning_unlearn.functional.verdict import ks_test
+
+    data = unlearning_data(small_testbed)
+    grid = ((1e-4, 3e-3), (2, 4))
+    report = memorization_report(
+        small_testbed.model,
+        data,
+        el_n=None,
+        recovery_attacks=("relearn_sweep",),
+        recovery_options={"relearn_sweep_grid": grid},
+        retrain=small_retrain.model,
+    )
+    worst = report.summary["relearn_sweep_worst"]
+    assert len(worst["grid"]) == 4 and worst["back"] == max(point["back"] for point in worst["grid"])
+    assert report.summary["verdict"]["relearn_sweep"]["back"] == worst["back"]
+    loader = data.scoring_dataloader("retain", batch_size=len(small_testbed.retain))
+    retrain = relearn(small_retrain.model, loader, steps=worst["steps"], learning_rate=worst["learning_rate"])
+    retrain_forget_g = score_memorization(retrain, data.scoring_dataloader("forget"))
+    expected = ks_test([row["relearn_sweep_g"] for row in report.rows], list(retrain_forget_g.values()))
+    assert report.summary["verdict"]["relearn_sweep"]["ks"] == expected.statistic
+    assert "the relearning sweep's worst point" in report_text(report, attacks=("relearn_sweep",))
+    assert_typed(report)
 
 
 def test_tradeoff_plot_is_a_png(tmp_path):
