@@ -31,6 +31,8 @@ from lightning_unlearn.testbed.build import SMALL_TESTBED, build_testbed
 from lightning_unlearn.utilities.files import atomic_file
 
 KINDS = ("embedding", "attention", "mlp", "norm", "head")
+#: how a kind reads in a part's label: "layer 0 MLP", and all layers' "every MLP"
+KIND_NAMES = {"embedding": "embeddings", "attention": "attention", "mlp": "MLP", "norm": "norm", "head": "head"}
 
 
 def part_of(name: str) -> tuple[str, str]:
@@ -53,15 +55,15 @@ def part_of(name: str) -> tuple[str, str]:
 
 
 def parts(names: list[str]) -> dict[str, set[str]]:
-    """Every part to judge, by label: each layer, each kind, each layer's kind (when a layer has more than one), and
-    the whole model (``all``)."""
-    found: dict[str, set[str]] = {"all": set(names)}
+    """Every part to judge, by label: the whole model, each layer (``layer 0``), each kind over every layer
+    (``every MLP``) and each layer's kind (``layer 0 MLP``); one label per set of parameters."""
+    found: dict[str, set[str]] = {"whole model": set(names)}
     for name in names:
         where, kind = part_of(name)
-        for label in (where, kind, f"{where} {kind}"):
+        for label in (where, f"every {KIND_NAMES[kind]}", f"{where} {KIND_NAMES[kind]}"):
             found.setdefault(label, set()).add(name)
     unique: dict[str, set[str]] = {}
-    for label, members in found.items():  # one label per set of parameters (the first: "embeddings", not its kind)
+    for label, members in found.items():  # the first label of a set: "embeddings", not "every embeddings"
         if all(members != seen for seen in unique.values()):
             unique[label] = members
     return unique
@@ -168,12 +170,13 @@ def plot(curves: dict[str, list[int]], grid: list[float], records: int, path: st
     figure = Figure(figsize=(9, 3.4))
     axes = figure.subplots(1, 2, sharey=True)
     for axis, title, pick in (
-        (axes[0], "each module type moved alone", lambda label: label in (*KINDS, "embeddings")),
+        (axes[0], "each module type moved alone", lambda label: label.startswith("every ") or label == "embeddings"),
         (axes[1], "each layer moved alone", lambda label: re.fullmatch(r"layer \d+", label)),
     ):
         for label, counts in curves.items():
-            if label == "all" or pick(label):
-                axis.plot(grid, counts, marker="o", label=label, linestyle="--" if label == "all" else "-")
+            whole = label == "whole model"
+            if whole or pick(label):
+                axis.plot(grid, counts, marker="o", label=label, linestyle="--" if whole else "-")
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("α (θ0 + α(θ1 − θ0), that part only)")
         axis.legend(fontsize=7)

@@ -278,7 +278,8 @@ def test_where_records_live_judges_each_part_moved_and_reverted_alone(small_test
     out = run_on_small_testbed(testbed_cache, "benchmarks/where_records_live.py", *args)
     line = {row.split(" | ")[0][2:]: row.split(" | ")[1] for row in out.splitlines() if re.match(r"\| [01] \|", row)}
     parts = {row.split(" | ")[0][2:]: row.split(" | ")[1:] for row in out.splitlines() if row.startswith("| ")}
-    assert parts["all"][2] == f"{line['0']}, {line['1']}" and parts["all"][4].rstrip(" |") == line["0"], out
+    whole = parts["whole model"]
+    assert whole[2] == f"{line['0']}, {line['1']}" and whole[4].rstrip(" |") == line["0"], out
     places = [cells for label, cells in parts.items() if re.fullmatch(r"layer \d+|embeddings|final", label)]
     assert sum(float(cells[0].rstrip("%")) for cells in places) == pytest.approx(100.0, abs=0.5), out
-    assert {"attention", "mlp"} <= set(parts) and figure.read_bytes()[:4] == b"\x89PNG"
+    assert {"every attention", "every MLP", "layer 0 MLP"} <= set(parts) and figure.read_bytes()[:4] == b"\x89PNG"

@@ -65,7 +65,7 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     args = ["demo", "--small", "--cache-dir", str(testbed_cache), "--methods", "ga-mean,sga", "--output", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "| original |" in printed and "| sga |" in printed and "like retrain" in printed
+    assert "| original |" in printed and "| sga |" in printed and "KS not rejected" in printed
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["rows"]
     assert list(rows) == ["original", "retrain", "ga-mean", "sga"]
@@ -94,7 +94,7 @@ def test_demo_compares_methods_and_writes_its_files(small_testbed, testbed_cache
     assert set(verdicts) == {"none", "relearn", "int8", "int4", "sampling"}
     assert verdicts["none"]["retrain_above"] == rows["retrain"]["above_threshold"]
     assert verdicts["relearn"]["above"] == rows["sga"]["relearn_above"]
-    assert rows["retrain"]["like_retrain"] == "5/5" and rows["original"]["retrain_ks"]["none"]["p_value"] < 0.05
+    assert rows["retrain"]["ks_not_rejected"] == "5/5" and rows["original"]["retrain_ks"]["none"]["p_value"] < 0.05
     assert rows["original"]["verdict"]["none"]["back"] > 0 and set(rows["sga"]["verdict"]) == set(verdicts)
     assert (out / "verdict.png").read_bytes()[:4] == b"\x89PNG"
     assert rows["original"]["collateral"] == 0 and 0 <= rows["sga"]["collateral"] <= len(small_testbed.retain)
