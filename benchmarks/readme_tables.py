@@ -126,6 +126,20 @@ TABLES = [
         slow=True,
     ),
     Table(
+        "the registry on SmolLM2",
+        "| model | steps | seconds | above | none: back / over-forgotten | retain 20 @ 1e-4: back (retrain) | "
+        "int4: back (retrain) | LOSS AUC | forget NLL | holdout NLL | retain g |",
+        [PYTHON, "benchmarks/real_model.py", "--registry", "--methods", "sga-kl,wga,npo-kl,rmu"],
+        {
+            "steps": ("rel", 0.1),
+            "above": ("abs", 1),
+            "LOSS AUC": ("abs", 0.05),
+            "holdout NLL": ("rel", 0.03),
+            "retain g": ("abs", 0.02),
+        },
+        slow=True,
+    ),
+    Table(
         "where the edit lives",
         "| part | parameters | update | moved alone: forget above at α = 0, 0.25, 0.5, 0.75, 1 | "
         "moved alone: holdout mean g | reverted alone: forget above |",

@@ -178,8 +178,7 @@ def memorization_report(
         reference = None
         if retrain is not None:
             with on_device(retrain, device):
-                options = _identical_attacks(summary, recovery_options)
-                reference = _attacked_report(retrain, datamodule, recovery_attacks, options)
+                reference = _attacked_report(retrain, datamodule, recovery_attacks, recovery_options, summary)
             _add_retrain_g(rows, reference)
         summary["verdict"] = verdicts = attack_verdicts(report, alpha, reference) if has_holdout else None
         if verdicts is not None:
@@ -460,10 +459,16 @@ def _identical_attacks(summary: ReportSummary, options: Mapping[str, Any] | None
 
 
 def _attacked_report(
-    model: torch.nn.Module, datamodule: Any, attacks: Sequence[str], options: Mapping[str, Any] | None
+    model: torch.nn.Module,
+    datamodule: Any,
+    attacks: Sequence[str],
+    options: Mapping[str, Any] | None,
+    attacked_summary: ReportSummary,
 ) -> Report:
     """A bare report of ``model`` for the verdict's retrain side: each forget record's g and :data:`ATTACK_COLUMNS`
-    score under each of recovery ``attacks`` (rows in sample_id order), and the holdout's alike."""
+    score under each of recovery ``attacks`` (rows in sample_id order), and the holdout's alike; the attacks are
+    those the model of ``attacked_summary`` met (:func:`_identical_attacks`)."""
+    options = _identical_attacks(attacked_summary, options)
     splits = ("forget", "holdout") if datamodule.has_split("holdout") else ("forget",)
     scores = {split: score_memorization(model, datamodule.scoring_dataloader(split)) for split in splits}
     rows: list[ReportRow] = [{"sample_id": i, "g": g} for i, g in sorted(scores["forget"].items())]
