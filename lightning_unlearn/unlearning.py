@@ -35,7 +35,7 @@ from lightning_unlearn.evaluation.evidence import (
     weights_sha256,
 )
 from lightning_unlearn.evaluation.html import record_html
-from lightning_unlearn.evaluation.recovery import check_recovery_attacks
+from lightning_unlearn.evaluation.recovery import RELEARNING_ATTACKS, check_recovery_attacks
 from lightning_unlearn.evaluation.report import Report, memorization_report, verdict_text
 from lightning_unlearn.integrations.huggingface import check_causal_lm, default_precision, load_causal_lm
 from lightning_unlearn.methods import check_method, make_method
@@ -301,7 +301,7 @@ def _checked_inputs(
     the model (loaded when given by name) and the datamodule, set up."""
     if check_method(method).needs_retain and retain is None:
         raise ConfigurationError(f"method {method!r} keeps the retain texts: give retain=, or choose method 'sga'")
-    if {"relearn", "relearn_sweep"} & set(recovery_attacks) and retain is None:
+    if set(RELEARNING_ATTACKS) & set(recovery_attacks) and retain is None:
         raise ConfigurationError("the relearning attack fine-tunes on the retain texts: give retain=")
     tokenizer = tokenizer if tokenizer is not None else model_tokenizer(model)
     datamodule = UnlearningDataModule(tokenizer, forget, retain=retain, holdout=holdout, **data_options)

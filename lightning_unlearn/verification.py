@@ -21,6 +21,7 @@ import torch
 from lightning_unlearn.data import TokenizedSplit, UnlearningDataModule, load_texts
 from lightning_unlearn.evaluation.evidence import RECORD_SCHEMA, RECORD_VERSION, set_sha256, text_sha256, weights_sha256
 from lightning_unlearn.evaluation.html import Table, g_figure, html_document, verdict_figure
+from lightning_unlearn.evaluation.recovery import RELEARNING_ATTACKS
 from lightning_unlearn.evaluation.report import Report, memorization_report, verdict_text
 from lightning_unlearn.integrations.huggingface import check_causal_lm, load_causal_lm
 from lightning_unlearn.unlearning import model_tokenizer
@@ -243,7 +244,7 @@ def _check_attacks(recovery_attacks: tuple[str, ...] | list[str], holdout: Any, 
         raise ConfigurationError(
             "recovery attacks are judged against unseen texts under the same attack: give holdout="
         )
-    if {"relearn", "relearn_sweep"} & set(recovery_attacks) and relearn is None:
+    if set(RELEARNING_ATTACKS) & set(recovery_attacks) and relearn is None:
         raise ConfigurationError(
             "the relearning attack fine-tunes on texts of the same kind, never the records: give relearn="
         )

@@ -174,7 +174,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _check_relearn_data(attacks: list[str], relearn_data: str | None, records: str) -> None:
     """A clear error when a relearning attack is asked for without the texts it fine-tunes on."""
-    relearning = [attack for attack in attacks if attack.startswith("relearn")]
+    from lightning_unlearn.evaluation.recovery import RELEARNING_ATTACKS
+
+    relearning = [attack for attack in attacks if attack in RELEARNING_ATTACKS]
     if relearning and not relearn_data:
         raise ConfigurationError(
             f"--recovery-attacks {relearning[0]} needs --relearn-data: texts of the same kind, never {records}"

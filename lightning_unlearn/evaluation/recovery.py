@@ -45,6 +45,8 @@ RECOVERY_ATTACKS = ("relearn", *QUANTIZATIONS, "sampling")
 #: Every recovery attack by name, as reports, the audit, ``unlearn`` and ``RecoveryCheck`` take them: the defaults
 #: and, on request, the relearning sweep (a relearning run per learning rate of :data:`RELEARN_SWEEP`).
 ALL_RECOVERY_ATTACKS = ("relearn", "relearn_sweep", *QUANTIZATIONS, "sampling")
+#: The attacks that fine-tune on other texts (the relearn split, else the retain split, or the caller's).
+RELEARNING_ATTACKS = ("relearn", "relearn_sweep")
 #: The relearning sweep's grid, (learning rates, step counts): published relearning attacks use 50 to 500 steps at
 #: learning rates from 1e-6 to 3e-3 and report the worst case over such a sweep (Hu et al. 2025; Lee et al. 2025,
 #: UNDO); one run per learning rate, scored after each step count.
@@ -148,7 +150,7 @@ class SweepPoint:
 def relearn_sweep(
     model: torch.nn.Module,
     datamodule: Any,
-    dataloader: Iterable[Mapping[str, Tensor]],
+    dataloader: Iterable[Mapping[str, Tensor]] | None = None,
     grid: tuple[Sequence[float], Sequence[int]] = RELEARN_SWEEP,
     alpha: float = 0.05,
     attack_batch_size: int = ATTACK_BATCH_SIZE,
@@ -156,10 +158,15 @@ def relearn_sweep(
     """The relearning attack at every (learning rate, step count) of ``grid``: one :func:`relearn` run per learning
     rate, its copy scored on the forget and holdout splits after each step count; a point's ``back`` is the
     per-record verdict's (:func:`~lightning_unlearn.functional.verdict.record_verdict` at ``alpha``) against the
-    holdout under the same point. :func:`worst_point` picks the worst case."""
+    holdout under the same point. :func:`worst_point` picks the worst case. ``dataloader``: the attacker's texts
+    (default: :func:`relearn_texts_in_one_batch`)."""
     learning_rates, step_counts = grid
     if not learning_rates or not step_counts or min(step_counts) < 1:
         raise ConfigurationError(f"the relearning sweep needs learning rates and step counts >= 1, got {grid}")
+    if not datamodule.has_split("holdout"):
+        raise ConfigurationError("the relearning sweep picks its worst case against holdout records: give some")
+    if dataloader is None:
+        dataloader = relearn_texts_in_one_batch(datamodule)
     loaders = {split: datamodule.scoring_dataloader(split) for split in ("forget", "holdout")}
     points: list[SweepPoint] = []
     for learning_rate in learning_rates:
@@ -426,13 +433,12 @@ def recovery_scores(
     loaders = {split: datamodule.scoring_dataloader(split) for split in splits}
     results: dict[str, dict[str, dict[int, float]]] = {}
     for attack in attacks:
-        if attack.startswith("relearn") and relearn_dataloader is None:
+        if attack in RELEARNING_ATTACKS and relearn_dataloader is None:
             relearn_dataloader = relearn_texts_in_one_batch(datamodule)
         if attack == "relearn_sweep":
-            if not datamodule.has_split("holdout"):
-                raise ConfigurationError("the relearning sweep picks its worst case against holdout records: give some")
             points = relearn_sweep(model, datamodule, relearn_dataloader, relearn_sweep_grid, alpha, attack_batch_size)
-            results[attack] = {split: worst_point(points).scores[split] for split in splits}
+            worst = worst_point(points).scores
+            results[attack] = {split: worst[split] for split in splits}
             continue
         if attack == "relearn":
             attacked = relearn(

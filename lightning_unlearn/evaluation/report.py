@@ -27,13 +27,13 @@ import torch
 
 from lightning_unlearn.evaluation.membership import MEMBERSHIP_ATTACKS
 from lightning_unlearn.evaluation.recovery import (
+    ATTACK_BATCH_SIZE,
     DISCOVERY,
     QUANTIZATIONS,
     RELEARN_SWEEP,
     recovery_scores,
     recovery_summary,
     relearn_sweep,
-    relearn_texts_in_one_batch,
     worst_point,
 )
 from lightning_unlearn.evaluation.report_types import AttackVerdict, ReportRow, ReportSummary
@@ -311,10 +311,9 @@ def _add_recovery(
     attacks = [attack for attack in recovery_attacks if attack != "relearn_sweep"]
     attacked = recovery_scores(model, datamodule, attacks, **options)
     if "relearn_sweep" in recovery_attacks:
-        loader = options.get("relearn_dataloader") or relearn_texts_in_one_batch(datamodule)
         grid = options.get("relearn_sweep_grid", RELEARN_SWEEP)
-        batch = {"attack_batch_size": options["attack_batch_size"]} if "attack_batch_size" in options else {}
-        points = relearn_sweep(model, datamodule, loader, grid, alpha, **batch)
+        batch = options.get("attack_batch_size", ATTACK_BATCH_SIZE)
+        points = relearn_sweep(model, datamodule, options.get("relearn_dataloader"), grid, alpha, batch)
         worst = worst_point(points)
         attacked["relearn_sweep"] = worst.scores
         summary["relearn_sweep_worst"] = {
